@@ -1,0 +1,211 @@
+-- Named queries. Each block starts with a line "-- name --"; the comment lines after it say
+-- what it does. Loaded by pgcourier.db.load_queries(); a missing name fails at import.
+
+-- fan_out --
+-- Claim up to $1 events not yet fanned out, create one delivery per enabled endpoint whose
+-- patterns match, and return those deliveries already leased to relay $3 for $2 seconds, so the
+-- relay can send them at once without a second claim.
+-- SKIP LOCKED lets several relays fan out side by side; the whole statement is one transaction,
+-- so a relay that dies here leaves the events untouched for another relay.
+WITH events AS (
+    SELECT o.id, o.event_type, o.payload, o.created_at
+    FROM courier.outbox AS o
+    WHERE o.fanned_out_at IS NULL
+    ORDER BY o.seq
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE courier.outbox AS o
+    SET fanned_out_at = now()
+    FROM events AS e
+    WHERE o.id = e.id
+), created AS (
+    INSERT INTO courier.deliveries (event_id, endpoint_id, next_attempt_at, lease_token)
+    SELECT e.id, ep.id, now() + make_interval(secs => $2), $3
+    FROM events AS e
+    JOIN courier.endpoints AS ep
+      ON ep.enabled AND courier.event_type_matches(ep.event_types, e.event_type)
+    RETURNING id, event_id, endpoint_id, attempts, schedule_base
+)
+SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.schedule_base,
+       e.event_type, e.payload::text AS payload, e.created_at, ep.url, ep.secret
+FROM created AS c
+JOIN events AS e ON e.id = c.event_id
+JOIN courier.endpoints AS ep ON ep.id = c.endpoint_id;
+
+-- claim_due --
+-- Lease up to $1 pending deliveries that are due (a retry whose time has come, a replay, or a
+-- delivery whose previous lease ran out) to relay $3 for $2 seconds.
+-- The inner SELECT walks the partial index deliveries_due in time order; deliveries of disabled
+-- endpoints are passed over and stay pending until the endpoint is enabled again.
+WITH due AS (
+    SELECT d.id
+    FROM courier.deliveries AS d
+    WHERE d.status = 'pending'
+      AND d.next_attempt_at <= now()
+      AND EXISTS (SELECT 1 FROM courier.endpoints AS ep WHERE ep.id = d.endpoint_id AND ep.enabled)
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+), leased AS (
+    UPDATE courier.deliveries AS d
+    SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $3
+    FROM due
+    WHERE d.id = due.id
+    RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.schedule_base
+)
+SELECT l.id, l.event_id, l.endpoint_id, l.attempts, l.schedule_base,
+       o.event_type, o.payload::text AS payload, o.created_at, ep.url, ep.secret
+FROM leased AS l
+JOIN courier.outbox AS o ON o.id = l.event_id
+JOIN courier.endpoints AS ep ON ep.id = l.endpoint_id;
+
+-- complete_deliveries --
+-- Apply a batch of attempt outcomes: $1 ids, $2 new status, $3 retry delay in seconds (NULL when
+-- not retrying), $4 HTTP status codes, $5 errors, $6 attempt start times, all for relay $7.
+-- Only rows still leased to this relay change: if the lease was lost (the relay stalled and another
+-- relay took the delivery over), the other relay's outcome wins. Returns the ids applied.
+WITH r AS (
+    SELECT *
+    FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::int[], $5::text[], $6::timestamptz[])
+        AS r(id, status, delay, status_code, error, started_at)
+)
+UPDATE courier.deliveries AS d
+SET status = r.status,
+    attempts = d.attempts + 1,
+    next_attempt_at = CASE WHEN r.delay IS NULL THEN now()
+                           ELSE now() + make_interval(secs => r.delay) END,
+    lease_token = NULL,
+    last_attempt_at = r.started_at,
+    last_status_code = r.status_code,
+    last_error = r.error,
+    delivered_at = CASE WHEN r.status = 'delivered' THEN now() END,
+    dead_at = CASE WHEN r.status = 'dead' THEN now() END
+FROM r
+WHERE d.id = r.id AND d.lease_token = $7 AND d.status = 'pending'
+RETURNING d.id;
+
+-- record_attempts --
+-- Append a batch of attempts to the log, one array per column.
+INSERT INTO courier.attempts
+    (delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+     response_body, error, outcome)
+SELECT *
+FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[], $6::float8[],
+            $7::int[], $8::text[], $9::text[], $10::text[]);
+
+-- renew_leases --
+-- Push the lease of deliveries $1 held by relay $2 out to now() + $3 seconds. Returns the ids
+-- still held; any id missing was taken over by another relay.
+UPDATE courier.deliveries
+SET next_attempt_at = now() + make_interval(secs => $3)
+WHERE id = ANY($1::bigint[]) AND lease_token = $2 AND status = 'pending'
+RETURNING id;
+
+-- release_leases --
+-- Hand deliveries $1 held by relay $2 back, due at once, for another relay (used on shutdown).
+UPDATE courier.deliveries
+SET next_attempt_at = now(), lease_token = NULL
+WHERE id = ANY($1::bigint[]) AND lease_token = $2 AND status = 'pending';
+
+-- next_due --
+-- When the earliest pending delivery of an enabled endpoint becomes due (NULL if none).
+SELECT d.next_attempt_at
+FROM courier.deliveries AS d
+WHERE d.status = 'pending'
+  AND EXISTS (SELECT 1 FROM courier.endpoints AS ep WHERE ep.id = d.endpoint_id AND ep.enabled)
+ORDER BY d.next_attempt_at
+LIMIT 1;
+
+-- register_relay --
+-- Announce relay $1 (or refresh it after the UNLOGGED table was emptied by a crash restart).
+INSERT INTO courier.relays (id, hostname, pid, idle)
+VALUES ($1, $2, $3, false)
+ON CONFLICT (id) DO UPDATE SET seen_at = now(), idle = false;
+
+-- heartbeat_relay --
+-- Refresh relay $1's liveness; returns nothing when the row is gone (then register again).
+UPDATE courier.relays SET seen_at = now() WHERE id = $1 RETURNING id;
+
+-- set_relay_idle --
+-- Mark relay $1 as waiting ($2 = true) or working ($2 = false). Producers read this flag.
+UPDATE courier.relays SET idle = $2, seen_at = now() WHERE id = $1 AND idle IS DISTINCT FROM $2;
+
+-- reap_relays --
+-- Forget relays not seen for $1 seconds (killed without a goodbye) so producers stop
+-- notifying on their behalf.
+DELETE FROM courier.relays WHERE seen_at < now() - make_interval(secs => $1);
+
+-- deregister_relay --
+DELETE FROM courier.relays WHERE id = $1;
+
+-- wake_relays --
+-- Wake every listening relay, e.g. after a replay made deliveries due.
+SELECT pg_notify('courier_outbox', '');
+
+-- set_max_payload_bytes --
+UPDATE courier.config SET max_payload_bytes = $1;
+
+-- enqueue --
+SELECT courier.enqueue($1, $2::jsonb, $3, $4) AS id;
+
+-- create_endpoint --
+INSERT INTO courier.endpoints (url, event_types, secret, description)
+VALUES ($1, $2, $3, $4)
+RETURNING id, url, event_types, description, enabled, created_at;
+
+-- list_endpoints --
+SELECT id, url, event_types, description, enabled, created_at
+FROM courier.endpoints
+ORDER BY created_at, id;
+
+-- set_endpoint_enabled --
+-- Enable or disable endpoint $1. Enabling wakes the relays: its held deliveries are due.
+UPDATE courier.endpoints SET enabled = $2, updated_at = now()
+WHERE id = $1
+RETURNING id, url, event_types, description, enabled, created_at;
+
+-- list_dead --
+-- Dead letters, newest first, $1 at most.
+SELECT d.id, d.event_id, o.event_type, d.endpoint_id, ep.url, d.attempts, d.last_status_code,
+       d.last_error, d.dead_at
+FROM courier.deliveries AS d
+JOIN courier.outbox AS o ON o.id = d.event_id
+LEFT JOIN courier.endpoints AS ep ON ep.id = d.endpoint_id
+WHERE d.status = 'dead'
+ORDER BY d.dead_at DESC, d.id DESC
+LIMIT $1;
+
+-- replay_dead --
+-- Put dead deliveries $1 back in line, due now, with a fresh retry schedule. Only rows still dead
+-- change, so replaying twice queues once. Returns the ids queued.
+UPDATE courier.deliveries
+SET status = 'pending', next_attempt_at = now(), schedule_base = attempts, dead_at = NULL,
+    lease_token = NULL
+WHERE id = ANY($1::bigint[]) AND status = 'dead'
+RETURNING id;
+
+-- replay_all_dead --
+-- Put every dead delivery back in line (see replay_dead).
+UPDATE courier.deliveries
+SET status = 'pending', next_attempt_at = now(), schedule_base = attempts, dead_at = NULL,
+    lease_token = NULL
+WHERE status = 'dead'
+RETURNING id;
+
+-- delivery_counts --
+-- How many deliveries are in each status (for the demo and tests).
+SELECT status, count(*) AS n FROM courier.deliveries GROUP BY status;
+
+-- bootstrap_migrations --
+-- Run by the migrator under its advisory lock, before reading which migrations are applied.
+CREATE SCHEMA IF NOT EXISTS courier;
+CREATE TABLE IF NOT EXISTS courier.migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- record_migration --
+INSERT INTO courier.migrations (version, name, checksum) VALUES ($1, $2, $3);

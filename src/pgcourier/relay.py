@@ -1,0 +1,346 @@
+"""The relay loop: wait (notify | poll | retry timer | stop) -> claim -> deliver -> complete.
+
+Concurrency model (one relay process):
+
+* one claim loop leases work from Postgres and starts a delivery task per job;
+* delivery tasks run HTTP concurrently, at most ``max_in_flight`` at a time (a semaphore);
+* one completer writes finished attempts in batches, one short transaction per batch: no
+  transaction is ever open across HTTP;
+* one lease keeper renews the leases of everything this relay holds, and heartbeats.
+
+All of them live in one TaskGroup owned by :meth:`Relay.run`; stopping drains in-flight deliveries
+(up to ``shutdown_timeout``), writes their outcomes, hands back leases on whatever is left, and
+returns. Anything a killed relay held comes back on its own when its leases run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from pgcourier import policy
+from pgcourier.delivery import Transport
+from pgcourier.errors import PgCourierError
+from pgcourier.model import Completion, Job
+from pgcourier.store import RelayStore
+
+log = structlog.get_logger("pgcourier.relay")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """Tuning of one relay; see :class:`pgcourier.settings.Settings` for meanings and defaults."""
+
+    poll_interval: float = 1.0
+    retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    retry_jitter: float = policy.DEFAULT_JITTER
+    max_in_flight: int = 64
+    lease: float = 60.0
+    shutdown_timeout: float = 15.0
+    completion_flush_interval: float = 0.005
+    # How long a failing database call waits before it is tried again.
+    db_retry_interval: float = 1.0
+
+
+class Relay:
+    """Moves committed events to their endpoints. Several relays may share one database."""
+
+    def __init__(
+        self,
+        *,
+        store: RelayStore,
+        transport: Transport,
+        config: RelayConfig,
+        relay_id: uuid.UUID | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.id = relay_id or uuid.uuid4()
+        self._store = store
+        self._transport = transport
+        self._config = config
+        self._rng = rng or random.Random()
+        self._wakeup = asyncio.Event()
+        self._wake_source = "poll"
+        self._slots = asyncio.Semaphore(config.max_in_flight)
+        # Jobs leased to this relay whose outcome is not written yet, by delivery id.
+        self._held: dict[int, Job] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: list[Completion] = []
+        self._pending_ready = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._idle = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self.delivered = 0  # attempts that ended delivered, for callers that wait on progress
+        self.wakeups: dict[str, int] = {"notify": 0, "poll": 0, "retry_timer": 0}
+
+    # -- waking ------------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """A NOTIFY arrived (or the listener reconnected): look for work now."""
+        self._wake("notify")
+
+    def _wake(self, source: str) -> None:
+        self._wake_source = source
+        self._wakeup.set()
+
+    def _arm_timer(self, delay: float) -> None:
+        """Wake at the latest ``delay`` seconds from now (keeps only the earliest timer)."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + max(delay, 0.0)
+        if at >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        self._wake("retry_timer")
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        """Block until notified, the retry timer fires, the poll interval passes, or stop."""
+        stopper = asyncio.ensure_future(stop.wait())
+        waker = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {stopper, waker},
+                timeout=self._config.poll_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stopper.cancel()
+            waker.cancel()
+        source = self._wake_source if waker in done else "poll"
+        self.wakeups[source] = self.wakeups.get(source, 0) + 1
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set, then drain and return."""
+        await self._retrying("register", lambda: self._store.register(self.id), stop)
+        log.info("relay started", relay_id=str(self.id))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._completer(), name="pgcourier-completer")
+                group.create_task(self._lease_keeper(), name="pgcourier-lease-keeper")
+                try:
+                    await self._claim_loop(stop)
+                finally:
+                    await self._drain()
+                    self._closing.set()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            with contextlib.suppress(PgCourierError):
+                await self._store.deregister(self.id)
+            log.info("relay stopped", relay_id=str(self.id))
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        cfg = self._config
+        while not stop.is_set():
+            free = cfg.max_in_flight - len(self._held)
+            if free <= 0:
+                # Everything we may hold is in flight: wait until a completion frees room.
+                self._slot_freed.clear()
+                await _first(stop.wait(), self._slot_freed.wait())
+                continue
+            # Clear before claiming: a NOTIFY that lands during the claim sets it again and the
+            # next sleep returns at once, so no wake-up is lost between claim and sleep.
+            self._wakeup.clear()
+            try:
+                jobs = await self._store.claim(self.id, free, cfg.lease)
+            except PgCourierError as exc:
+                log.warning("claim failed; retrying", error=str(exc))
+                await _first(stop.wait(), asyncio.sleep(cfg.db_retry_interval))
+                continue
+            if jobs:
+                self._start(jobs)
+                if self._idle:
+                    await self._set_idle(False)
+                continue
+            # Going idle: from now on producers notify us. Claim once more before sleeping to pick
+            # up anything committed by a producer that saw us busy.
+            if not self._idle and await self._set_idle(True):
+                continue
+            await self._arm_next_due()
+            await self._sleep(stop)
+
+    async def _set_idle(self, idle: bool) -> bool:
+        try:
+            await self._store.set_idle(self.id, idle)
+        except PgCourierError as exc:
+            log.warning("could not update relay state", error=str(exc))
+            return False
+        self._idle = idle
+        return True
+
+    async def _arm_next_due(self) -> None:
+        try:
+            due = await self._store.next_due()
+        except PgCourierError:
+            return
+        if due is not None:
+            self._arm_timer((due - datetime.now(UTC)).total_seconds() + 0.001)
+
+    def _start(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            if job.delivery_id in self._held:
+                continue  # our own lease, re-claimed after it lapsed: it is already in flight
+            self._held[job.delivery_id] = job
+            task = asyncio.create_task(
+                self._deliver(job), name=f"pgcourier-deliver-{job.delivery_id}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, job: Job) -> None:
+        async with self._slots:
+            result = await self._transport.send(job)
+        outcome = policy.decide(
+            status=result.status,
+            error=result.error,
+            attempts_in_schedule=job.attempt - job.schedule_base,
+            schedule=self._config.retry_schedule,
+            jitter=self._config.retry_jitter,
+            rng=self._rng,
+        )
+        fields: dict[str, Any] = {
+            "event_id": str(job.event_id),
+            "endpoint_id": str(job.endpoint_id),
+            "delivery_id": job.delivery_id,
+            "event_type": job.event_type,
+            "attempt": job.attempt,
+            "status": result.status,
+            "duration_ms": round(result.duration * 1000, 2),
+            "outcome": type(outcome).__name__.lower(),
+        }
+        if result.error:
+            fields["error"] = result.error
+        if isinstance(outcome, policy.Retry):
+            fields["retry_in_s"] = round(outcome.after, 3)
+        if isinstance(outcome, policy.Dead):
+            fields["reason"] = outcome.reason
+        log.info("delivery attempt", **fields)
+        self._pending.append(Completion(job, result, outcome))
+        self._pending_ready.set()
+
+    # -- completions -------------------------------------------------------------------------
+
+    async def _completer(self) -> None:
+        """Write finished attempts in batches until the relay closes and nothing is pending."""
+        while True:
+            if not self._pending:
+                if self._closing.is_set():
+                    return
+                self._pending_ready.clear()
+                await _first(self._pending_ready.wait(), self._closing.wait())
+                continue
+            # A short window lets a burst of completions share one transaction.
+            await asyncio.sleep(self._config.completion_flush_interval)
+            await self._flush()
+
+    async def _flush(self, *, give_up_after: float | None = None) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = None if give_up_after is None else loop.time() + give_up_after
+        while True:
+            try:
+                await self._store.complete(self.id, batch)
+                break
+            except PgCourierError as exc:
+                # Never drop an outcome while running: keep the batch and try again. If this
+                # outlasts the lease, another relay may deliver again (at-least-once, same
+                # webhook-id).
+                log.warning("writing completions failed; retrying", error=str(exc), n=len(batch))
+                if deadline is not None and loop.time() >= deadline:
+                    log.error(
+                        "giving up on completions at shutdown; leases will expire and "
+                        "these deliveries will be sent again",
+                        n=len(batch),
+                    )
+                    return
+                await asyncio.sleep(self._config.db_retry_interval)
+        for c in batch:
+            self._held.pop(c.job.delivery_id, None)
+            if isinstance(c.outcome, policy.Delivered):
+                self.delivered += 1
+            elif isinstance(c.outcome, policy.Retry):
+                self._arm_timer(c.outcome.after)
+        self._slot_freed.set()
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def _lease_keeper(self) -> None:
+        """Renew held leases every third of the lease; heartbeat; forget dead relays."""
+        interval = min(self._config.lease / 3, 10.0)
+        while not self._closing.is_set():
+            await _first(self._closing.wait(), asyncio.sleep(interval))
+            if self._closing.is_set():
+                return
+            try:
+                held = list(self._held)
+                if held:
+                    kept = await self._store.renew(self.id, held, self._config.lease)
+                    lost = [i for i in held if i not in kept and i in self._held]
+                    if lost:
+                        log.warning("leases lost to another relay", delivery_ids=lost[:20])
+                if not await self._store.heartbeat(self.id):
+                    # Our row vanished (the UNLOGGED table is emptied by a crash restart).
+                    await self._store.register(self.id)
+                    self._idle = False
+                await self._store.reap(older_than=max(6 * interval, 30.0))
+            except PgCourierError as exc:
+                log.warning("lease renewal failed", error=str(exc))
+
+    async def _drain(self) -> None:
+        """Stop: let in-flight deliveries finish (bounded), write outcomes, release the rest."""
+        tasks = set(self._tasks)
+        if tasks:
+            log.info("draining in-flight deliveries", n=len(tasks))
+            _, unfinished = await asyncio.wait(tasks, timeout=self._config.shutdown_timeout)
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                await asyncio.wait(unfinished)
+        await self._flush(give_up_after=self._config.shutdown_timeout)
+        leftover = list(self._held)
+        if leftover:
+            try:
+                await self._store.release(self.id, leftover)
+                log.info("released leases", n=len(leftover))
+            except PgCourierError as exc:
+                log.warning("could not release leases; they will expire", error=str(exc))
+            for i in leftover:
+                self._held.pop(i, None)
+
+    async def _retrying(self, what: str, call: Any, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await call()
+                return
+            except PgCourierError as exc:
+                log.warning(f"{what} failed; retrying", error=str(exc))
+                await _first(stop.wait(), asyncio.sleep(self._config.db_retry_interval))
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of several awaitables finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

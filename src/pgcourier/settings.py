@@ -1,0 +1,92 @@
+"""All configuration, read once from ``PGCOURIER_*`` variables and validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pgcourier import policy
+from pgcourier.errors import ConfigurationError
+
+Seconds = Annotated[float, BeforeValidator(policy.parse_duration)]
+
+
+class Settings(BaseSettings):
+    """pgcourier settings. Each field is read from ``PGCOURIER_<FIELD NAME IN CAPITALS>``.
+
+    Durations accept ``500ms``, ``5s``, ``5m``, ``2h``, ``1d`` or a number of seconds.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PGCOURIER_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None,
+        description="Postgres DSN. Unset: an embedded Postgres whose data lives in data_dir.",
+    )
+    data_dir: Path = Field(default=Path(".pgcourier"), description="Embedded Postgres home.")
+    auto_migrate: bool = Field(default=True, description="Apply migrations when `run` starts.")
+
+    poll_interval: Seconds = Field(default=1.0, gt=0, le=3600)
+    retry_schedule: str = Field(default=policy.DEFAULT_RETRY_SCHEDULE)
+    retry_jitter: float = Field(default=policy.DEFAULT_JITTER, ge=0, lt=1)
+    delivery_timeout: Seconds = Field(default=10.0, gt=0, le=300)
+    max_in_flight: int = Field(default=64, ge=1, le=10_000)
+    lease: Seconds = Field(
+        default=60.0, gt=0, description="How long a claimed delivery stays with one relay."
+    )
+    shutdown_timeout: Seconds = Field(default=15.0, ge=0, le=3600)
+    completion_flush_interval: Seconds = Field(default=0.005, gt=0, le=10)
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1, le=64 * 1024 * 1024)
+    response_body_limit: int = Field(default=4096, ge=0, le=1024 * 1024)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule_parses(cls, value: str) -> str:
+        policy.parse_schedule(value)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_delivery(self) -> Settings:
+        # A lease shorter than one HTTP attempt would let a second relay take a delivery that is
+        # still in flight and send it twice.
+        if self.lease < 2 * self.delivery_timeout:
+            raise ValueError(
+                f"lease ({self.lease:g}s) must be at least twice delivery_timeout "
+                f"({self.delivery_timeout:g}s)"
+            )
+        return self
+
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        """The parsed retry schedule."""
+        return policy.parse_schedule(self.retry_schedule)
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem, naming the environment variable."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ()) if part]
+        name = "PGCOURIER_" + loc[0].upper() if loc else "settings"
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return lines
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (``overrides`` win), or raise ConfigurationError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError("; ".join(describe_validation_error(exc))) from exc

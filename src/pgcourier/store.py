@@ -1,0 +1,145 @@
+"""The relay's view of Postgres: a small interface and its asyncpg implementation."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+import asyncpg
+
+from pgcourier.db import QUERIES, translate_errors
+from pgcourier.model import Completion, Job
+from pgcourier.policy import Dead, Delivered, Retry
+
+
+class RelayStore(Protocol):
+    """What the relay loop needs from storage. Every method is one short transaction."""
+
+    async def register(self, relay_id: UUID) -> None: ...
+    async def heartbeat(self, relay_id: UUID) -> bool: ...
+    async def deregister(self, relay_id: UUID) -> None: ...
+    async def reap(self, older_than: float) -> None: ...
+    async def set_idle(self, relay_id: UUID, idle: bool) -> None: ...
+    async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]: ...
+    async def next_due(self) -> datetime | None: ...
+    async def complete(self, relay_id: UUID, batch: Sequence[Completion]) -> None: ...
+    async def renew(self, relay_id: UUID, ids: Sequence[int], lease: float) -> set[int]: ...
+    async def release(self, relay_id: UUID, ids: Sequence[int]) -> None: ...
+
+
+def _job(row: asyncpg.Record) -> Job:
+    return Job(
+        delivery_id=row["id"],
+        event_id=row["event_id"],
+        endpoint_id=row["endpoint_id"],
+        attempts=row["attempts"],
+        schedule_base=row["schedule_base"],
+        event_type=row["event_type"],
+        payload=row["payload"],
+        created_at=row["created_at"],
+        url=row["url"],
+        secret=row["secret"],
+    )
+
+
+class PgStore:
+    """:class:`RelayStore` on an asyncpg pool, using the named queries of ``queries.sql``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def register(self, relay_id: UUID) -> None:
+        with translate_errors():
+            await self._pool.execute(
+                QUERIES["register_relay"], relay_id, socket.gethostname(), os.getpid()
+            )
+
+    async def heartbeat(self, relay_id: UUID) -> bool:
+        with translate_errors():
+            return await self._pool.fetchval(QUERIES["heartbeat_relay"], relay_id) is not None
+
+    async def deregister(self, relay_id: UUID) -> None:
+        with translate_errors():
+            await self._pool.execute(QUERIES["deregister_relay"], relay_id)
+
+    async def reap(self, older_than: float) -> None:
+        with translate_errors():
+            await self._pool.execute(QUERIES["reap_relays"], older_than)
+
+    async def set_idle(self, relay_id: UUID, idle: bool) -> None:
+        with translate_errors():
+            await self._pool.execute(QUERIES["set_relay_idle"], relay_id, idle)
+
+    async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]:
+        """Due deliveries first (retries, replays, expired leases), then fresh events fanned out.
+
+        Retries go first so that a steady stream of new events cannot starve them.
+        """
+        with translate_errors():
+            async with self._pool.acquire() as conn:
+                rows = list(await conn.fetch(QUERIES["claim_due"], limit, lease, relay_id))
+                if len(rows) < limit:
+                    rows += await conn.fetch(QUERIES["fan_out"], limit - len(rows), lease, relay_id)
+        return [_job(row) for row in rows]
+
+    async def next_due(self) -> datetime | None:
+        with translate_errors():
+            due: datetime | None = await self._pool.fetchval(QUERIES["next_due"])
+        return due
+
+    async def complete(self, relay_id: UUID, batch: Sequence[Completion]) -> None:
+        """Record the attempts and apply the outcomes in one transaction."""
+        attempts: list[list[object]] = [[] for _ in range(10)]
+        updates: list[list[object]] = [[] for _ in range(6)]
+        for c in batch:
+            outcome = c.outcome
+            status, delay = (
+                ("delivered", None)
+                if isinstance(outcome, Delivered)
+                else ("pending", outcome.after)
+                if isinstance(outcome, Retry)
+                else ("dead", None)
+            )
+            error = c.result.error
+            if isinstance(outcome, Dead) and error is None:
+                error = outcome.reason
+            for column, value in zip(
+                attempts,
+                (
+                    c.job.delivery_id,
+                    c.job.event_id,
+                    c.job.endpoint_id,
+                    c.job.attempt,
+                    c.result.started_at,
+                    c.result.duration * 1000.0,
+                    c.result.status,
+                    c.result.response_body,
+                    c.result.error,
+                    "retry" if status == "pending" else status,
+                ),
+                strict=True,
+            ):
+                column.append(value)
+            for column, value in zip(
+                updates,
+                (c.job.delivery_id, status, delay, c.result.status, error, c.result.started_at),
+                strict=True,
+            ):
+                column.append(value)
+        with translate_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(QUERIES["record_attempts"], *attempts)
+                await conn.execute(QUERIES["complete_deliveries"], *updates, relay_id)
+
+    async def renew(self, relay_id: UUID, ids: Sequence[int], lease: float) -> set[int]:
+        with translate_errors():
+            rows = await self._pool.fetch(QUERIES["renew_leases"], list(ids), relay_id, lease)
+        return {row["id"] for row in rows}
+
+    async def release(self, relay_id: UUID, ids: Sequence[int]) -> None:
+        with translate_errors():
+            await self._pool.execute(QUERIES["release_leases"], list(ids), relay_id)
