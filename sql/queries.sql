@@ -193,10 +193,6 @@ SET status = 'pending', next_attempt_at = now(), schedule_base = attempts, dead_
 WHERE status = 'dead'
 RETURNING id;
 
--- delivery_counts --
--- How many deliveries are in each status (for the demo and tests).
-SELECT status, count(*) AS n FROM courier.deliveries GROUP BY status;
-
 -- bootstrap_migrations --
 -- Run by the migrator under its advisory lock, before reading which migrations are applied.
 CREATE SCHEMA IF NOT EXISTS courier;

