@@ -230,9 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pgcourier`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    is_replay = getattr(args, "command", None) == "dlq" and args.dlq_command == "replay"
-    if is_replay and not args.all and not args.ids:
-        parser.error("dlq replay needs delivery ids or --all")
     try:
         settings = load_settings()
     except ConfigurationError as exc:
@@ -244,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args, settings)
         return code
     except PgCourierError as exc:
-        print(f"pgcourier: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # always one line
+        print(f"pgcourier: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -177,11 +177,10 @@ def translate_errors() -> Iterator[None]:
     except asyncpg.PostgresError as exc:
         sqlstate = getattr(exc, "sqlstate", "") or ""
         if sqlstate.startswith(_INPUT_SQLSTATE_PREFIXES):
-            detail = getattr(exc, "hint", None)
-            message = str(exc).removeprefix("courier: ")
-            if detail:
-                message = f"{message} ({detail})"
-            column = getattr(exc, "column_name", None) or _field_from_message(str(exc))
+            primary = str(getattr(exc, "message", None) or exc).removeprefix("courier: ")
+            hint = getattr(exc, "hint", None)
+            message = f"{primary} ({hint})" if hint else primary
+            column = getattr(exc, "column_name", None) or _field_from_message(primary)
             raise InvalidInput(message, field=column) from exc
         if sqlstate.startswith(("08", "57P")):
             raise DatabaseUnavailable(str(exc)) from exc

@@ -1,0 +1,255 @@
+"""The pgcourier command as a user runs it: a real process, real Postgres, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pgcourier import ops
+from tests.integration.helpers import Receiver, add_endpoint, relay_settings, statuses, wait_until
+
+
+def cli_env(dsn: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCOURIER_")}
+    if dsn is not None:
+        env["PGCOURIER_DATABASE_URL"] = dsn
+    env["PGCOURIER_LOG_FORMAT"] = "json"
+    env.update(extra)
+    return env
+
+
+async def pgcourier(
+    *args: str, dsn: str | None, timeout: float = 60, **extra: str
+) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pgcourier",
+        *args,
+        env=cli_env(dsn, **extra),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def start_relay_process(dsn: str, **extra: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pgcourier",
+        "run",
+        env=cli_env(dsn, **extra),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_endpoint_add_prints_id_and_secret_once(dsn: str) -> None:
+    code, out, _ = await pgcourier(
+        "endpoint",
+        "add",
+        "--url",
+        "https://example.com/hook",
+        "--event",
+        "order.*",
+        "--event",
+        "request_submitted",
+        dsn=dsn,
+    )
+    assert code == 0
+    created = json.loads(out)
+    assert created["secret"].startswith("whsec_")
+    assert created["event_types"] == ["order.*", "request_submitted"]
+    code, out, _ = await pgcourier("endpoint", "list", dsn=dsn)
+    assert code == 0
+    [listed] = json.loads(out)
+    assert listed["id"] == created["id"]
+    assert "secret" not in listed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["endpoint", "add", "--url", "ftp://x", "--event", "a"], "http:// or https://"),
+        (["endpoint", "add", "--url", "https://x", "--event", "a b"], "'a b' is not a pattern"),
+        (["endpoint", "add", "--url", "https://x", "--event", "a", "--secret", "s"], "whsec_"),
+        (["endpoint", "disable", "not-a-uuid"], "'not-a-uuid' is not a UUID"),
+        (["endpoint", "disable", "00000000-0000-0000-0000-000000000000"], "no endpoint"),
+        (["enqueue", "bad type", "{}"], "invalid event_type 'bad type'"),
+        (["enqueue", "a.b", "[1]"], "payload must be a JSON object"),
+        (["enqueue", "a.b", "{nope"], "payload is not JSON"),
+        (["dlq", "replay"], "one of the arguments ID --all is required"),
+        (["dlq", "list", "--limit", "0"], "limit must be between"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+async def test_bad_input_is_one_line_and_changes_nothing(dsn: str, args, message) -> None:
+    code, out, err = await pgcourier(*args, dsn=dsn)
+    assert code != 0
+    assert out == ""
+    lines = [line for line in err.splitlines() if not line.startswith("{")]  # logs are JSON
+    assert len(lines) == 1, err
+    assert message in lines[0]
+    assert "Traceback" not in err
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM courier.endpoints") == 0
+        assert await conn.fetchval("SELECT count(*) FROM courier.outbox") == 0
+    finally:
+        await conn.close()
+
+
+async def test_invalid_settings_give_one_line_per_problem(dsn: str) -> None:
+    code, _out, err = await pgcourier(
+        "migrate", dsn=dsn, PGCOURIER_POLL_INTERVAL="-1", PGCOURIER_LOG_LEVEL="loud"
+    )
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("pgcourier: invalid setting PGCOURIER_POLL_INTERVAL:")
+    assert lines[1].startswith("pgcourier: invalid setting PGCOURIER_LOG_LEVEL:")
+
+
+async def test_unreachable_database_is_one_line(empty_dsn: str) -> None:
+    code, _, err = await pgcourier(
+        "migrate", dsn="postgresql://nobody@127.0.0.1:1/none", timeout=30
+    )
+    assert code == 1
+    assert err.strip().startswith("pgcourier: error:")
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_migrate_is_idempotent(empty_dsn: str) -> None:
+    code, out, _ = await pgcourier("migrate", dsn=empty_dsn)
+    assert code == 0
+    assert json.loads(out)["applied"] == [1]
+    code, out, _ = await pgcourier("migrate", dsn=empty_dsn)
+    assert json.loads(out)["applied"] == []
+
+
+async def test_enqueue_dlq_list_and_replay(conn, dsn: str, receiver: Receiver, relay) -> None:
+    await add_endpoint(conn, receiver.url("/hook"))
+    receiver.script["/hook"] = [500]
+    code, out, _ = await pgcourier("enqueue", "order.paid", '{"n": 1}', dsn=dsn)
+    assert code == 0
+    event_id = json.loads(out)["id"]
+    async with relay(retry_schedule=""):
+        await wait_until(lambda: _dead(conn))
+        code, out, _ = await pgcourier("dlq", "list", dsn=dsn)
+        [dead] = json.loads(out)
+        assert dead["event_id"] == event_id
+        code, out, _ = await pgcourier("dlq", "replay", "--all", dsn=dsn)
+        assert json.loads(out) == {"replayed": [dead["id"]]}
+        await receiver.wait_count(2)
+        await wait_until(lambda: _delivered_all(conn))
+    assert receiver.ids() == {event_id: 2}
+
+
+async def _dead(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM courier.dead_letters"))
+
+
+async def _delivered_all(conn: asyncpg.Connection) -> bool:
+    return (await statuses(conn)).keys() == {"delivered"}
+
+
+async def test_sigterm_drains_in_flight_deliveries_and_exits_zero(
+    conn, dsn: str, receiver: Receiver
+) -> None:
+    await add_endpoint(conn, receiver.url("/slow"))
+    receiver.delay["/slow"] = 1.0
+    for i in range(3):
+        await ops.enqueue(conn, "order.paid", {"i": i})
+    proc = await start_relay_process(dsn)
+    try:
+        await receiver.wait_count(3, timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert await statuses(conn) == {"delivered": 3}
+    assert await conn.fetchval("SELECT count(*) FROM courier.relays") == 0
+    assert b'"relay stopped"' in err
+
+
+async def test_sigterm_releases_leases_when_the_drain_times_out(
+    conn, dsn: str, receiver: Receiver
+) -> None:
+    await add_endpoint(conn, receiver.url("/stuck"))
+    receiver.delay["/stuck"] = 8
+    await ops.enqueue(conn, "order.paid", {})
+    proc = await start_relay_process(
+        dsn,
+        PGCOURIER_SHUTDOWN_TIMEOUT="200ms",
+        PGCOURIER_DELIVERY_TIMEOUT="5s",
+        PGCOURIER_LEASE="60s",
+    )
+    try:
+        await receiver.wait_count(1, timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0
+    row = await conn.fetchrow(
+        "SELECT status, lease_token, next_attempt_at <= now() AS due FROM courier.deliveries"
+    )
+    # Handed back, due at once: another relay need not wait 60 s for the lease to run out.
+    assert dict(row) == {"status": "pending", "lease_token": None, "due": True}
+
+
+async def test_kill_9_mid_delivery_loses_nothing(conn, dsn: str, receiver: Receiver) -> None:
+    await add_endpoint(conn, receiver.url("/hook"))
+    receiver.delay["/hook"] = 0.8
+    ids = {str(await ops.enqueue(conn, "order.paid", {"i": i})) for i in range(5)}
+    proc = await start_relay_process(dsn, PGCOURIER_LEASE="2s", PGCOURIER_DELIVERY_TIMEOUT="1s")
+    try:
+        await receiver.wait_count(1, timeout=20)
+        proc.kill()  # SIGKILL: no drain, no release, no goodbye
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert await conn.fetchval("SELECT count(*) FROM courier.attempts") == 0
+    receiver.delay.pop("/hook")
+    from pgcourier.runtime import running
+
+    async with running(relay_settings(dsn), dsn):
+        await wait_until(lambda: _delivered_all(conn), timeout=15)
+    assert set(receiver.ids()) == ids  # duplicates allowed, each with its webhook-id
+    assert await conn.fetchval("SELECT count(DISTINCT event_id) FROM courier.attempts") == 5
+
+
+async def test_embedded_default_when_no_database_url(tmp_path: Path) -> None:
+    env: dict[str, Any] = {"PGCOURIER_DATA_DIR": str(tmp_path / "data")}
+    code, out, _ = await pgcourier("enqueue", "order.paid", '{"n": 1}', dsn=None, **env)
+    assert code == 0, out
+    code, dsn_out, _ = await pgcourier("dsn", dsn=None, **env)
+    assert code == 0
+    assert dsn_out.startswith("postgresql://")
+    assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()
+    # The data persisted across runs: the event enqueued by the first process is there.
+    code, out, _ = await pgcourier("endpoint", "list", dsn=None, **env)
+    assert code == 0
+    assert json.loads(out) == []
+
+
+async def test_demo_passes() -> None:
+    code, out, err = await pgcourier("demo", dsn=None, timeout=90)
+    assert code == 0, out + err
+    assert "demo passed" in out
+    assert out.count("verified") >= 3
