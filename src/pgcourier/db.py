@@ -187,6 +187,8 @@ def translate_errors() -> Iterator[None]:
         raise PgCourierError(f"database error {sqlstate}: {exc}") from exc
     except (OSError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(str(exc)) from exc
+    except TimeoutError as exc:  # asyncpg's command_timeout, or a connect that never completes
+        raise DatabaseUnavailable("the database did not answer in time") from exc
 
 
 def _field_from_message(message: str) -> str | None:

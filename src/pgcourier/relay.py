@@ -29,7 +29,7 @@ import structlog
 from pgcourier import policy
 from pgcourier.delivery import Transport
 from pgcourier.errors import PgCourierError
-from pgcourier.model import Completion, Job
+from pgcourier.model import AttemptResult, Completion, Job
 from pgcourier.store import RelayStore
 
 log = structlog.get_logger("pgcourier.relay")
@@ -206,7 +206,18 @@ class Relay:
 
     async def _deliver(self, job: Job) -> None:
         async with self._slots:
-            result = await self._transport.send(job)
+            try:
+                result = await self._transport.send(job)
+            except Exception as exc:
+                # Transports report failures as values; an exception here is a bug. Record it as
+                # a failed attempt so the delivery follows its retry schedule instead of sitting
+                # in _held, its lease renewed forever.
+                log.exception("transport raised", delivery_id=job.delivery_id)
+                result = AttemptResult(
+                    started_at=datetime.now(UTC),
+                    duration=0.0,
+                    error=f"internal error: {type(exc).__name__}: {exc}",
+                )
         outcome = policy.decide(
             status=result.status,
             error=result.error,

@@ -184,3 +184,36 @@ async def test_in_flight_never_exceeds_the_limit() -> None:
     relay = Relay(store=store, transport=transport, config=CONFIG)
     await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 50)
     assert transport.max_seen == CONFIG.max_in_flight
+
+
+class BrokenTransport(FakeTransport):
+    async def send(self, job: Job) -> AttemptResult:
+        raise RuntimeError("bug in a transport")
+
+
+async def test_a_transport_bug_becomes_a_failed_attempt_not_a_stuck_delivery() -> None:
+    store = FakeStore([make_job(1)])
+    relay = Relay(store=store, transport=BrokenTransport(), config=CONFIG)
+    await run_until(relay, asyncio.Event(), lambda: store.completed)
+    [c] = store.completed
+    assert c.result.error == "internal error: RuntimeError: bug in a transport"
+    assert c.outcome == Retry(60.0)
+
+
+class TimingOutStore(FakeStore):
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        super().__init__(jobs)
+        self.claim_failures = 2
+
+    async def claim(self, relay_id: uuid.UUID, limit: int, lease: float) -> list[Job]:
+        if self.claim_failures:
+            self.claim_failures -= 1
+            raise DatabaseUnavailable("the database did not answer in time")
+        return await super().claim(relay_id, limit, lease)
+
+
+async def test_claim_failures_are_retried_not_fatal() -> None:
+    store = TimingOutStore([make_job(1)])
+    relay = Relay(store=store, transport=FakeTransport(), config=CONFIG)
+    await run_until(relay, asyncio.Event(), lambda: store.completed)
+    assert store.claim_failures == 0

@@ -1,0 +1,83 @@
+"""The SQL behind claims and leases, driven directly through PgStore."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from pgcourier import ops
+from pgcourier.model import AttemptResult, Completion
+from pgcourier.policy import Delivered, Retry
+from pgcourier.store import PgStore
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[PgStore]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        yield PgStore(pool)
+    finally:
+        await pool.close()
+
+
+def done(job, outcome=None) -> Completion:
+    return Completion(
+        job,
+        AttemptResult(started_at=datetime.now(UTC), duration=0.01, status=200),
+        outcome or Delivered(),
+    )
+
+
+async def test_a_stale_relay_cannot_complete_a_delivery_taken_over(conn, store) -> None:
+    await ops.create_endpoint(conn, url="http://127.0.0.1:1/x", event_types=["*"])
+    await ops.enqueue(conn, "a.b", {})
+    stale, fresh = uuid.uuid4(), uuid.uuid4()
+    [job] = await store.claim(stale, limit=10, lease=0.2)
+    await asyncio.sleep(0.3)  # the stale relay stalls past its lease
+    [again] = await store.claim(fresh, limit=10, lease=30)
+    assert again.delivery_id == job.delivery_id
+    assert await store.renew(stale, [job.delivery_id], 30) == set()  # it learns it lost it
+    await store.complete(stale, [done(job, Retry(after=60))])
+    row = await conn.fetchrow("SELECT status, attempts, lease_token FROM courier.deliveries")
+    assert dict(row) == {"status": "pending", "attempts": 0, "lease_token": fresh}
+    await store.complete(fresh, [done(again)])
+    row = await conn.fetchrow("SELECT status, attempts, lease_token FROM courier.deliveries")
+    assert dict(row) == {"status": "delivered", "attempts": 1, "lease_token": None}
+    # Both attempts happened on the wire, so both are in the log.
+    assert await conn.fetchval("SELECT count(*) FROM courier.attempts") == 2
+
+
+async def test_claims_do_not_overlap_while_leases_hold(conn, store) -> None:
+    await ops.create_endpoint(conn, url="http://127.0.0.1:1/x", event_types=["*"])
+    await conn.execute("SELECT courier.enqueue('a.b', '{}'::jsonb) FROM generate_series(1, 300)")
+    relays = [uuid.uuid4() for _ in range(3)]
+    batches = await asyncio.gather(*(store.claim(r, limit=150, lease=30) for r in relays))
+    ids = [job.delivery_id for batch in batches for job in batch]
+    assert len(ids) == len(set(ids)) == 300
+    assert all(await asyncio.gather(*(store.claim(r, 10, 30) for r in relays))) is False
+
+
+async def test_release_makes_deliveries_due_at_once(conn, store) -> None:
+    await ops.create_endpoint(conn, url="http://127.0.0.1:1/x", event_types=["*"])
+    await ops.enqueue(conn, "a.b", {})
+    owner = uuid.uuid4()
+    [job] = await store.claim(owner, limit=10, lease=600)
+    assert await store.claim(uuid.uuid4(), limit=10, lease=600) == []
+    await store.release(owner, [job.delivery_id])
+    [again] = await store.claim(uuid.uuid4(), limit=10, lease=600)
+    assert again.delivery_id == job.delivery_id
+
+
+async def test_next_due_ignores_disabled_endpoints(conn, store) -> None:
+    endpoint = await ops.create_endpoint(conn, url="http://127.0.0.1:1/x", event_types=["*"])
+    await ops.enqueue(conn, "a.b", {})
+    [job] = await store.claim(uuid.uuid4(), limit=10, lease=600)
+    assert await store.next_due() is not None
+    await ops.set_endpoint_enabled(conn, endpoint["id"], False)
+    assert await store.next_due() is None
+    assert job.attempt == 1
