@@ -129,22 +129,34 @@ CREATE UNLOGGED TABLE courier.relays (
 -- only when some relay is idle, i.e. actually blocked waiting for work; a busy relay will find
 -- the new event on its next claim anyway.
 --
+-- Moreover the first producer that finds an idle relay *claims the wake-up*: it flips that
+-- relay's flag back to busy and notifies; producers after it see a busy relay and skip NOTIFY.
+-- So there is one notification per idle period, not one per commit while the relay wakes up.
+-- FOR UPDATE SKIP LOCKED keeps producers from ever waiting on each other here (no blocking, no
+-- deadlock): a producer that finds the flag being flipped by another simply leaves it to that one.
+--
 -- The check runs as a DEFERRED constraint trigger, i.e. at COMMIT, not at INSERT time: the
 -- window between "read the idle flags" and "commit" is then microseconds, not the rest of the
 -- producer's transaction. The relay closes the remaining race itself: it marks itself idle,
--- commits that, and only then claims once more before it sleeps. An event whose producer read
--- "no idle relay" just before the relay went idle, and committed just after the relay's
--- re-check, is the only case left; the relay's poll (default every second) picks it up.
+-- commits that, and only then claims once more before it sleeps. What is left (a producer that
+-- read "no idle relay" just before the relay went idle and committed just after the relay's
+-- re-check; or a producer that skipped a flag being flipped by one that then rolled back) is
+-- picked up by the relay's poll, every second by default.
 --
--- The transaction-local setting makes a bulk INSERT check the flags and notify once, not once
--- per row. Reading courier.relays takes no row locks, so producers never wait on each other here.
+-- The transaction-local setting makes a bulk INSERT do this once, not once per row.
 CREATE FUNCTION courier.outbox_wake() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('courier.wake_checked', true) IS DISTINCT FROM 'on' THEN
         PERFORM set_config('courier.wake_checked', 'on', true);
         IF EXISTS (SELECT 1 FROM courier.relays WHERE idle) THEN
-            PERFORM pg_notify('courier_outbox', '');
+            WITH woken AS (
+                SELECT id FROM courier.relays WHERE idle FOR UPDATE SKIP LOCKED
+            )
+            UPDATE courier.relays AS r SET idle = false FROM woken WHERE r.id = woken.id;
+            IF FOUND THEN
+                PERFORM pg_notify('courier_outbox', '');
+            END IF;
         END IF;
     END IF;
     RETURN NULL;

@@ -86,7 +86,12 @@ class Relay:
     # -- waking ------------------------------------------------------------------------------
 
     def notify(self) -> None:
-        """A NOTIFY arrived (or the listener reconnected): look for work now."""
+        """A NOTIFY arrived (or the listener reconnected): look for work now.
+
+        The producer that sent it has already flipped our idle flag to busy (see
+        courier.outbox_wake), so we must mark ourselves idle again before the next sleep.
+        """
+        self._idle = False
         self._wake("notify")
 
     def _wake(self, source: str) -> None:
@@ -165,9 +170,9 @@ class Relay:
                 await _first(stop.wait(), asyncio.sleep(cfg.db_retry_interval))
                 continue
             if jobs:
+                # No need to mark ourselves busy: while we are flagged idle, the first producer
+                # to commit flips the flag for us (and notifies once).
                 self._start(jobs)
-                if self._idle:
-                    await self._set_idle(False)
                 continue
             # Going idle: from now on producers notify us. Claim once more before sleeping to pick
             # up anything committed by a producer that saw us busy.

@@ -260,6 +260,11 @@ async def test_producers_notify_only_when_a_relay_is_idle(conn, dsn: str) -> Non
         await wait_until(lambda: got)
         await asyncio.sleep(0.2)
         assert len(got) == 1
+        # That producer claimed the wake-up: the relay is flagged busy, so nobody else notifies.
+        assert await conn.fetchval("SELECT idle FROM courier.relays") is False
+        await ops.enqueue(conn, "a.b", {})
+        await asyncio.sleep(0.2)
+        assert len(got) == 1
     finally:
         await listener.close()
 
