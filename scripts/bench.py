@@ -216,8 +216,13 @@ class RelayProcess:
             await asyncio.sleep(0.05)
 
 
+RELAY_ENV: dict[str, str] = {}
+
+
 @contextlib.asynccontextmanager
-async def relay_process(dsn: str, log_level: str) -> AsyncIterator[RelayProcess]:
+async def relay_process(
+    dsn: str, log_level: str, profile: str | None = None
+) -> AsyncIterator[RelayProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGCOURIER_")}
     env.update(
         PGCOURIER_DATABASE_URL=dsn,
@@ -225,19 +230,33 @@ async def relay_process(dsn: str, log_level: str) -> AsyncIterator[RelayProcess]
         PGCOURIER_LOG_FORMAT="json",
         PYTHONPATH=str(ROOT / "src"),
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgcourier", "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env.update(RELAY_ENV)
+    command = [sys.executable, "-m", "pgcourier", "run"]
+    if profile:  # py-spy samples the relay and writes collapsed stacks when it exits
+        command = [
+            "py-spy",
+            "record",
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "-o",
+            profile,
+            "--",
+            *command,
+        ]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     relay = RelayProcess(proc)
     relay._sampler = asyncio.create_task(relay._sample())
     try:
         yield relay
     finally:
         relay._sampler.cancel()
-        proc.send_signal(signal.SIGTERM)
+        target = proc
+        if profile:  # stop the relay itself; py-spy writes its profile when its child exits
+            children = psutil.Process(proc.pid).children()
+            target = children[0] if children else proc
+        target.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -310,6 +329,7 @@ class Bench:
     sizes: Sizes
     receiver: ReceiverClient
     log_level: str
+    profile: str | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def conn(self) -> asyncpg.Connection:
@@ -355,7 +375,7 @@ class Bench:
             await conn.execute("VACUUM ANALYZE courier.outbox")
             expected = n_events * n_endpoints
             await self.receiver.reset()
-            async with relay_process(self.dsn, self.log_level) as relay:
+            async with relay_process(self.dsn, self.log_level, self.profile) as relay:
                 stats = await self.receiver.wait_count(expected, timeout=600)
                 done = await wait_recorded(conn, timeout=120)
                 rss = relay.peak_rss
@@ -654,7 +674,7 @@ async def run(args: argparse.Namespace) -> int:
         async with db.connection(dsn) as conn:
             await db.migrate(conn)
         async with receiver_process() as receiver:
-            bench = Bench(dsn, sizes, receiver, args.relay_log_level)
+            bench = Bench(dsn, sizes, receiver, args.relay_log_level, args.profile)
             if any(m in wanted for m in ("drain", "fanout")) and "ceiling" not in wanted:
                 wanted.insert(0, "ceiling")
             for name in wanted:
@@ -699,14 +719,26 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes; targets not enforced")
-    parser.add_argument("--only", choices=MEASUREMENTS + ("memory",))
+    parser.add_argument("--only", choices=(*MEASUREMENTS, "memory"))
     parser.add_argument("--dsn", help="use this Postgres instead of an embedded one")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--plot", help="write a PNG (needs matplotlib)")
     parser.add_argument(
+        "--profile",
+        help="run the relay under py-spy in drain and fanout; collapsed stacks go to this file",
+    )
+    parser.add_argument(
         "--relay-log-level", default="info", choices=("debug", "info", "warning", "error")
     )
+    parser.add_argument(
+        "--relay-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the relay, e.g. PGCOURIER_MAX_IN_FLIGHT=128 (repeatable)",
+    )
     args = parser.parse_args()
+    RELAY_ENV.update(item.split("=", 1) for item in args.relay_env)
     if args.only == "memory":
         args.only = "drain"
     return asyncio.run(run(args))

@@ -72,9 +72,18 @@ class Relay:
         self._slots = asyncio.Semaphore(config.max_in_flight)
         # Jobs leased to this relay whose outcome is not written yet, by delivery id.
         self._held: dict[int, Job] = {}
+        # Jobs claimed whose HTTP attempt has not finished (queued or in flight). The relay keeps
+        # up to `_prefetch` of them so that HTTP never waits for a claim round trip, and claims
+        # again once `_min_claim` slots are free so that claims stay batched.
+        self._active = 0
+        self._prefetch = 2 * config.max_in_flight
+        self._min_claim = max(1, config.max_in_flight // 4)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: list[Completion] = []
         self._pending_ready = asyncio.Event()
+        # Held while a batch of outcomes is being written, so that draining never hands back a
+        # lease whose outcome is in the middle of being recorded.
+        self._flush_lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()
         self._closing = asyncio.Event()
         self._idle = False
@@ -154,9 +163,9 @@ class Relay:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         cfg = self._config
         while not stop.is_set():
-            free = cfg.max_in_flight - len(self._held)
-            if free <= 0:
-                # Everything we may hold is in flight: wait until a completion frees room.
+            free = self._prefetch - self._active
+            if free < self._min_claim:
+                # Enough work queued or in flight: wait until attempts finish and free room.
                 self._slot_freed.clear()
                 await _first(stop.wait(), self._slot_freed.wait())
                 continue
@@ -203,6 +212,7 @@ class Relay:
             if job.delivery_id in self._held:
                 continue  # our own lease, re-claimed after it lapsed: it is already in flight
             self._held[job.delivery_id] = job
+            self._active += 1
             task = asyncio.create_task(
                 self._deliver(job), name=f"pgcourier-deliver-{job.delivery_id}"
             )
@@ -210,19 +220,25 @@ class Relay:
             task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, job: Job) -> None:
-        async with self._slots:
-            try:
+        try:
+            async with self._slots:
                 result = await self._transport.send(job)
-            except Exception as exc:
-                # Transports report failures as values; an exception here is a bug. Record it as
-                # a failed attempt so the delivery follows its retry schedule instead of sitting
-                # in _held, its lease renewed forever.
-                log.exception("transport raised", delivery_id=job.delivery_id)
-                result = AttemptResult(
-                    started_at=datetime.now(UTC),
-                    duration=0.0,
-                    error=f"internal error: {type(exc).__name__}: {exc}",
-                )
+        except Exception as exc:
+            # Transports report failures as values; an exception here is a bug. Record it as
+            # a failed attempt so the delivery follows its retry schedule instead of sitting
+            # in _held, its lease renewed forever.
+            log.exception("transport raised", delivery_id=job.delivery_id)
+            result = AttemptResult(
+                started_at=datetime.now(UTC),
+                duration=0.0,
+                error=f"internal error: {type(exc).__name__}: {exc}",
+            )
+        finally:
+            # The slot frees when the attempt ends, not when its outcome is written: claiming
+            # more must not wait for the completion round trip.
+            self._active -= 1
+            if self._prefetch - self._active >= self._min_claim:
+                self._slot_freed.set()
         outcome = policy.decide(
             status=result.status,
             error=result.error,
@@ -267,6 +283,10 @@ class Relay:
             await self._flush()
 
     async def _flush(self, *, give_up_after: float | None = None) -> None:
+        async with self._flush_lock:
+            await self._flush_locked(give_up_after)
+
+    async def _flush_locked(self, give_up_after: float | None) -> None:
         batch, self._pending = self._pending, []
         if not batch:
             return
@@ -295,7 +315,6 @@ class Relay:
                 self.delivered += 1
             elif isinstance(c.outcome, policy.Retry):
                 self._arm_timer(c.outcome.after)
-        self._slot_freed.set()
 
     # -- leases ------------------------------------------------------------------------------
 

@@ -217,3 +217,29 @@ async def test_claim_failures_are_retried_not_fatal() -> None:
     relay = Relay(store=store, transport=FakeTransport(), config=CONFIG)
     await run_until(relay, asyncio.Event(), lambda: store.completed)
     assert store.claim_failures == 0
+
+
+class SlowCompleteStore(FakeStore):
+    """Writing outcomes takes a while, so a stop lands in the middle of a write."""
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        super().__init__(jobs)
+        self.writing = asyncio.Event()
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        self.writing.set()
+        await asyncio.sleep(0.3)
+        await super().complete(relay_id, batch)
+
+
+async def test_stop_during_a_completion_write_does_not_release_those_leases() -> None:
+    store = SlowCompleteStore([make_job(i) for i in range(5)])
+    relay = Relay(store=store, transport=FakeTransport(), config=CONFIG)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await store.writing.wait()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert sorted(c.job.delivery_id for c in store.completed) == list(range(5))
+    # Releasing them would clear the lease the in-flight write depends on: sent twice.
+    assert store.released == []
