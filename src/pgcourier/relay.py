@@ -3,7 +3,8 @@
 Concurrency model (one relay process):
 
 * one claim loop leases work from Postgres and starts a delivery task per job;
-* delivery tasks run HTTP concurrently, at most ``max_in_flight`` at a time (a semaphore);
+* a fixed pool of ``max_in_flight`` workers runs the HTTP attempts, fed by a queue that the
+  claim loop keeps up to twice that deep, so that sending never waits on a claim;
 * one completer writes finished attempts in batches, one short transaction per batch: no
   transaction is ever open across HTTP;
 * one lease keeper renews the leases of everything this relay holds, and heartbeats.
@@ -69,7 +70,10 @@ class Relay:
         self._rng = rng or random.Random()
         self._wakeup = asyncio.Event()
         self._wake_source = "poll"
-        self._slots = asyncio.Semaphore(config.max_in_flight)
+        # Claimed jobs wait here for one of max_in_flight worker tasks (a fixed pool: creating a
+        # task per delivery cost more than the rest of the loop together).
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
         # Jobs leased to this relay whose outcome is not written yet, by delivery id.
         self._held: dict[int, Job] = {}
         # Jobs claimed whose HTTP attempt has not finished (queued or in flight). The relay keeps
@@ -78,7 +82,6 @@ class Relay:
         self._active = 0
         self._prefetch = 2 * config.max_in_flight
         self._min_claim = max(1, config.max_in_flight // 4)
-        self._tasks: set[asyncio.Task[None]] = set()
         self._pending: list[Completion] = []
         self._pending_ready = asyncio.Event()
         # Held while a batch of outcomes is being written, so that draining never hands back a
@@ -86,7 +89,11 @@ class Relay:
         self._flush_lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()
         self._closing = asyncio.Event()
+        # Whether our row in courier.relays says idle, as far as we know. A NOTIFY means some
+        # producer flipped it to busy; _notifications lets _mark_idle see one that lands while
+        # its own UPDATE is in flight.
         self._idle = False
+        self._notifications = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self.delivered = 0  # attempts that ended delivered, for callers that wait on progress
@@ -101,6 +108,7 @@ class Relay:
         courier.outbox_wake), so we must mark ourselves idle again before the next sleep.
         """
         self._idle = False
+        self._notifications += 1
         self._wake("notify")
 
     def _wake(self, source: str) -> None:
@@ -148,6 +156,10 @@ class Relay:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._completer(), name="pgcourier-completer")
                 group.create_task(self._lease_keeper(), name="pgcourier-lease-keeper")
+                self._workers = [
+                    asyncio.create_task(self._worker(), name=f"pgcourier-worker-{i}")
+                    for i in range(self._config.max_in_flight)
+                ]
                 try:
                     await self._claim_loop(stop)
                 finally:
@@ -185,18 +197,24 @@ class Relay:
                 continue
             # Going idle: from now on producers notify us. Claim once more before sleeping to pick
             # up anything committed by a producer that saw us busy.
-            if not self._idle and await self._set_idle(True):
+            if not self._idle and await self._mark_idle():
                 continue
             await self._arm_next_due()
             await self._sleep(stop)
 
-    async def _set_idle(self, idle: bool) -> bool:
+    async def _mark_idle(self) -> bool:
+        """Flag ourselves idle so that producers notify us; False if the write failed."""
+        seen = self._notifications
         try:
-            await self._store.set_idle(self.id, idle)
+            await self._store.set_idle(self.id, True)
         except PgCourierError as exc:
             log.warning("could not update relay state", error=str(exc))
             return False
-        self._idle = idle
+        # A notification during the UPDATE may come from a producer that flipped the flag back
+        # after it: then the flag is busy again and we must not believe it idle (we would sleep
+        # until the poll). Believing it busy when it is idle only costs one more no-op UPDATE.
+        if self._notifications == seen:
+            self._idle = True
         return True
 
     async def _arm_next_due(self) -> None:
@@ -213,16 +231,19 @@ class Relay:
                 continue  # our own lease, re-claimed after it lapsed: it is already in flight
             self._held[job.delivery_id] = job
             self._active += 1
-            task = asyncio.create_task(
-                self._deliver(job), name=f"pgcourier-deliver-{job.delivery_id}"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._queue.put_nowait(job)
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._deliver(job)
+            finally:
+                self._queue.task_done()
 
     async def _deliver(self, job: Job) -> None:
         try:
-            async with self._slots:
-                result = await self._transport.send(job)
+            result = await self._transport.send(job)
         except Exception as exc:
             # Transports report failures as values; an exception here is a bug. Record it as
             # a failed attempt so the delivery follows its retry schedule instead of sitting
@@ -342,14 +363,19 @@ class Relay:
 
     async def _drain(self) -> None:
         """Stop: let in-flight deliveries finish (bounded), write outcomes, release the rest."""
-        tasks = set(self._tasks)
-        if tasks:
-            log.info("draining in-flight deliveries", n=len(tasks))
-            _, unfinished = await asyncio.wait(tasks, timeout=self._config.shutdown_timeout)
-            for task in unfinished:
-                task.cancel()
-            if unfinished:
-                await asyncio.wait(unfinished)
+        # Jobs still queued were never sent: hand them back at once rather than start them now.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
+            self._active -= 1
+        in_flight = self._active
+        if in_flight:
+            log.info("draining in-flight deliveries", n=in_flight)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), self._config.shutdown_timeout)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
         await self._flush(give_up_after=self._config.shutdown_timeout)
         leftover = list(self._held)
         if leftover:

@@ -243,3 +243,24 @@ async def test_stop_during_a_completion_write_does_not_release_those_leases() ->
     assert sorted(c.job.delivery_id for c in store.completed) == list(range(5))
     # Releasing them would clear the lease the in-flight write depends on: sent twice.
     assert store.released == []
+
+
+class NotifiedWhileMarkingIdle(FakeStore):
+    """A producer flips the relay back to busy (and notifies) while it is marking itself idle."""
+
+    relay: Relay
+
+    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> None:
+        await super().set_idle(relay_id, idle)
+        if len(self.idle_calls) == 1:
+            self.relay.notify()
+
+
+async def test_a_notify_during_marking_idle_is_not_overwritten() -> None:
+    store = NotifiedWhileMarkingIdle()
+    relay = Relay(store=store, transport=FakeTransport(), config=CONFIG)
+    store.relay = relay
+    # The flag in the database is "busy" again after that notify, so the relay must mark itself
+    # idle once more before sleeping; otherwise no producer would ever notify it again.
+    await run_until(relay, asyncio.Event(), lambda: len(store.idle_calls) >= 2, timeout=2)
+    assert store.idle_calls[:2] == [True, True]
