@@ -54,6 +54,9 @@ class RelayConfig:
 class Relay:
     """Moves committed events to their endpoints. Several relays may share one database."""
 
+    #: Most outcomes written in one transaction.
+    MAX_WRITE_BATCH = 500
+
     def __init__(
         self,
         *,
@@ -308,34 +311,41 @@ class Relay:
             await self._flush_locked(give_up_after)
 
     async def _flush_locked(self, give_up_after: float | None) -> None:
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
         loop = asyncio.get_running_loop()
         deadline = None if give_up_after is None else loop.time() + give_up_after
-        while True:
-            try:
-                await self._store.complete(self.id, batch)
-                break
-            except PgCourierError as exc:
-                # Never drop an outcome while running: keep the batch and try again. If this
-                # outlasts the lease, another relay may deliver again (at-least-once, same
-                # webhook-id).
-                log.warning("writing completions failed; retrying", error=str(exc), n=len(batch))
-                if deadline is not None and loop.time() >= deadline:
-                    log.error(
-                        "giving up on completions at shutdown; leases will expire and "
-                        "these deliveries will be sent again",
-                        n=len(batch),
+        while self._pending:
+            # Bounded batches: a backlog written as one statement gets slower than linearly,
+            # which grows the next backlog, until leases expire and everything is sent again.
+            # Each batch is its own transaction and is retried on its own, so a failure never
+            # records an attempt twice.
+            batch = self._pending[: self.MAX_WRITE_BATCH]
+            del self._pending[: self.MAX_WRITE_BATCH]
+            while True:
+                try:
+                    await self._store.complete(self.id, batch)
+                    break
+                except PgCourierError as exc:
+                    # Never drop an outcome while running: keep the batch and try again. If this
+                    # outlasts the lease, another relay may deliver again (at-least-once, same
+                    # webhook-id).
+                    log.warning(
+                        "writing completions failed; retrying", error=str(exc), n=len(batch)
                     )
-                    return
-                await asyncio.sleep(self._config.db_retry_interval)
-        for c in batch:
-            self._held.pop(c.job.delivery_id, None)
-            if isinstance(c.outcome, policy.Delivered):
-                self.delivered += 1
-            elif isinstance(c.outcome, policy.Retry):
-                self._arm_timer(c.outcome.after)
+                    if deadline is not None and loop.time() >= deadline:
+                        log.error(
+                            "giving up on completions at shutdown; these deliveries will be "
+                            "sent again",
+                            n=len(batch) + len(self._pending),
+                        )
+                        self._pending.clear()
+                        return
+                    await asyncio.sleep(self._config.db_retry_interval)
+            for c in batch:
+                self._held.pop(c.job.delivery_id, None)
+                if isinstance(c.outcome, policy.Delivered):
+                    self.delivered += 1
+                elif isinstance(c.outcome, policy.Retry):
+                    self._arm_timer(c.outcome.after)
 
     # -- leases ------------------------------------------------------------------------------
 

@@ -136,10 +136,20 @@ class PgStore:
                 await conn.execute(QUERIES["complete_deliveries"], *updates, relay_id)
 
     async def renew(self, relay_id: UUID, ids: Sequence[int], lease: float) -> set[int]:
+        kept: set[int] = set()
         with translate_errors():
-            rows = await self._pool.fetch(QUERIES["renew_leases"], list(ids), relay_id, lease)
-        return {row["id"] for row in rows}
+            for chunk in _chunks(ids):
+                rows = await self._pool.fetch(QUERIES["renew_leases"], chunk, relay_id, lease)
+                kept.update(row["id"] for row in rows)
+        return kept
 
     async def release(self, relay_id: UUID, ids: Sequence[int]) -> None:
         with translate_errors():
-            await self._pool.execute(QUERIES["release_leases"], list(ids), relay_id)
+            for chunk in _chunks(ids):
+                await self._pool.execute(QUERIES["release_leases"], chunk, relay_id)
+
+
+def _chunks(ids: Sequence[int], size: int = 1000) -> list[list[int]]:
+    """Id lists cut to a size whose "id = ANY($1)" the planner still answers from the index.
+    (Renewing and releasing are idempotent, so chunks need no common transaction.)"""
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]

@@ -264,3 +264,25 @@ async def test_a_notify_during_marking_idle_is_not_overwritten() -> None:
     # idle once more before sleeping; otherwise no producer would ever notify it again.
     await run_until(relay, asyncio.Event(), lambda: len(store.idle_calls) >= 2, timeout=2)
     assert store.idle_calls[:2] == [True, True]
+
+
+class BatchSizeStore(FakeStore):
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        super().__init__(jobs)
+        self.sizes: list[int] = []
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        self.sizes.append(len(batch))
+        await asyncio.sleep(0.05)  # slow writes: completions pile up meanwhile
+        await super().complete(relay_id, batch)
+
+
+async def test_completions_are_written_in_bounded_batches() -> None:
+    """A backlog of outcomes is written in chunks: one huge statement would get slower than
+    linearly and let leases expire (then everything in it is sent again)."""
+    store = BatchSizeStore([make_job(i) for i in range(3000)])
+    config = dataclasses.replace(CONFIG, max_in_flight=1000)
+    relay = Relay(store=store, transport=FakeTransport(), config=config)
+    await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 3000, timeout=10)
+    assert max(store.sizes) <= relay.MAX_WRITE_BATCH
+    assert sorted(c.job.delivery_id for c in store.completed) == list(range(3000))
