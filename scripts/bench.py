@@ -430,7 +430,7 @@ class Bench:
         try:
             await reset_tables(conn)
             await add_endpoints(conn, self.receiver.base, 1)
-            async with relay_process(self.dsn, self.log_level):
+            async with relay_process(self.dsn, self.log_level, self.profile):
                 await wait_relay_idle(conn)
                 for rate, seconds in self.sizes.latency_phases:
                     await self.receiver.reset("latency")

@@ -217,11 +217,21 @@ async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """The relay's pool. Statement caching stays on: every hot query is a prepared statement."""
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, synchronous_commit: bool = True
+) -> asyncpg.Pool:
+    """The relay's pool. Statement caching stays on: every hot query is a prepared statement.
+
+    ``synchronous_commit=False`` applies to this pool's sessions only (the relay's bookkeeping),
+    never to producers' transactions.
+    """
     with translate_errors():
         pool: asyncpg.Pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, command_timeout=60
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=60,
+            server_settings={"synchronous_commit": "on" if synchronous_commit else "off"},
         )
     return pool
 

@@ -148,6 +148,7 @@ class Relay:
             waker.cancel()
         source = self._wake_source if waker in done else "poll"
         self.wakeups[source] = self.wakeups.get(source, 0) + 1
+        log.debug("woke", source=source)
 
     # -- main loop ---------------------------------------------------------------------------
 

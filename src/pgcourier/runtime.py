@@ -56,7 +56,9 @@ class Runtime:
 @contextlib.asynccontextmanager
 async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     """Start a relay and its listener; on exit stop them, drain, and close everything."""
-    pool = await db.create_pool(dsn, min_size=2, max_size=4)
+    pool = await db.create_pool(
+        dsn, min_size=2, max_size=4, synchronous_commit=settings.relay_synchronous_commit
+    )
     session = new_session(max_in_flight=settings.max_in_flight)
     stop = asyncio.Event()
     try:

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     )
     shutdown_timeout: Seconds = Field(default=15.0, ge=0, le=3600)
     completion_flush_interval: Seconds = Field(default=0.005, gt=0, le=10)
+    relay_synchronous_commit: bool = Field(
+        default=True,
+        description="Commit the relay's own bookkeeping synchronously. false: faster, and after "
+        "a Postgres crash (not a clean restart) the last moments of attempt records may be lost "
+        "and those events sent again with the same webhook-id. Producers are not affected.",
+    )
     max_payload_bytes: int = Field(default=256 * 1024, ge=1, le=64 * 1024 * 1024)
     response_body_limit: int = Field(default=4096, ge=0, le=1024 * 1024)
 

@@ -81,3 +81,19 @@ async def test_next_due_ignores_disabled_endpoints(conn, store) -> None:
     await ops.set_endpoint_enabled(conn, endpoint["id"], False)
     assert await store.next_due() is None
     assert job.attempt == 1
+
+
+async def test_claim_serves_due_deliveries_first_and_respects_the_limit(conn, store) -> None:
+    await ops.create_endpoint(conn, url="http://127.0.0.1:1/x", event_types=["*"])
+    await ops.enqueue(conn, "a.old", {})
+    [old] = await store.claim(uuid.uuid4(), limit=10, lease=0.1)  # its relay dies
+    for _ in range(5):
+        await ops.enqueue(conn, "a.new", {})
+    await asyncio.sleep(0.2)
+    jobs = await store.claim(uuid.uuid4(), limit=3, lease=30)
+    assert len(jobs) == 3
+    assert jobs[0].delivery_id == old.delivery_id  # the expired lease comes back first
+    assert [j.event_type for j in jobs] == ["a.old", "a.new", "a.new"]
+    assert (
+        await conn.fetchval("SELECT count(*) FROM courier.outbox WHERE fanned_out_at IS NULL") == 3
+    )  # only as many events fanned out as the budget allowed
