@@ -1,16 +1,43 @@
 -- Named queries. Each block starts with a line "-- name --"; the comment lines after it say
 -- what it does. Loaded by pgcourier.db.load_queries(); a missing name fails at import.
 
--- claim --
--- Lease up to $1 deliveries to relay $3 for $2 seconds, in one round trip:
--- 1. due deliveries first (a retry whose time has come, a replay, a lease that ran out), so a
---    steady stream of new events cannot starve them; deliveries of disabled endpoints are
---    passed over and stay pending until the endpoint is enabled again;
--- 2. then, for the rest of the budget, events not yet fanned out: one delivery is created per
---    enabled endpoint whose patterns match, already leased, and the events are marked.
--- SKIP LOCKED lets relays claim side by side; all of it is one transaction, so a relay that dies
--- here leaves everything as it was. The new deliveries are invisible to "due" (same snapshot),
--- so nothing is claimed twice.
+-- fan_out --
+-- Claim up to $1 events not yet fanned out, create one delivery per enabled endpoint whose
+-- patterns match, and return those deliveries already leased to relay $3 for $2 seconds, so the
+-- relay can send them at once without a second claim.
+-- SKIP LOCKED lets several relays fan out side by side; the whole statement is one transaction,
+-- so a relay that dies here leaves the events untouched for another relay.
+WITH events AS (
+    SELECT o.id, o.event_type, o.payload, o.created_at
+    FROM courier.outbox AS o
+    WHERE o.fanned_out_at IS NULL
+    ORDER BY o.seq
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE courier.outbox AS o
+    SET fanned_out_at = now()
+    FROM events AS e
+    WHERE o.id = e.id
+), created AS (
+    INSERT INTO courier.deliveries (event_id, endpoint_id, next_attempt_at, lease_token)
+    SELECT e.id, ep.id, now() + make_interval(secs => $2), $3
+    FROM events AS e
+    JOIN courier.endpoints AS ep
+      ON ep.enabled AND courier.event_type_matches(ep.event_types, e.event_type)
+    RETURNING id, event_id, endpoint_id, attempts, schedule_base
+)
+SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.schedule_base,
+       e.event_type, e.payload::text AS payload, e.created_at, ep.url, ep.secret
+FROM created AS c
+JOIN events AS e ON e.id = c.event_id
+JOIN courier.endpoints AS ep ON ep.id = c.endpoint_id;
+
+-- claim_due --
+-- Lease up to $1 pending deliveries that are due (a retry whose time has come, a replay, or a
+-- delivery whose previous lease ran out) to relay $3 for $2 seconds.
+-- The inner SELECT walks the partial index deliveries_due in time order; deliveries of disabled
+-- endpoints are passed over and stay pending until the endpoint is enabled again.
 WITH due AS (
     SELECT d.id
     FROM courier.deliveries AS d
@@ -26,37 +53,12 @@ WITH due AS (
     FROM due
     WHERE d.id = due.id
     RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.schedule_base
-), events AS (
-    SELECT o.id, o.event_type, o.payload, o.created_at
-    FROM courier.outbox AS o
-    WHERE o.fanned_out_at IS NULL
-    ORDER BY o.seq
-    LIMIT greatest($1 - (SELECT count(*) FROM due), 0)
-    FOR UPDATE SKIP LOCKED
-), marked AS (
-    UPDATE courier.outbox AS o
-    SET fanned_out_at = now()
-    FROM events AS e
-    WHERE o.id = e.id
-), created AS (
-    INSERT INTO courier.deliveries (event_id, endpoint_id, next_attempt_at, lease_token)
-    SELECT e.id, ep.id, now() + make_interval(secs => $2), $3
-    FROM events AS e
-    JOIN courier.endpoints AS ep
-      ON ep.enabled AND courier.event_type_matches(ep.event_types, e.event_type)
-    RETURNING id, event_id, endpoint_id, attempts, schedule_base
 )
 SELECT l.id, l.event_id, l.endpoint_id, l.attempts, l.schedule_base,
        o.event_type, o.payload::text AS payload, o.created_at, ep.url, ep.secret
 FROM leased AS l
 JOIN courier.outbox AS o ON o.id = l.event_id
-JOIN courier.endpoints AS ep ON ep.id = l.endpoint_id
-UNION ALL
-SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.schedule_base,
-       e.event_type, e.payload::text, e.created_at, ep.url, ep.secret
-FROM created AS c
-JOIN events AS e ON e.id = c.event_id
-JOIN courier.endpoints AS ep ON ep.id = c.endpoint_id;
+JOIN courier.endpoints AS ep ON ep.id = l.endpoint_id;
 
 -- complete_deliveries --
 -- Apply a batch of attempt outcomes: $1 ids, $2 new status, $3 retry delay in seconds (NULL when

@@ -75,10 +75,15 @@ class PgStore:
             await self._pool.execute(QUERIES["set_relay_idle"], relay_id, idle)
 
     async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]:
-        """Due deliveries first (retries, replays, expired leases), then fresh events fanned out;
-        one statement, one round trip (see the ``claim`` query)."""
+        """Due deliveries first (retries, replays, expired leases), then fresh events fanned out.
+
+        Retries go first so that a steady stream of new events cannot starve them.
+        """
         with translate_errors():
-            rows = await self._pool.fetch(QUERIES["claim"], limit, lease, relay_id)
+            async with self._pool.acquire() as conn:
+                rows = list(await conn.fetch(QUERIES["claim_due"], limit, lease, relay_id))
+                if len(rows) < limit:
+                    rows += await conn.fetch(QUERIES["fan_out"], limit - len(rows), lease, relay_id)
         return [_job(row) for row in rows]
 
     async def next_due(self) -> datetime | None:
