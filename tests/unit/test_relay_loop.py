@@ -121,6 +121,15 @@ async def run_until(relay: Relay, stop: asyncio.Event, condition, timeout: float
         await task
 
 
+async def stop_once(relay: Relay, reached: asyncio.Event) -> None:
+    """Run the relay, stop it as soon as ``reached`` is set, and wait for it to finish."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await reached.wait()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
 async def test_delivers_everything_in_batches_and_goes_idle() -> None:
     store = FakeStore([make_job(i) for i in range(20)])
     transport = FakeTransport(delay=0.01)
@@ -148,11 +157,7 @@ async def test_stop_drains_in_flight_deliveries() -> None:
     store = FakeStore([make_job(i) for i in range(3)])
     transport = FakeTransport(delay=0.3)
     relay = Relay(store=store, transport=transport, config=CONFIG)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    await transport.started.wait()
-    stop.set()
-    await asyncio.wait_for(task, 5)
+    await stop_once(relay, transport.started)
     assert len(store.completed) == 3
     assert store.released == []
 
@@ -162,11 +167,7 @@ async def test_stop_releases_leases_of_deliveries_that_outlast_the_drain() -> No
     transport = FakeTransport(delay=30)
     config = dataclasses.replace(CONFIG, shutdown_timeout=0.1)
     relay = Relay(store=store, transport=transport, config=config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    await transport.started.wait()
-    stop.set()
-    await asyncio.wait_for(task, 5)
+    await stop_once(relay, transport.started)
     assert store.completed == []
     assert sorted(store.released) == [0, 1, 2]
 
@@ -235,11 +236,7 @@ class SlowCompleteStore(FakeStore):
 async def test_stop_during_a_completion_write_does_not_release_those_leases() -> None:
     store = SlowCompleteStore([make_job(i) for i in range(5)])
     relay = Relay(store=store, transport=FakeTransport(), config=CONFIG)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    await store.writing.wait()
-    stop.set()
-    await asyncio.wait_for(task, 5)
+    await stop_once(relay, store.writing)
     assert sorted(c.job.delivery_id for c in store.completed) == list(range(5))
     # Releasing them would clear the lease the in-flight write depends on: sent twice.
     assert store.released == []
