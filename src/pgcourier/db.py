@@ -231,7 +231,15 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             command_timeout=60,
-            server_settings={"synchronous_commit": "on" if synchronous_commit else "off"},
+            server_settings={
+                "synchronous_commit": "on" if synchronous_commit else "off",
+                # Every relay query is built for its index (partial indexes on what is due). A
+                # queue's statistics are stale by nature: taken when the outbox was nearly empty,
+                # they made each claim scan the whole table (measured: 5 ms of CPU per claim at
+                # 2,000 events/s, growing with the table). Only this pool is affected; tables
+                # with no usable index are still scanned.
+                "enable_seqscan": "off",
+            },
         )
     return pool
 
