@@ -237,7 +237,9 @@ async def test_notify_wakes_an_idle_relay_without_waiting_for_the_poll(
         await ops.enqueue(conn, "order.paid", {})
         await receiver.wait_count(1, timeout=5)
         assert loop.time() - started < 5  # the poll would take 60 s
-        assert rt.relay.wakeups["notify"] >= 1
+        # Either NOTIFY woke it, or the event landed during the claim a relay makes right after
+        # flagging itself idle (by design); never the poll.
+        assert rt.relay.wakeups["poll"] == 0
 
 
 async def test_producers_notify_only_when_a_relay_is_idle(conn, dsn: str) -> None:
