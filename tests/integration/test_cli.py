@@ -76,6 +76,10 @@ async def test_endpoint_add_prints_id_and_secret_once(dsn: str) -> None:
     [listed] = json.loads(out)
     assert listed["id"] == created["id"]
     assert "secret" not in listed
+    for command, enabled in (("disable", False), ("enable", True)):
+        code, out, _ = await pgcourier("endpoint", command, created["id"], dsn=dsn)
+        assert code == 0
+        assert json.loads(out)["enabled"] is enabled
 
 
 @pytest.mark.parametrize(
