@@ -228,6 +228,7 @@ async def relay_process(
         PGCOURIER_DATABASE_URL=dsn,
         PGCOURIER_LOG_LEVEL=log_level,
         PGCOURIER_LOG_FORMAT="json",
+        PGCOURIER_ADMIN_PORT="0",
         PYTHONPATH=str(ROOT / "src"),
     )
     env.update(RELAY_ENV)

@@ -208,3 +208,16 @@ CREATE TABLE IF NOT EXISTS courier.migrations (
 
 -- record_migration --
 INSERT INTO courier.migrations (version, name, checksum) VALUES ($1, $2, $3);
+
+-- delivery_gauges --
+-- One cheap query per scrape: both counts walk partial indexes; the oldest pending event comes
+-- from the first entries of the pending indexes' join.
+SELECT
+    (SELECT count(*) FROM courier.deliveries WHERE status = 'pending') AS pending,
+    (SELECT count(*) FROM courier.deliveries WHERE status = 'dead') AS dead,
+    extract(epoch FROM now() - least(
+        (SELECT min(o.created_at) FROM courier.outbox AS o WHERE o.fanned_out_at IS NULL),
+        (SELECT min(o.created_at)
+         FROM courier.deliveries AS d JOIN courier.outbox AS o ON o.id = d.event_id
+         WHERE d.status = 'pending')
+    ))::float8 AS oldest_pending_age;

@@ -71,7 +71,12 @@ async def run_demo(settings: Settings) -> int:
 
 async def _demo(settings: Settings, dsn: str) -> int:
     settings = settings.model_copy(
-        update={"retry_schedule": "1s,2s", "retry_jitter": 0.0, "poll_interval": 0.5}
+        update={
+            "retry_schedule": "1s,2s",
+            "retry_jitter": 0.0,
+            "poll_interval": 0.5,
+            "admin_port": 0,  # never collide with a real relay's admin server
+        }
     )
     await prepare_schema(dsn, settings)
     receiver = Receiver()

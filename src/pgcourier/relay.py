@@ -30,6 +30,7 @@ import structlog
 from pgcourier import policy
 from pgcourier.delivery import Transport
 from pgcourier.errors import PgCourierError
+from pgcourier.metrics import Metrics
 from pgcourier.model import AttemptResult, Completion, Job
 from pgcourier.store import RelayStore
 
@@ -65,12 +66,14 @@ class Relay:
         config: RelayConfig,
         relay_id: uuid.UUID | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = relay_id or uuid.uuid4()
         self._store = store
         self._transport = transport
         self._config = config
         self._rng = rng or random.Random()
+        self._metrics = metrics
         self._wakeup = asyncio.Event()
         self._wake_source = "poll"
         # Claimed jobs wait here for one of max_in_flight worker tasks (a fixed pool: creating a
@@ -148,6 +151,8 @@ class Relay:
             waker.cancel()
         source = self._wake_source if waker in done else "poll"
         self.wakeups[source] = self.wakeups.get(source, 0) + 1
+        if self._metrics:
+            self._metrics.wakeups.labels(source).inc()
         log.debug("woke", source=source)
 
     # -- main loop ---------------------------------------------------------------------------
@@ -197,6 +202,8 @@ class Relay:
             if jobs:
                 # No need to mark ourselves busy: while we are flagged idle, the first producer
                 # to commit flips the flag for us (and notifies once).
+                if self._metrics:
+                    self._metrics.claim_batch_size.observe(len(jobs))
                 self._start(jobs)
                 continue
             # Going idle: from now on producers notify us. Claim once more before sleeping to pick
@@ -289,8 +296,19 @@ class Relay:
         if isinstance(outcome, policy.Dead):
             fields["reason"] = outcome.reason
         log.info("delivery attempt", **fields)
+        if self._metrics:
+            self._observe(job, result, outcome)
         self._pending.append(Completion(job, result, outcome))
         self._pending_ready.set()
+
+    def _observe(self, job: Job, result: AttemptResult, outcome: policy.Outcome) -> None:
+        assert self._metrics is not None
+        self._metrics.deliveries.labels(type(outcome).__name__.lower()).inc()
+        if result.status is not None:
+            self._metrics.delivery_duration.observe(result.duration)
+        if isinstance(outcome, policy.Delivered):
+            lag = (datetime.now(UTC) - job.created_at).total_seconds()
+            self._metrics.delivery_lag.observe(max(lag, 0.0))
 
     # -- completions -------------------------------------------------------------------------
 

@@ -10,10 +10,15 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
+from aiohttp import web
 
 from pgcourier import db
+from pgcourier.admin import create_app
+from pgcourier.admin.app import AdminContext
 from pgcourier.delivery import WebhookTransport, new_session
+from pgcourier.errors import ConfigurationError
 from pgcourier.listener import Listener
+from pgcourier.metrics import Metrics
 from pgcourier.relay import Relay, RelayConfig
 from pgcourier.settings import Settings
 from pgcourier.store import PgStore
@@ -51,6 +56,8 @@ class Runtime:
     listener: Listener
     pool: asyncpg.Pool
     stop: asyncio.Event
+    metrics: Metrics
+    admin_port: int | None = None
 
 
 @contextlib.asynccontextmanager
@@ -67,18 +74,57 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
             timeout=settings.delivery_timeout,
             response_body_limit=settings.response_body_limit,
         )
-        relay = Relay(store=PgStore(pool), transport=transport, config=relay_config(settings))
+        metrics = Metrics()
+        relay = Relay(
+            store=PgStore(pool),
+            transport=transport,
+            config=relay_config(settings),
+            metrics=metrics,
+        )
         listener = Listener(dsn, relay.notify)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(listener.run(stop), name="pgcourier-listener")
-            group.create_task(relay.run(stop), name="pgcourier-relay")
-            try:
-                yield Runtime(relay=relay, listener=listener, pool=pool, stop=stop)
-            finally:
-                stop.set()
+        admin, admin_port = await _start_admin(settings, AdminContext(pool, metrics, listener))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(listener.run(stop), name="pgcourier-listener")
+                group.create_task(relay.run(stop), name="pgcourier-relay")
+                try:
+                    yield Runtime(
+                        relay=relay,
+                        listener=listener,
+                        pool=pool,
+                        stop=stop,
+                        metrics=metrics,
+                        admin_port=admin_port,
+                    )
+                finally:
+                    stop.set()
+        finally:
+            if admin is not None:
+                await admin.cleanup()
     finally:
         await session.close()
         await pool.close()
+
+
+async def _start_admin(
+    settings: Settings, context: AdminContext
+) -> tuple[web.AppRunner | None, int | None]:
+    """Bind the admin server when enabled; return its runner and the port it got."""
+    if not settings.admin_enabled:
+        return None, None
+    runner = web.AppRunner(create_app(context), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigurationError(
+            f"cannot serve the admin API on {settings.admin_host}:{settings.admin_port}: {exc}"
+        ) from exc
+    port = int(runner.addresses[0][1])
+    log.info("admin server listening", host=settings.admin_host, port=port)
+    return runner, port
 
 
 async def serve(settings: Settings, dsn: str) -> None:

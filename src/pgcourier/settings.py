@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgcourier import policy
@@ -48,6 +56,13 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=256 * 1024, ge=1, le=64 * 1024 * 1024)
     response_body_limit: int = Field(default=4096, ge=0, le=1024 * 1024)
 
+    admin_enabled: bool = Field(default=True, description="Serve the admin HTTP server.")
+    admin_host: str = Field(default="127.0.0.1", min_length=1)
+    admin_port: int = Field(default=8787, ge=0, le=65535, description="0 picks a free port.")
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /api/v1; required to bind beyond loopback."
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -73,10 +88,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _no_open_admin_beyond_loopback(self) -> Settings:
+        if self.admin_enabled and self.admin_token is None and not _is_loopback(self.admin_host):
+            raise ValueError(
+                f"admin_host {self.admin_host!r} is not loopback: set PGCOURIER_ADMIN_TOKEN "
+                "before serving the admin API beyond this machine"
+            )
+        return self
+
     @property
     def retry_delays(self) -> tuple[float, ...]:
         """The parsed retry schedule."""
         return policy.parse_schedule(self.retry_schedule)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def describe_validation_error(exc: ValidationError) -> list[str]:

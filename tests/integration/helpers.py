@@ -89,6 +89,7 @@ def relay_settings(dsn: str, **overrides: Any) -> Settings:
         "lease": 10.0,
         "shutdown_timeout": 5.0,
         "log_level": "warning",
+        "admin_port": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -22,6 +22,7 @@ def cli_env(dsn: str | None, **extra: str) -> dict[str, str]:
     if dsn is not None:
         env["PGCOURIER_DATABASE_URL"] = dsn
     env["PGCOURIER_LOG_FORMAT"] = "json"
+    env["PGCOURIER_ADMIN_PORT"] = "0"
     env.update(extra)
     return env
 
