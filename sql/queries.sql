@@ -221,3 +221,8 @@ SELECT
          FROM courier.deliveries AS d JOIN courier.outbox AS o ON o.id = d.event_id
          WHERE d.status = 'pending')
     ))::float8 AS oldest_pending_age;
+
+-- get_endpoint --
+SELECT id, url, event_types, description, enabled, created_at
+FROM courier.endpoints
+WHERE id = $1;

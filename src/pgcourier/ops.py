@@ -90,6 +90,16 @@ async def list_endpoints(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     return [_endpoint(r) for r in rows]
 
 
+async def get_endpoint(conn: asyncpg.Connection, endpoint_id: str) -> dict[str, Any]:
+    """One endpoint without its secret, or :class:`NotFound`."""
+    eid = parse_uuid(endpoint_id, field="endpoint_id")
+    with translate_errors():
+        row = await conn.fetchrow(QUERIES["get_endpoint"], eid)
+    if row is None:
+        raise NotFound(f"no endpoint {endpoint_id}")
+    return _endpoint(row)
+
+
 async def set_endpoint_enabled(
     conn: asyncpg.Connection, endpoint_id: str, enabled: bool
 ) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from pgcourier import db
 from pgcourier.admin import create_app
-from pgcourier.admin.app import AdminContext
+from pgcourier.admin.context import AdminContext
 from pgcourier.delivery import WebhookTransport, new_session
 from pgcourier.errors import ConfigurationError
 from pgcourier.listener import Listener
@@ -82,7 +82,10 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
             metrics=metrics,
         )
         listener = Listener(dsn, relay.notify)
-        admin, admin_port = await _start_admin(settings, AdminContext(pool, metrics, listener))
+        token = settings.admin_token.get_secret_value() if settings.admin_token else None
+        admin, admin_port = await _start_admin(
+            settings, AdminContext(pool, metrics, listener, token)
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(listener.run(stop), name="pgcourier-listener")

@@ -12,7 +12,7 @@ import pytest
 
 from pgcourier import ops
 from pgcourier.admin import create_app
-from pgcourier.admin.app import AdminContext
+from pgcourier.admin.context import AdminContext
 from pgcourier.errors import ConfigurationError
 from pgcourier.metrics import Metrics
 from pgcourier.settings import load_settings

@@ -1,41 +1,77 @@
 """aiohttp app factory for the admin server.
 
-State lives under typed ``web.AppKey``s. Routes so far: ``/health`` (the process answers),
+State lives under a typed ``web.AppKey``. Open routes: ``/health`` (the process answers),
 ``/ready`` (database reachable, schema current, LISTEN connection up; 503 naming what is not)
-and ``/metrics`` (Prometheus text format from the app's own registry).
+and ``/metrics`` (Prometheus text format from the app's own registry). ``/api/v1`` routes live in
+:mod:`pgcourier.admin.api` behind a bearer token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import hmac
 
-import asyncpg
+import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
 from pgcourier import db
-from pgcourier.errors import PgCourierError
-from pgcourier.metrics import Metrics
+from pgcourier.admin import api
+from pgcourier.admin.context import CONTEXT, AdminContext
+from pgcourier.errors import DatabaseUnavailable, InvalidInput, NotFound, PgCourierError
+
+log = structlog.get_logger("pgcourier.admin")
 
 
-class ListenerState(Protocol):
-    """What readiness needs to know about the LISTEN connection."""
-
-    @property
-    def connected(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class AdminContext:
-    """Everything the routes use, wired by the composition root."""
-
-    pool: asyncpg.Pool
-    metrics: Metrics
-    listener: ListenerState | None = None
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    """The one error shape of the API: {"error": {"code", "message", "field"}}."""
+    return web.json_response(
+        {"error": {"code": code, "message": message, "field": field}}, status=status
+    )
 
 
-CONTEXT = web.AppKey("context", AdminContext)
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error; nothing leaks a traceback."""
+    try:
+        return await handler(request)
+    except InvalidInput as exc:
+        status = 400 if exc.field == "body" else 422
+        return error_response(status, "invalid", exc.message, exc.field)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first.get("loc", ())) or None
+        return error_response(422, "invalid", str(first.get("msg", "invalid")), field)
+    except NotFound as exc:
+        return error_response(404, "not_found", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_") if exc.status != 404 else "not_found"
+        return error_response(exc.status, code, exc.reason)
+    except DatabaseUnavailable as exc:
+        return error_response(503, "unavailable", f"database unavailable: {exc}")
+    except PgCourierError as exc:
+        log.error("admin request failed", path=request.path, error=str(exc))
+        return error_response(500, "internal", "internal error")
+    except Exception:
+        log.exception("admin request crashed", path=request.path)
+        return error_response(500, "internal", "internal error")
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """/api/v1 needs ``Authorization: Bearer <PGCOURIER_ADMIN_TOKEN>`` when a token is set."""
+    token = request.app[CONTEXT].token
+    if token is not None and request.path.startswith("/api/"):
+        offered = request.headers.get("Authorization", "")
+        scheme, _, value = offered.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), token.encode()
+        ):
+            return error_response(401, "unauthorized", "missing or wrong bearer token")
+    return await handler(request)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -82,9 +118,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(context: AdminContext) -> web.Application:
     """The admin application, ready for ``web.AppRunner`` or ``aiohttp_client``."""
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[json_errors, bearer_auth])
     app[CONTEXT] = context
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    api.add_routes(app)
     return app

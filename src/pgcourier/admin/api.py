@@ -1,0 +1,128 @@
+"""``/api/v1``: endpoints and dead letters over HTTP, on the same operations as the CLI.
+
+Every body is validated by a pydantic model that forbids unknown fields; every failure becomes
+``{"error": {"code", "message", "field"}}`` with a 4xx status (see :mod:`pgcourier.admin.app`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from pgcourier import ops
+from pgcourier.admin.context import CONTEXT
+from pgcourier.errors import InvalidInput
+
+
+class EndpointCreate(BaseModel):
+    """POST /api/v1/endpoints"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    event_types: Annotated[list[str], Field(min_length=1, max_length=64)]
+    description: Annotated[str, Field(max_length=1000)] = ""
+    secret: str | None = None
+
+
+class EndpointUpdate(BaseModel):
+    """PATCH /api/v1/endpoints/{id} (only ``enabled`` for now)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+
+
+class ReplayRequest(BaseModel):
+    """POST /api/v1/dead-letters/replay"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: Annotated[list[int], Field(max_length=10_000)] | None = None
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    """The request's JSON body parsed into ``model`` (errors become 400/422 JSON)."""
+    if request.body_exists:
+        try:
+            data = await request.json()
+        except ValueError as exc:
+            raise InvalidInput(f"the body is not valid JSON: {exc}", field="body") from exc
+    else:
+        data = {}
+    return model.model_validate(data)
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "100")
+    try:
+        limit = int(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"limit {raw!r} is not a whole number", field="limit") from exc
+    return limit
+
+
+async def create_endpoint(request: web.Request) -> web.Response:
+    body: EndpointCreate = await _body(request, EndpointCreate)
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        created = await ops.create_endpoint(
+            conn,
+            url=body.url,
+            event_types=body.event_types,
+            description=body.description,
+            secret=body.secret,
+        )
+    return web.json_response(created, status=201)
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        return web.json_response({"data": await ops.list_endpoints(conn)})
+
+
+async def get_endpoint(request: web.Request) -> web.Response:
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        return web.json_response(await ops.get_endpoint(conn, request.match_info["id"]))
+
+
+async def update_endpoint(request: web.Request) -> web.Response:
+    body: EndpointUpdate = await _body(request, EndpointUpdate)
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        updated = await ops.set_endpoint_enabled(conn, request.match_info["id"], body.enabled)
+    return web.json_response(updated)
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        return web.json_response({"data": await ops.list_dead(conn, limit=_limit(request))})
+
+
+async def replay_dead_letter(request: web.Request) -> web.Response:
+    raw = request.match_info["id"]
+    if not raw.isdigit():
+        raise InvalidInput(f"{raw!r} is not a dead-letter id", field="id")
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        queued = await ops.replay_dead(conn, [int(raw)])
+    if not queued:
+        raise web.HTTPNotFound(reason=f"no dead letter {raw}")
+    return web.json_response({"replayed": queued})
+
+
+async def replay_dead_letters(request: web.Request) -> web.Response:
+    body: ReplayRequest = await _body(request, ReplayRequest)
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        queued = await ops.replay_dead(conn, body.ids)
+    return web.json_response({"replayed": queued, "count": len(queued)})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the /api/v1 routes on ``app``."""
+    app.router.add_post("/api/v1/endpoints", create_endpoint)
+    app.router.add_get("/api/v1/endpoints", list_endpoints)
+    app.router.add_get("/api/v1/endpoints/{id}", get_endpoint)
+    app.router.add_patch("/api/v1/endpoints/{id}", update_endpoint)
+    app.router.add_get("/api/v1/dead-letters", list_dead_letters)
+    app.router.add_post("/api/v1/dead-letters/replay", replay_dead_letters)
+    app.router.add_post("/api/v1/dead-letters/{id}/replay", replay_dead_letter)

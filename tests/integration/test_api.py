@@ -1,0 +1,130 @@
+"""/api/v1 over real Postgres: auth, endpoints, dead letters, and errors that name the field."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pgcourier import ops
+from pgcourier.admin import create_app
+from pgcourier.admin.context import AdminContext
+from pgcourier.metrics import Metrics
+
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, dsn: str) -> AsyncIterator[Any]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        yield await aiohttp_client(create_app(AdminContext(pool, Metrics(), None, TOKEN)))
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": "Basic x"}],
+)
+async def test_api_needs_the_bearer_token(api, headers) -> None:
+    response = await api.get("/api/v1/endpoints", headers=headers)
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "unauthorized"
+
+
+async def test_health_stays_open_with_a_token(api) -> None:
+    assert (await api.get("/health")).status == 200
+
+
+async def test_endpoint_lifecycle(api) -> None:
+    response = await api.post(
+        "/api/v1/endpoints",
+        headers=AUTH,
+        json={"url": "https://example.com/hook", "event_types": ["order.*"], "description": "d"},
+    )
+    assert response.status == 201
+    created = await response.json()
+    assert created["secret"].startswith("whsec_")
+    listed = (await (await api.get("/api/v1/endpoints", headers=AUTH)).json())["data"]
+    assert [e["id"] for e in listed] == [created["id"]]
+    assert "secret" not in listed[0]
+    one = await (await api.get(f"/api/v1/endpoints/{created['id']}", headers=AUTH)).json()
+    assert one["url"] == "https://example.com/hook"
+    assert "secret" not in one
+    response = await api.patch(
+        f"/api/v1/endpoints/{created['id']}", headers=AUTH, json={"enabled": False}
+    )
+    assert response.status == 200
+    assert (await response.json())["enabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"url": "ftp://x", "event_types": ["a"]}, 422, "url"),
+        ({"url": "https://x", "event_types": []}, 422, "event_types"),
+        ({"url": "https://x", "event_types": ["a b"]}, 422, "event_types"),
+        ({"url": "https://x", "event_types": ["a"], "colour": "red"}, 422, "colour"),
+        ({"url": 5, "event_types": ["a"]}, 422, "url"),
+        ({"event_types": ["a"]}, 422, "url"),
+        ({"url": "https://x", "event_types": ["a"], "secret": "nope"}, 422, "secret"),
+    ],
+)
+async def test_bad_endpoint_input_is_a_4xx_naming_the_field(api, conn, body, status, field) -> None:
+    response = await api.post("/api/v1/endpoints", headers=AUTH, json=body)
+    assert response.status == status
+    error = (await response.json())["error"]
+    assert error["field"] == field
+    assert error["code"] == "invalid"
+    assert error["message"]
+    assert await conn.fetchval("SELECT count(*) FROM courier.endpoints") == 0
+
+
+async def test_malformed_json_unknown_ids_and_routes(api) -> None:
+    response = await api.post(
+        "/api/v1/endpoints", headers={**AUTH, "Content-Type": "application/json"}, data=b"{nope"
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["field"] == "body"
+    for path, status, field in [
+        ("/api/v1/endpoints/not-a-uuid", 422, "endpoint_id"),
+        ("/api/v1/endpoints/00000000-0000-0000-0000-000000000000", 404, None),
+        ("/api/v1/nothing-here", 404, None),
+        ("/api/v1/dead-letters?limit=lots", 422, "limit"),
+        ("/api/v1/dead-letters?limit=0", 422, "limit"),
+    ]:
+        response = await api.get(path, headers=AUTH)
+        assert response.status == status, path
+        assert (await response.json())["error"]["field"] == field
+    response = await api.delete("/api/v1/endpoints", headers=AUTH)
+    assert response.status == 405
+    assert "error" in await response.json()
+
+
+async def test_dead_letters_replay_one_and_bulk_idempotently(api, conn) -> None:
+    await ops.create_endpoint(conn, url="http://127.0.0.1:1/x", event_types=["*"])
+    for _ in range(3):
+        await ops.enqueue(conn, "a.b", {})
+    # Dead deliveries made by hand: no relay is needed to test the replay routes.
+    await conn.execute(
+        "INSERT INTO courier.deliveries (event_id, endpoint_id, status, dead_at)"
+        " SELECT o.id, e.id, 'dead', now() FROM courier.outbox o, courier.endpoints e"
+    )
+    dead = (await (await api.get("/api/v1/dead-letters", headers=AUTH)).json())["data"]
+    assert len(dead) == 3
+    first = dead[0]["id"]
+    response = await api.post(f"/api/v1/dead-letters/{first}/replay", headers=AUTH)
+    assert (await response.json()) == {"replayed": [first]}
+    response = await api.post(f"/api/v1/dead-letters/{first}/replay", headers=AUTH)
+    assert response.status == 404  # no longer dead: replaying twice does not queue twice
+    response = await api.post("/api/v1/dead-letters/replay", headers=AUTH, json={})
+    assert (await response.json())["count"] == 2
+    response = await api.post("/api/v1/dead-letters/replay", headers=AUTH)
+    assert (await response.json())["count"] == 0
+    assert (
+        await conn.fetchval("SELECT count(*) FROM courier.deliveries WHERE status = 'pending'") == 3
+    )
