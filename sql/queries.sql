@@ -226,3 +226,35 @@ SELECT
 SELECT id, url, event_types, description, enabled, created_at
 FROM courier.endpoints
 WHERE id = $1;
+
+-- list_events --
+-- Newest first, filtered by type ($1), created at or after $2 and before $3, keyset-paginated
+-- after the cursor ($4 created_at, $5 id): the page walks outbox_created, never an OFFSET.
+SELECT id, event_type, payload::text AS payload, ordering_key, created_at, fanned_out_at
+FROM courier.outbox
+WHERE ($1::text IS NULL OR event_type = $1)
+  AND ($2::timestamptz IS NULL OR created_at >= $2)
+  AND ($3::timestamptz IS NULL OR created_at < $3)
+  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $6;
+
+-- get_event --
+SELECT id, event_type, payload::text AS payload, ordering_key, created_at, fanned_out_at
+FROM courier.outbox
+WHERE id = $1;
+
+-- event_deliveries --
+-- Where one event stands with each endpoint it was fanned out to.
+SELECT d.id, d.endpoint_id, d.status, d.attempts, d.next_attempt_at, d.last_attempt_at,
+       d.last_status_code, d.last_error, d.delivered_at, d.dead_at
+FROM courier.deliveries AS d
+WHERE d.event_id = $1
+ORDER BY d.id;
+
+-- event_attempts --
+SELECT id, delivery_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+       response_body, error, outcome
+FROM courier.attempts
+WHERE event_id = $1
+ORDER BY id;

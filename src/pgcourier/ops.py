@@ -6,7 +6,9 @@ same rules again, so a bad row can never be written by any path.
 
 from __future__ import annotations
 
+import base64
 import json
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -169,3 +171,113 @@ async def replay_dead(conn: asyncpg.Connection, ids: list[int] | None) -> list[i
             if rows:
                 await conn.execute(QUERIES["wake_relays"])
     return [r["id"] for r in rows]
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _event(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "event_type": row["event_type"],
+        "payload": json.loads(row["payload"]),
+        "ordering_key": row["ordering_key"],
+        "created_at": _iso(row["created_at"]),
+        "fanned_out_at": _iso(row["fanned_out_at"]),
+    }
+
+
+def encode_cursor(created_at: datetime, event_id: str) -> str:
+    """An opaque page cursor: the last event's (created_at, id)."""
+    raw = f"{created_at.isoformat()}|{event_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (created_at, id) in a cursor, or :class:`InvalidInput` naming ``cursor``."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, _, event_id = raw.partition("|")
+        return datetime.fromisoformat(when), UUID(event_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("cursor is not one this server issued", field="cursor") from exc
+
+
+async def list_events(
+    conn: asyncpg.Connection,
+    *,
+    event_type: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """A page of events, newest first, with the cursor of the next page (None at the end)."""
+    if not 1 <= limit <= 1000:
+        raise InvalidInput("limit must be between 1 and 1000", field="limit")
+    if since and until and since >= until:
+        raise InvalidInput("since must be earlier than until", field="since")
+    after = decode_cursor(cursor) if cursor else (None, None)
+    with translate_errors():
+        rows = await conn.fetch(
+            QUERIES["list_events"], event_type, since, until, after[0], after[1], limit + 1
+        )
+    page = rows[:limit]
+    following = (
+        encode_cursor(page[-1]["created_at"], str(page[-1]["id"])) if len(rows) > limit else None
+    )
+    return {"data": [_event(r) for r in page], "next_cursor": following}
+
+
+async def get_event(conn: asyncpg.Connection, event_id: str) -> dict[str, Any]:
+    """One event with where it stands at each endpoint, or :class:`NotFound`."""
+    eid = parse_uuid(event_id, field="event_id")
+    with translate_errors():
+        row = await conn.fetchrow(QUERIES["get_event"], eid)
+        deliveries = await conn.fetch(QUERIES["event_deliveries"], eid) if row else []
+    if row is None:
+        raise NotFound(f"no event {event_id}")
+    return {
+        **_event(row),
+        "deliveries": [
+            {
+                "id": d["id"],
+                "endpoint_id": str(d["endpoint_id"]),
+                "status": d["status"],
+                "attempts": d["attempts"],
+                "next_attempt_at": _iso(d["next_attempt_at"]) if d["status"] == "pending" else None,
+                "last_attempt_at": _iso(d["last_attempt_at"]),
+                "last_status_code": d["last_status_code"],
+                "last_error": d["last_error"],
+                "delivered_at": _iso(d["delivered_at"]),
+                "dead_at": _iso(d["dead_at"]),
+            }
+            for d in deliveries
+        ],
+    }
+
+
+async def event_attempts(conn: asyncpg.Connection, event_id: str) -> list[dict[str, Any]]:
+    """Every attempt made for one event, oldest first (:class:`NotFound` if no such event)."""
+    eid = parse_uuid(event_id, field="event_id")
+    with translate_errors():
+        exists = await conn.fetchrow(QUERIES["get_event"], eid)
+        rows = await conn.fetch(QUERIES["event_attempts"], eid) if exists else []
+    if exists is None:
+        raise NotFound(f"no event {event_id}")
+    return [
+        {
+            "id": r["id"],
+            "delivery_id": r["delivery_id"],
+            "endpoint_id": str(r["endpoint_id"]),
+            "attempt": r["attempt"],
+            "started_at": _iso(r["started_at"]),
+            "duration_ms": r["duration_ms"],
+            "status_code": r["status_code"],
+            "response_body": r["response_body"],
+            "error": r["error"],
+            "outcome": r["outcome"],
+        }
+        for r in rows
+    ]

@@ -12,6 +12,7 @@ from pgcourier import ops
 from pgcourier.admin import create_app
 from pgcourier.admin.context import AdminContext
 from pgcourier.metrics import Metrics
+from tests.integration.helpers import add_endpoint, wait_until
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -128,3 +129,97 @@ async def test_dead_letters_replay_one_and_bulk_idempotently(api, conn) -> None:
     assert (
         await conn.fetchval("SELECT count(*) FROM courier.deliveries WHERE status = 'pending'") == 3
     )
+
+
+async def test_events_post_list_paginate_and_filter(api, conn) -> None:
+    ids = []
+    for i in range(5):
+        response = await api.post(
+            "/api/v1/events",
+            headers=AUTH,
+            json={"event_type": "order.paid" if i % 2 else "user.created", "payload": {"i": i}},
+        )
+        assert response.status == 201
+        ids.append((await response.json())["id"])
+    again = await api.post(
+        "/api/v1/events",
+        headers=AUTH,
+        json={"event_type": "order.paid", "payload": {}, "idempotency_key": "k"},
+    )
+    same = await api.post(
+        "/api/v1/events",
+        headers=AUTH,
+        json={"event_type": "order.paid", "payload": {"other": 1}, "idempotency_key": "k"},
+    )
+    assert (await again.json())["id"] == (await same.json())["id"]
+    seen, cursor = [], None
+    while True:
+        query = "/api/v1/events?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = await (await api.get(query, headers=AUTH)).json()
+        seen += [e["id"] for e in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 6  # every event once, across pages
+    assert set(ids) <= set(seen)
+    only = await (await api.get("/api/v1/events?type=user.created", headers=AUTH)).json()
+    assert [e["payload"]["i"] for e in only["data"]] == [4, 2, 0]  # newest first
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("cursor=garbage", "cursor"),
+        ("since=yesterday", "since"),
+        ("since=2026-01-01T00:00:00", "since"),
+        ("since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z", "since"),
+        ("limit=5000", "limit"),
+    ],
+)
+async def test_bad_event_filters_name_the_field(api, query, field) -> None:
+    response = await api.get(f"/api/v1/events?{query}", headers=AUTH)
+    assert response.status == 422
+    assert (await response.json())["error"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"event_type": "bad type", "payload": {}}, "event_type"),
+        ({"event_type": "a.b", "payload": [1]}, "payload"),
+        ({"event_type": "a.b"}, "payload"),
+        ({"event_type": "a.b", "payload": {}, "extra": 1}, "extra"),
+    ],
+)
+async def test_bad_events_change_nothing(api, conn, body, field) -> None:
+    response = await api.post("/api/v1/events", headers=AUTH, json=body)
+    assert response.status == 422
+    assert (await response.json())["error"]["field"] == field
+    assert await conn.fetchval("SELECT count(*) FROM courier.outbox") == 0
+
+
+async def test_event_detail_and_attempts_after_real_delivery(api, conn, receiver, relay) -> None:
+    endpoint = await add_endpoint(conn, receiver.url("/hook"))
+    receiver.script["/hook"] = [503]
+    event_id = str(await ops.enqueue(conn, "order.paid", {"n": 1}))
+    async with relay(retry_schedule="50ms"):
+        await wait_until(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 1 FROM courier.deliveries WHERE status = 'delivered'"
+            )
+        )
+    detail = await (await api.get(f"/api/v1/events/{event_id}", headers=AUTH)).json()
+    assert detail["payload"] == {"n": 1}
+    [delivery] = detail["deliveries"]
+    assert delivery["endpoint_id"] == endpoint["id"]
+    assert delivery["status"] == "delivered"
+    assert delivery["attempts"] == 2
+    attempts = (await (await api.get(f"/api/v1/events/{event_id}/attempts", headers=AUTH)).json())[
+        "data"
+    ]
+    assert [(a["attempt"], a["status_code"], a["outcome"]) for a in attempts] == [
+        (1, 503, "retry"),
+        (2, 200, "delivered"),
+    ]
+    missing = "00000000-0000-0000-0000-000000000000"
+    assert (await api.get(f"/api/v1/events/{missing}/attempts", headers=AUTH)).status == 404

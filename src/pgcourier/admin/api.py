@@ -6,6 +6,7 @@ Every body is validated by a pydantic model that forbids unknown fields; every f
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -35,6 +36,17 @@ class EndpointUpdate(BaseModel):
     enabled: bool
 
 
+class EventCreate(BaseModel):
+    """POST /api/v1/events: the same semantics as ``courier.enqueue``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_type: Annotated[str, Field(min_length=1, max_length=200)]
+    payload: dict[str, Any]
+    ordering_key: str | None = None
+    idempotency_key: str | None = None
+
+
 class ReplayRequest(BaseModel):
     """POST /api/v1/dead-letters/replay"""
 
@@ -53,6 +65,19 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     else:
         data = {}
     return model.model_validate(data)
+
+
+def _time(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} {raw!r} is not an ISO-8601 time", field=name) from exc
+    if value.tzinfo is None:
+        raise InvalidInput(f"{name} needs a time zone, e.g. {raw}Z", field=name)
+    return value
 
 
 def _limit(request: web.Request) -> int:
@@ -94,6 +119,43 @@ async def update_endpoint(request: web.Request) -> web.Response:
     return web.json_response(updated)
 
 
+async def create_event(request: web.Request) -> web.Response:
+    body: EventCreate = await _body(request, EventCreate)
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        event_id = await ops.enqueue(
+            conn,
+            body.event_type,
+            body.payload,
+            ordering_key=body.ordering_key,
+            idempotency_key=body.idempotency_key,
+        )
+    return web.json_response({"id": str(event_id)}, status=201)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        page = await ops.list_events(
+            conn,
+            event_type=request.query.get("type"),
+            since=_time(request, "since"),
+            until=_time(request, "until"),
+            cursor=request.query.get("cursor"),
+            limit=_limit(request),
+        )
+    return web.json_response(page)
+
+
+async def get_event(request: web.Request) -> web.Response:
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        return web.json_response(await ops.get_event(conn, request.match_info["id"]))
+
+
+async def get_event_attempts(request: web.Request) -> web.Response:
+    async with request.app[CONTEXT].pool.acquire() as conn:
+        attempts = await ops.event_attempts(conn, request.match_info["id"])
+    return web.json_response({"data": attempts})
+
+
 async def list_dead_letters(request: web.Request) -> web.Response:
     async with request.app[CONTEXT].pool.acquire() as conn:
         return web.json_response({"data": await ops.list_dead(conn, limit=_limit(request))})
@@ -123,6 +185,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/endpoints", list_endpoints)
     app.router.add_get("/api/v1/endpoints/{id}", get_endpoint)
     app.router.add_patch("/api/v1/endpoints/{id}", update_endpoint)
+    app.router.add_post("/api/v1/events", create_event)
+    app.router.add_get("/api/v1/events", list_events)
+    app.router.add_get("/api/v1/events/{id}", get_event)
+    app.router.add_get("/api/v1/events/{id}/attempts", get_event_attempts)
     app.router.add_get("/api/v1/dead-letters", list_dead_letters)
     app.router.add_post("/api/v1/dead-letters/replay", replay_dead_letters)
     app.router.add_post("/api/v1/dead-letters/{id}/replay", replay_dead_letter)
