@@ -246,7 +246,10 @@ WHERE id = $1;
 
 -- event_deliveries --
 -- Where one event stands with each endpoint it was fanned out to.
-SELECT d.id, d.endpoint_id, d.status, d.attempts, d.next_attempt_at, d.last_attempt_at,
+SELECT d.id, d.endpoint_id, d.status, d.attempts,
+       -- next_attempt_at is a lease time while in flight and meaningless once finished
+       CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
+       d.last_attempt_at,
        d.last_status_code, d.last_error, d.delivered_at, d.dead_at
 FROM courier.deliveries AS d
 WHERE d.event_id = $1

@@ -45,15 +45,16 @@ def parse_uuid(value: str, *, field: str = "id") -> UUID:
         raise InvalidInput(f"{value!r} is not a UUID", field=field) from exc
 
 
-def _endpoint(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]),
-        "url": row["url"],
-        "event_types": list(row["event_types"]),
-        "description": row["description"],
-        "enabled": row["enabled"],
-        "created_at": row["created_at"].isoformat(),
-    }
+def plain(row: asyncpg.Record) -> dict[str, Any]:
+    """A record as JSON-ready values: UUIDs as strings, times as ISO-8601."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, UUID):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        out[key] = value
+    return out
 
 
 async def create_endpoint(
@@ -82,14 +83,14 @@ async def create_endpoint(
             QUERIES["create_endpoint"], url, list(dict.fromkeys(event_types)), secret, description
         )
     assert row is not None
-    return {**_endpoint(row), "secret": secret}
+    return {**plain(row), "secret": secret}
 
 
 async def list_endpoints(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     """Every endpoint, oldest first, without secrets."""
     with translate_errors():
         rows = await conn.fetch(QUERIES["list_endpoints"])
-    return [_endpoint(r) for r in rows]
+    return [plain(r) for r in rows]
 
 
 async def get_endpoint(conn: asyncpg.Connection, endpoint_id: str) -> dict[str, Any]:
@@ -99,7 +100,7 @@ async def get_endpoint(conn: asyncpg.Connection, endpoint_id: str) -> dict[str, 
         row = await conn.fetchrow(QUERIES["get_endpoint"], eid)
     if row is None:
         raise NotFound(f"no endpoint {endpoint_id}")
-    return _endpoint(row)
+    return plain(row)
 
 
 async def set_endpoint_enabled(
@@ -114,7 +115,7 @@ async def set_endpoint_enabled(
                 await conn.execute(QUERIES["wake_relays"])
     if row is None:
         raise NotFound(f"no endpoint {endpoint_id}")
-    return _endpoint(row)
+    return plain(row)
 
 
 async def enqueue(
@@ -140,20 +141,7 @@ async def list_dead(conn: asyncpg.Connection, *, limit: int = 100) -> list[dict[
         raise InvalidInput("limit must be between 1 and 10000", field="limit")
     with translate_errors():
         rows = await conn.fetch(QUERIES["list_dead"], limit)
-    return [
-        {
-            "id": r["id"],
-            "event_id": str(r["event_id"]),
-            "event_type": r["event_type"],
-            "endpoint_id": str(r["endpoint_id"]),
-            "url": r["url"],
-            "attempts": r["attempts"],
-            "last_status_code": r["last_status_code"],
-            "last_error": r["last_error"],
-            "dead_at": r["dead_at"].isoformat() if r["dead_at"] else None,
-        }
-        for r in rows
-    ]
+    return [plain(r) for r in rows]
 
 
 async def replay_dead(conn: asyncpg.Connection, ids: list[int] | None) -> list[int]:
@@ -173,19 +161,8 @@ async def replay_dead(conn: asyncpg.Connection, ids: list[int] | None) -> list[i
     return [r["id"] for r in rows]
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def _event(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]),
-        "event_type": row["event_type"],
-        "payload": json.loads(row["payload"]),
-        "ordering_key": row["ordering_key"],
-        "created_at": _iso(row["created_at"]),
-        "fanned_out_at": _iso(row["fanned_out_at"]),
-    }
+    return {**plain(row), "payload": json.loads(row["payload"])}
 
 
 def encode_cursor(created_at: datetime, event_id: str) -> str:
@@ -230,54 +207,26 @@ async def list_events(
     return {"data": [_event(r) for r in page], "next_cursor": following}
 
 
-async def get_event(conn: asyncpg.Connection, event_id: str) -> dict[str, Any]:
-    """One event with where it stands at each endpoint, or :class:`NotFound`."""
+async def _require_event(conn: asyncpg.Connection, event_id: str) -> asyncpg.Record:
     eid = parse_uuid(event_id, field="event_id")
     with translate_errors():
         row = await conn.fetchrow(QUERIES["get_event"], eid)
-        deliveries = await conn.fetch(QUERIES["event_deliveries"], eid) if row else []
     if row is None:
         raise NotFound(f"no event {event_id}")
-    return {
-        **_event(row),
-        "deliveries": [
-            {
-                "id": d["id"],
-                "endpoint_id": str(d["endpoint_id"]),
-                "status": d["status"],
-                "attempts": d["attempts"],
-                "next_attempt_at": _iso(d["next_attempt_at"]) if d["status"] == "pending" else None,
-                "last_attempt_at": _iso(d["last_attempt_at"]),
-                "last_status_code": d["last_status_code"],
-                "last_error": d["last_error"],
-                "delivered_at": _iso(d["delivered_at"]),
-                "dead_at": _iso(d["dead_at"]),
-            }
-            for d in deliveries
-        ],
-    }
+    return row
+
+
+async def get_event(conn: asyncpg.Connection, event_id: str) -> dict[str, Any]:
+    """One event with where it stands at each endpoint, or :class:`NotFound`."""
+    row = await _require_event(conn, event_id)
+    with translate_errors():
+        deliveries = await conn.fetch(QUERIES["event_deliveries"], row["id"])
+    return {**_event(row), "deliveries": [plain(d) for d in deliveries]}
 
 
 async def event_attempts(conn: asyncpg.Connection, event_id: str) -> list[dict[str, Any]]:
     """Every attempt made for one event, oldest first (:class:`NotFound` if no such event)."""
-    eid = parse_uuid(event_id, field="event_id")
+    row = await _require_event(conn, event_id)
     with translate_errors():
-        exists = await conn.fetchrow(QUERIES["get_event"], eid)
-        rows = await conn.fetch(QUERIES["event_attempts"], eid) if exists else []
-    if exists is None:
-        raise NotFound(f"no event {event_id}")
-    return [
-        {
-            "id": r["id"],
-            "delivery_id": r["delivery_id"],
-            "endpoint_id": str(r["endpoint_id"]),
-            "attempt": r["attempt"],
-            "started_at": _iso(r["started_at"]),
-            "duration_ms": r["duration_ms"],
-            "status_code": r["status_code"],
-            "response_body": r["response_body"],
-            "error": r["error"],
-            "outcome": r["outcome"],
-        }
-        for r in rows
-    ]
+        rows = await conn.fetch(QUERIES["event_attempts"], row["id"])
+    return [plain(r) for r in rows]
