@@ -223,3 +223,23 @@ async def test_event_detail_and_attempts_after_real_delivery(api, conn, receiver
     ]
     missing = "00000000-0000-0000-0000-000000000000"
     assert (await api.get(f"/api/v1/events/{missing}/attempts", headers=AUTH)).status == 404
+
+
+async def test_openapi_document_matches_the_routes(api) -> None:
+    response = await api.get("/openapi.json")  # open, like /health
+    assert response.status == 200
+    doc = await response.json()
+    assert doc["openapi"].startswith("3.1")
+    documented = {(method.upper(), path) for path, ops_ in doc["paths"].items() for method in ops_}
+    served = {
+        (route.method, route.resource.canonical)
+        for route in api.app.router.routes()
+        if route.resource is not None
+        and route.resource.canonical.startswith("/api/v1")
+        and route.method != "HEAD"
+    }
+    assert documented == served
+    create = doc["components"]["schemas"]["EndpointCreate"]
+    assert create["additionalProperties"] is False
+    assert set(create["required"]) == {"url", "event_types"}
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

@@ -6,13 +6,15 @@ Every body is validated by a pydantic model that forbids unknown fields; every f
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from pgcourier import ops
+from pgcourier import __version__, ops
 from pgcourier.admin.context import CONTEXT
 from pgcourier.errors import InvalidInput
 
@@ -179,16 +181,154 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
     return web.json_response({"replayed": queued, "count": len(queued)})
 
 
+@dataclass(frozen=True)
+class Route:
+    """One API route: what registers it and what documents it, so the two cannot drift."""
+
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    body: type[BaseModel] | None = None
+    query: tuple[str, ...] = ()
+    status: int = 200
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/api/v1/endpoints",
+        create_endpoint,
+        "Register an endpoint; the response holds its secret, shown only this once.",
+        EndpointCreate,
+        status=201,
+    ),
+    Route("GET", "/api/v1/endpoints", list_endpoints, "List endpoints (never their secrets)."),
+    Route("GET", "/api/v1/endpoints/{id}", get_endpoint, "One endpoint."),
+    Route(
+        "PATCH",
+        "/api/v1/endpoints/{id}",
+        update_endpoint,
+        "Enable or disable an endpoint (disabled: deliveries are held).",
+        EndpointUpdate,
+    ),
+    Route(
+        "POST",
+        "/api/v1/events",
+        create_event,
+        "Enqueue an event, with courier.enqueue's semantics.",
+        EventCreate,
+        status=201,
+    ),
+    Route(
+        "GET",
+        "/api/v1/events",
+        list_events,
+        "Events, newest first, keyset-paginated.",
+        query=("type", "since", "until", "limit", "cursor"),
+    ),
+    Route(
+        "GET",
+        "/api/v1/events/{id}",
+        get_event,
+        "One event and its delivery status at each endpoint.",
+    ),
+    Route(
+        "GET",
+        "/api/v1/events/{id}/attempts",
+        get_event_attempts,
+        "Every attempt made for one event.",
+    ),
+    Route(
+        "GET",
+        "/api/v1/dead-letters",
+        list_dead_letters,
+        "Dead deliveries, newest first.",
+        query=("limit",),
+    ),
+    Route(
+        "POST",
+        "/api/v1/dead-letters/replay",
+        replay_dead_letters,
+        "Queue dead deliveries again (all, or the given ids); replaying twice queues once.",
+        ReplayRequest,
+    ),
+    Route(
+        "POST",
+        "/api/v1/dead-letters/{id}/replay",
+        replay_dead_letter,
+        "Queue one dead delivery again, with the same webhook-id.",
+    ),
+)
+
+_REF = "#/components/schemas/"
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "field"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 for /api/v1, built from ROUTES and the pydantic request models."""
+    paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+    error = {"content": {"application/json": {"schema": {"$ref": _REF + "Error"}}}}
+    for route in ROUTES:
+        parameters: list[dict[str, Any]] = (
+            [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+            if "{id}" in route.path
+            else []
+        )
+        parameters += [
+            {"name": q, "in": "query", "required": False, "schema": {"type": "string"}}
+            for q in route.query
+        ]
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": route.handler.__name__,
+            "responses": {
+                str(route.status): {"description": "Success"},
+                "4XX": {"description": "The request was refused; nothing was changed.", **error},
+            },
+        }
+        if parameters:
+            operation["parameters"] = parameters
+        if route.body is not None:
+            name = route.body.__name__
+            schemas[name] = route.body.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            operation["requestBody"] = {
+                "required": False,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}
+                },
+            }
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pgcourier admin API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
 def add_routes(app: web.Application) -> None:
-    """Register the /api/v1 routes on ``app``."""
-    app.router.add_post("/api/v1/endpoints", create_endpoint)
-    app.router.add_get("/api/v1/endpoints", list_endpoints)
-    app.router.add_get("/api/v1/endpoints/{id}", get_endpoint)
-    app.router.add_patch("/api/v1/endpoints/{id}", update_endpoint)
-    app.router.add_post("/api/v1/events", create_event)
-    app.router.add_get("/api/v1/events", list_events)
-    app.router.add_get("/api/v1/events/{id}", get_event)
-    app.router.add_get("/api/v1/events/{id}/attempts", get_event_attempts)
-    app.router.add_get("/api/v1/dead-letters", list_dead_letters)
-    app.router.add_post("/api/v1/dead-letters/replay", replay_dead_letters)
-    app.router.add_post("/api/v1/dead-letters/{id}/replay", replay_dead_letter)
+    """Register ROUTES on ``app``."""
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)

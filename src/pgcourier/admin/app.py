@@ -116,6 +116,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(api.openapi_document())
+
+
 def create_app(context: AdminContext) -> web.Application:
     """The admin application, ready for ``web.AppRunner`` or ``aiohttp_client``."""
     app = web.Application(client_max_size=1024 * 1024, middlewares=[json_errors, bearer_auth])
@@ -123,5 +127,6 @@ def create_app(context: AdminContext) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     api.add_routes(app)
     return app
