@@ -12,6 +12,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from typing import Any, NoReturn
 
 import asyncpg
@@ -127,6 +128,39 @@ async def _endpoint_list(args: argparse.Namespace, conn: asyncpg.Connection) -> 
     return await ops.list_endpoints(conn)
 
 
+async def _endpoint_show(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    return await ops.get_endpoint(conn, args.id)
+
+
+async def _events_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    return await ops.list_events(
+        conn,
+        event_type=args.type,
+        since=args.since,
+        until=args.until,
+        cursor=args.cursor,
+        limit=args.limit,
+    )
+
+
+async def _events_show(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    return await ops.get_event(conn, args.id)
+
+
+async def _events_attempts(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    return await ops.event_attempts(conn, args.id)
+
+
+def _aware_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time") from exc
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone, e.g. {text}Z")
+    return value
+
+
 async def _endpoint_enable(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
     return await ops.set_endpoint_enabled(conn, args.id, True)
 
@@ -207,8 +241,30 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_parser("list", help="list endpoints").set_defaults(
         func=_db_command(_endpoint_list)
     )
-    for name, action in (("enable", _endpoint_enable), ("disable", _endpoint_disable)):
+    for name, action in (
+        ("show", _endpoint_show),
+        ("enable", _endpoint_enable),
+        ("disable", _endpoint_disable),
+    ):
         p = endpoint.add_parser(name, help=f"{name} an endpoint")
+        p.add_argument("id")
+        p.set_defaults(func=_db_command(action))
+
+    events = sub.add_parser("events", help="inspect events").add_subparsers(
+        dest="events_command", required=True, parser_class=_Parser
+    )
+    el = events.add_parser("list", help="events, newest first (JSON with next_cursor)")
+    el.add_argument("--type")
+    el.add_argument("--since", type=_aware_time, help="ISO-8601 with a zone")
+    el.add_argument("--until", type=_aware_time, help="ISO-8601 with a zone")
+    el.add_argument("--cursor", help="next_cursor from the previous page")
+    el.add_argument("--limit", type=int, default=100)
+    el.set_defaults(func=_db_command(_events_list))
+    for name, action, text in (
+        ("show", _events_show, "one event and its status at each endpoint"),
+        ("attempts", _events_attempts, "every attempt made for one event"),
+    ):
+        p = events.add_parser(name, help=text)
         p.add_argument("id")
         p.set_defaults(func=_db_command(action))
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,30 @@ async def test_demo_passes() -> None:
     assert code == 0, out + err
     assert "demo passed" in out
     assert out.count("verified") >= 3
+
+
+async def test_events_and_endpoint_show_commands(conn, dsn: str, receiver: Receiver, relay) -> None:
+    endpoint = await add_endpoint(conn, receiver.url("/hook"))
+    event_id = str(await ops.enqueue(conn, "order.paid", {"n": 1}))
+    await ops.enqueue(conn, "user.created", {"n": 2})
+    async with relay():
+        await wait_until(lambda: _delivered_all(conn))
+    code, out, _ = await pgcourier("endpoint", "show", endpoint["id"], dsn=dsn)
+    assert code == 0
+    assert json.loads(out)["url"] == receiver.url("/hook")
+    code, out, _ = await pgcourier("events", "list", "--type", "order.paid", dsn=dsn)
+    assert code == 0
+    page = json.loads(out)
+    assert [e["id"] for e in page["data"]] == [event_id]
+    assert page["next_cursor"] is None
+    code, out, _ = await pgcourier("events", "show", event_id, dsn=dsn)
+    assert json.loads(out)["deliveries"][0]["status"] == "delivered"
+    code, out, _ = await pgcourier("events", "attempts", event_id, dsn=dsn)
+    [attempt] = json.loads(out)
+    assert (attempt["status_code"], attempt["outcome"]) == (200, "delivered")
+    code, _, err = await pgcourier("events", "list", "--since", "2026-01-01", dsn=dsn)
+    assert code == 2
+    assert "needs a time zone" in err
+    code, _, err = await pgcourier("events", "show", str(uuid.uuid4()), dsn=dsn)
+    assert code == 1
+    assert "no event" in err
