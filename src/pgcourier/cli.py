@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from pgcourier import __version__, db, ops
-from pgcourier.errors import ConfigurationError, PgCourierError
+from pgcourier.errors import ConfigurationError, InvalidInput, PgCourierError
 from pgcourier.logs import configure_logging
 from pgcourier.settings import Settings, load_settings
 
@@ -153,12 +153,9 @@ async def _events_attempts(args: argparse.Namespace, conn: asyncpg.Connection) -
 
 def _aware_time(text: str) -> datetime:
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time") from exc
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone, e.g. {text}Z")
-    return value
+        return ops.parse_aware_time(text, field="time")
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
 
 
 async def _endpoint_enable(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:

@@ -165,6 +165,17 @@ def _event(row: asyncpg.Record) -> dict[str, Any]:
     return {**plain(row), "payload": json.loads(row["payload"])}
 
 
+def parse_aware_time(text: str, *, field: str) -> datetime:
+    """An ISO-8601 time that names its zone, or :class:`InvalidInput` naming ``field``."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{field} {text!r} is not an ISO-8601 time", field=field) from exc
+    if value.tzinfo is None:
+        raise InvalidInput(f"{field} needs a time zone, e.g. {text}Z", field=field)
+    return value
+
+
 def encode_cursor(created_at: datetime, event_id: str) -> str:
     """An opaque page cursor: the last event's (created_at, id)."""
     raw = f"{created_at.isoformat()}|{event_id}".encode()

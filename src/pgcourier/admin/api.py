@@ -71,15 +71,7 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
 
 def _time(request: web.Request, name: str) -> datetime | None:
     raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise InvalidInput(f"{name} {raw!r} is not an ISO-8601 time", field=name) from exc
-    if value.tzinfo is None:
-        raise InvalidInput(f"{name} needs a time zone, e.g. {raw}Z", field=name)
-    return value
+    return None if raw is None else ops.parse_aware_time(raw, field=name)
 
 
 def _limit(request: web.Request) -> int:
