@@ -28,7 +28,11 @@ WITH events AS (
     RETURNING id, event_id, endpoint_id, attempts, schedule_base
 )
 SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.schedule_base,
-       e.event_type, e.payload::text AS payload, e.created_at, ep.url, ep.secret
+       e.event_type, e.payload::text AS payload, e.created_at, ep.url, ep.timeout_seconds,
+       ep.headers::text AS headers,
+       -- during a rotation's grace period the previous secret signs too
+       CASE WHEN ep.previous_secret_expires_at > now() THEN ARRAY[ep.secret, ep.previous_secret]
+            ELSE ARRAY[ep.secret] END AS secrets
 FROM created AS c
 JOIN events AS e ON e.id = c.event_id
 JOIN courier.endpoints AS ep ON ep.id = c.endpoint_id;
@@ -55,7 +59,10 @@ WITH due AS (
     RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.schedule_base
 )
 SELECT l.id, l.event_id, l.endpoint_id, l.attempts, l.schedule_base,
-       o.event_type, o.payload::text AS payload, o.created_at, ep.url, ep.secret
+       o.event_type, o.payload::text AS payload, o.created_at, ep.url, ep.timeout_seconds,
+       ep.headers::text AS headers,
+       CASE WHEN ep.previous_secret_expires_at > now() THEN ARRAY[ep.secret, ep.previous_secret]
+            ELSE ARRAY[ep.secret] END AS secrets
 FROM leased AS l
 JOIN courier.outbox AS o ON o.id = l.event_id
 JOIN courier.endpoints AS ep ON ep.id = l.endpoint_id;
@@ -153,31 +160,163 @@ UPDATE courier.config SET max_payload_bytes = $1;
 SELECT courier.enqueue($1, $2::jsonb, $3, $4) AS id;
 
 -- create_endpoint --
-INSERT INTO courier.endpoints (url, event_types, secret, description)
-VALUES ($1, $2, $3, $4)
-RETURNING id, url, event_types, description, enabled, created_at;
+INSERT INTO courier.endpoints
+    (url, event_types, secret, description, enabled, timeout_seconds, headers)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+RETURNING id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
+       headers::text AS headers,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
+           AS previous_secret_expires_at,
+       created_at, updated_at;
 
 -- list_endpoints --
-SELECT id, url, event_types, description, enabled, created_at
+-- Endpoints not deleted, oldest first.
+SELECT id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
+       headers::text AS headers,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
+           AS previous_secret_expires_at,
+       created_at, updated_at
 FROM courier.endpoints
+WHERE deleted_at IS NULL
 ORDER BY created_at, id;
 
--- set_endpoint_enabled --
--- Enable or disable endpoint $1. Enabling wakes the relays: its held deliveries are due.
-UPDATE courier.endpoints SET enabled = $2, updated_at = now()
-WHERE id = $1
-RETURNING id, url, event_types, description, enabled, created_at;
+-- lock_endpoint --
+-- Endpoint $1 (not deleted), locked until the end of the transaction for a read-modify-write.
+SELECT id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
+       headers::text AS headers,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
+           AS previous_secret_expires_at,
+       created_at, updated_at
+FROM courier.endpoints
+WHERE id = $1 AND deleted_at IS NULL
+FOR UPDATE;
+
+-- update_endpoint --
+-- Write every settable field of endpoint $1 (the caller merged the change into the current row).
+-- Disabling records why ($6); enabling clears the reason.
+UPDATE courier.endpoints
+SET url = $2, event_types = $3, description = $4, enabled = $5,
+    disabled_reason = CASE WHEN $5 THEN NULL ELSE coalesce($6, disabled_reason) END,
+    timeout_seconds = $7, headers = $8::jsonb, updated_at = now()
+WHERE id = $1 AND deleted_at IS NULL
+RETURNING id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
+       headers::text AS headers,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
+           AS previous_secret_expires_at,
+       created_at, updated_at;
+
+-- rotate_secret --
+-- Make $2 endpoint $1's secret; the current one keeps signing beside it for $3 seconds (a grace
+-- period of 0 drops it at once). A rotation during a grace period drops the oldest secret.
+UPDATE courier.endpoints
+SET previous_secret = CASE WHEN $3 > 0 THEN secret END,
+    previous_secret_expires_at = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END,
+    secret = $2, updated_at = now()
+WHERE id = $1 AND deleted_at IS NULL
+RETURNING id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
+       headers::text AS headers,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
+           AS previous_secret_expires_at,
+       created_at, updated_at;
+
+-- delete_endpoint --
+-- Delete endpoint $1 softly: it stops receiving at once, its secrets are forgotten (overwritten
+-- with a fresh random one no-one knows), and attempts keep a row that says where they went.
+UPDATE courier.endpoints
+SET deleted_at = now(), enabled = false, disabled_reason = 'deleted', secret = $2,
+    previous_secret = NULL, previous_secret_expires_at = NULL, updated_at = now()
+WHERE id = $1 AND deleted_at IS NULL
+RETURNING id;
+
+-- discard_endpoint_deliveries --
+-- Discard the pending and dead deliveries of deleted endpoint $1 (reason recorded). Leased ones
+-- are discarded too: the relay's completion is fenced by the lease token and will not apply.
+UPDATE courier.deliveries
+SET status = 'discarded', discarded_at = now(), lease_token = NULL,
+    last_error = coalesce(last_error || '; ', '') || 'discarded: endpoint deleted'
+WHERE endpoint_id = $1 AND status IN ('pending', 'dead');
+
+-- sweep_deleted_endpoints --
+-- Discard deliveries that a fan-out created for an endpoint in the instant it was deleted (the
+-- fan-out's snapshot still saw it). Run by relays' housekeeping; only endpoints deleted in the
+-- last hour are looked at, through the open-deliveries index, so the sweep stays cheap.
+UPDATE courier.deliveries AS d
+SET status = 'discarded', discarded_at = now(), lease_token = NULL,
+    last_error = 'discarded: endpoint deleted'
+FROM courier.endpoints AS ep
+WHERE ep.deleted_at > now() - interval '1 hour'
+  AND d.endpoint_id = ep.id AND d.status = 'pending';
+
+-- endpoint_stats --
+-- Endpoint $1 over the last $2 seconds: attempts, successes, latency percentiles, the open
+-- deliveries and the latest failure.
+SELECT
+    (SELECT count(*) FROM courier.attempts AS a
+     WHERE a.endpoint_id = $1 AND a.started_at >= now() - make_interval(secs => $2)) AS attempts,
+    (SELECT count(*) FROM courier.attempts AS a
+     WHERE a.endpoint_id = $1 AND a.started_at >= now() - make_interval(secs => $2)
+       AND a.outcome = 'delivered') AS delivered,
+    (SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY a.duration_ms)
+     FROM courier.attempts AS a
+     WHERE a.endpoint_id = $1 AND a.started_at >= now() - make_interval(secs => $2))
+        AS latency_ms,
+    (SELECT count(*) FROM courier.deliveries AS d
+     WHERE d.endpoint_id = $1 AND d.status = 'pending') AS pending,
+    (SELECT count(*) FROM courier.deliveries AS d
+     WHERE d.endpoint_id = $1 AND d.status = 'dead') AS dead;
+
+-- endpoint_last_failure --
+-- The latest failed attempt of endpoint $1 (walks attempts_endpoint backwards).
+SELECT a.started_at, a.status_code, a.error, a.event_id
+FROM courier.attempts AS a
+WHERE a.endpoint_id = $1 AND a.outcome <> 'delivered'
+ORDER BY a.started_at DESC
+LIMIT 1;
+
+-- recover_endpoint --
+-- Re-queue endpoint $1's failed deliveries since $2: dead ones get a fresh retry schedule, ones
+-- waiting for a retry become due now. Leased ones are in flight and left alone. Returns the ids.
+UPDATE courier.deliveries
+SET status = 'pending', next_attempt_at = now(), dead_at = NULL,
+    schedule_base = CASE WHEN status = 'dead' THEN attempts ELSE schedule_base END
+WHERE endpoint_id = $1
+  AND ((status = 'dead' AND dead_at >= $2)
+       OR (status = 'pending' AND lease_token IS NULL AND attempts > schedule_base
+           AND last_attempt_at >= $2))
+RETURNING id;
 
 -- list_dead --
--- Dead letters, newest first, $1 at most.
-SELECT d.id, d.event_id, o.event_type, d.endpoint_id, ep.url, d.attempts, d.last_status_code,
-       d.last_error, d.dead_at
+-- Dead letters, newest first: endpoint $1, event type $2, dead at or after $3 and before $4 (each
+-- NULL for any), after the cursor ($5 dead_at, $6 id), $7 at most. Walks deliveries_dead.
+SELECT d.id, d.event_id, o.event_type, d.endpoint_id, ep.url, d.attempts, d.last_attempt_at,
+       d.last_status_code, d.last_error, d.dead_at
 FROM courier.deliveries AS d
 JOIN courier.outbox AS o ON o.id = d.event_id
 LEFT JOIN courier.endpoints AS ep ON ep.id = d.endpoint_id
 WHERE d.status = 'dead'
+  AND ($1::uuid IS NULL OR d.endpoint_id = $1)
+  AND ($2::text IS NULL OR o.event_type = $2)
+  AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
+  AND ($4::timestamptz IS NULL OR d.dead_at < $4)
+  AND ($5::timestamptz IS NULL OR (d.dead_at, d.id) < ($5, $6::bigint))
 ORDER BY d.dead_at DESC, d.id DESC
-LIMIT $1;
+LIMIT $7;
+
+-- get_dead --
+-- One dead letter with its event.
+SELECT d.id, d.event_id, o.event_type, o.payload::text AS payload, d.endpoint_id, ep.url,
+       d.attempts, d.last_attempt_at, d.last_status_code, d.last_error, d.dead_at
+FROM courier.deliveries AS d
+JOIN courier.outbox AS o ON o.id = d.event_id
+LEFT JOIN courier.endpoints AS ep ON ep.id = d.endpoint_id
+WHERE d.id = $1 AND d.status = 'dead';
+
+-- discard_dead --
+-- Throw dead letter $1 away for good, recorded as discarded. Returns its id if it was dead.
+UPDATE courier.deliveries
+SET status = 'discarded', discarded_at = now()
+WHERE id = $1 AND status = 'dead'
+RETURNING id;
 
 -- replay_dead --
 -- Put dead deliveries $1 back in line, due now, with a fresh retry schedule. Only rows still dead
@@ -188,13 +327,19 @@ SET status = 'pending', next_attempt_at = now(), schedule_base = attempts, dead_
 WHERE id = ANY($1::bigint[]) AND status = 'dead'
 RETURNING id;
 
--- replay_all_dead --
--- Put every dead delivery back in line (see replay_dead).
-UPDATE courier.deliveries
-SET status = 'pending', next_attempt_at = now(), schedule_base = attempts, dead_at = NULL,
+-- replay_matching_dead --
+-- Put every dead delivery matching the filters back in line (see replay_dead): endpoint $1,
+-- event type $2, dead at or after $3 and before $4, each NULL for any.
+UPDATE courier.deliveries AS d
+SET status = 'pending', next_attempt_at = now(), schedule_base = d.attempts, dead_at = NULL,
     lease_token = NULL
-WHERE status = 'dead'
-RETURNING id;
+FROM courier.outbox AS o
+WHERE d.status = 'dead' AND o.id = d.event_id
+  AND ($1::uuid IS NULL OR d.endpoint_id = $1)
+  AND ($2::text IS NULL OR o.event_type = $2)
+  AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
+  AND ($4::timestamptz IS NULL OR d.dead_at < $4)
+RETURNING d.id;
 
 -- bootstrap_migrations --
 -- Run by the migrator under its advisory lock, before reading which migrations are applied.
@@ -223,9 +368,13 @@ SELECT
     ))::float8 AS oldest_pending_age;
 
 -- get_endpoint --
-SELECT id, url, event_types, description, enabled, created_at
+SELECT id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
+       headers::text AS headers,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
+           AS previous_secret_expires_at,
+       created_at, updated_at
 FROM courier.endpoints
-WHERE id = $1;
+WHERE id = $1 AND deleted_at IS NULL;
 
 -- list_events --
 -- Newest first, filtered by type ($1), created at or after $2 and before $3, keyset-paginated

@@ -21,6 +21,7 @@ import structlog
 from pgcourier import __version__, db, ops
 from pgcourier.errors import ConfigurationError, InvalidInput, PgCourierError
 from pgcourier.logs import configure_logging
+from pgcourier.policy import parse_duration
 from pgcourier.settings import Settings, load_settings
 
 log = structlog.get_logger("pgcourier.cli")
@@ -51,6 +52,45 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+def _cell(value: Any, width: int = 40) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
+    columns = list(rows[0])
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def render_text(value: Any) -> str:
+    """Human-readable output: lists as tables, objects as ``key: value`` lines."""
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        return _table(value)
+    if not isinstance(value, dict):
+        return _cell(value, width=10_000)
+    lines = []
+    for key, item in value.items():
+        if isinstance(item, list) and item and all(isinstance(v, dict) for v in item):
+            lines.append(f"{key}:")
+            lines += ["  " + line for line in _table(item).splitlines()]
+        else:
+            lines.append(f"{key}: {_cell(item, width=10_000)}")
+    return "\n".join(lines)
+
+
+def _output(args: argparse.Namespace, value: Any) -> None:
+    if getattr(args, "json", False):
+        _print_json(value)
+    else:
+        print(render_text(value))
+
+
 async def _with_conn(
     settings: Settings, dsn: str, action: Callable[[asyncpg.Connection], Awaitable[Any]]
 ) -> Any:
@@ -74,7 +114,7 @@ def _db_command(action: Callable[[argparse.Namespace, asyncpg.Connection], Await
         with database(settings) as dsn:
             result = asyncio.run(_with_conn(settings, dsn, lambda conn: action(args, conn)))
         if result is not None:
-            _print_json(result)
+            _output(args, result)
         return 0
 
     return command
@@ -88,7 +128,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     with database(settings) as dsn:
         applied = asyncio.run(prepare_schema(dsn, settings))
-    _print_json({"applied": applied, "version": db.LATEST_VERSION})
+    _output(args, {"applied": applied, "version": db.LATEST_VERSION})
     return 0
 
 
@@ -99,6 +139,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         if settings.auto_migrate:
             asyncio.run(prepare_schema(dsn, settings))
         asyncio.run(serve(settings, dsn))
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
+    from pgcourier.runtime import prepare_schema, serve_admin
+
+    with database(settings) as dsn:
+        if settings.auto_migrate:
+            asyncio.run(prepare_schema(dsn, settings))
+        asyncio.run(serve_admin(settings, dsn))
     return 0
 
 
@@ -121,7 +171,43 @@ async def _endpoint_add(args: argparse.Namespace, conn: asyncpg.Connection) -> A
         event_types=args.event,
         description=args.description,
         secret=args.secret,
+        enabled=not args.disabled,
+        timeout_seconds=args.timeout,
+        headers=dict(args.header),
     )
+
+
+async def _endpoint_update(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    changes: dict[str, Any] = {}
+    for name in ("url", "description", "enabled"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.event is not None:
+        changes["event_types"] = args.event
+    if args.timeout is not None:
+        changes["timeout_seconds"] = None if args.timeout == "default" else args.timeout
+    if args.clear_headers or args.header:
+        changes["headers"] = dict(args.header or [])
+    if not changes:
+        raise InvalidInput("nothing to change: give at least one option (see --help)")
+    return await ops.update_endpoint(conn, args.id, changes)
+
+
+async def _endpoint_rotate(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    return await ops.rotate_secret(conn, args.id, secret=args.secret, grace_seconds=args.grace)
+
+
+async def _endpoint_delete(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    return {"deleted": args.id, "discarded": await ops.delete_endpoint(conn, args.id)}
+
+
+async def _endpoint_stats(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    return await ops.endpoint_stats(conn, args.id, window_seconds=args.window)
+
+
+async def _endpoint_recover(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    queued = await ops.recover_endpoint(conn, args.id, since=args.since)
+    return {"recovered": queued, "count": len(queued)}
 
 
 async def _endpoint_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
@@ -177,13 +263,33 @@ async def _enqueue(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
     return {"id": str(event_id)}
 
 
+def _dead_filter(args: argparse.Namespace) -> ops.DeadFilter:
+    return ops.DeadFilter(
+        endpoint_id=args.endpoint, event_type=args.type, since=args.since, until=args.until
+    )
+
+
 async def _dlq_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
-    return await ops.list_dead(conn, limit=args.limit)
+    page = await ops.list_dead(conn, _dead_filter(args), cursor=args.cursor, limit=args.limit)
+    return page if args.json else page["data"]
+
+
+async def _dlq_show(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    return await ops.get_dead(conn, args.id)
+
+
+async def _dlq_discard(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    return {"discarded": [await ops.discard_dead(conn, i) for i in args.ids]}
 
 
 async def _dlq_replay(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
-    queued = await ops.replay_dead(conn, None if args.all else args.ids)
-    return {"replayed": queued}
+    where = _dead_filter(args)
+    if args.ids and (args.all or where != ops.DeadFilter()):
+        raise InvalidInput("give either dead-letter ids or --all with filters, not both")
+    if not args.ids and not args.all:
+        raise InvalidInput("give dead-letter ids, or --all (optionally with filters)")
+    queued = await ops.replay_dead(conn, args.ids or None, where)
+    return {"replayed": queued, "count": len(queued)}
 
 
 def _json_object(text: str) -> str:
@@ -196,11 +302,51 @@ def _json_object(text: str) -> str:
     return text
 
 
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME:VALUE")
+    return name.strip(), value.strip()
+
+
+def _timeout(text: str) -> float | str:
+    if text == "default":
+        return text
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from exc
+
+
+def _seconds(text: str) -> int:
+    try:
+        return int(parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+
+
+def _add_dead_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", metavar="ID", help="only this endpoint's dead letters")
+    p.add_argument("--type", help="only this event type")
+    p.add_argument("--since", type=_aware_time, help="dead at or after (ISO-8601 with a zone)")
+    p.add_argument("--until", type=_aware_time, help="dead before (ISO-8601 with a zone)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command tree."""
     parser = _Parser(prog="pgcourier", description="Postgres-native event relay.")
     parser.add_argument("--version", action="version", version=f"pgcourier {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--json", action="store_true", help="print results as JSON (scripts)")
+    # --json is accepted after the command too; SUPPRESS keeps the top-level value otherwise.
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+    class _Sub(_Parser):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("parents", [common])
+            super().__init__(**kwargs)
+
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Sub)
 
     sub.add_parser("migrate", help="create or upgrade the courier schema").set_defaults(
         func=cmd_migrate
@@ -212,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("dsn", help="print the database DSN (starts the embedded one)").set_defaults(
         func=cmd_dsn
     )
+    sub.add_parser(
+        "admin", help="serve the admin API alone, without a relay, until SIGTERM"
+    ).set_defaults(func=cmd_admin)
 
     enq = sub.add_parser("enqueue", help="add one event to the outbox")
     enq.add_argument("event_type")
@@ -221,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     enq.set_defaults(func=_db_command(_enqueue))
 
     endpoint = sub.add_parser("endpoint", help="manage webhook endpoints").add_subparsers(
-        dest="endpoint_command", required=True, parser_class=_Parser
+        dest="endpoint_command", required=True, parser_class=_Sub
     )
     add = endpoint.add_parser("add", help="register an endpoint; prints its secret once")
     add.add_argument("--url", required=True)
@@ -234,7 +383,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--description", default="")
     add.add_argument("--secret", help="a whsec_ secret to use instead of a generated one")
+    add.add_argument("--timeout", type=float, help="request timeout in seconds (1-300)")
+    add.add_argument("--header", type=_header, action="append", default=[], metavar="NAME:VALUE")
+    add.add_argument("--disabled", action="store_true", help="register it disabled")
     add.set_defaults(func=_db_command(_endpoint_add))
+    up = endpoint.add_parser("update", help="change an endpoint's settings")
+    up.add_argument("id")
+    up.add_argument("--url")
+    up.add_argument("--event", action="append", metavar="PATTERN", help="replaces all patterns")
+    up.add_argument("--description")
+    up.add_argument(
+        "--timeout", type=_timeout, help="seconds (1-300), or 'default' for the relay's"
+    )
+    up.add_argument(
+        "--header", type=_header, action="append", metavar="NAME:VALUE", help="replaces all"
+    )
+    up.add_argument("--clear-headers", action="store_true")
+    state = up.add_mutually_exclusive_group()
+    state.add_argument("--enable", dest="enabled", action="store_true", default=None)
+    state.add_argument("--disable", dest="enabled", action="store_false", default=None)
+    up.set_defaults(func=_db_command(_endpoint_update))
+    rot = endpoint.add_parser(
+        "rotate-secret", help="new secret, printed once; the old one signs too for --grace"
+    )
+    rot.add_argument("id")
+    rot.add_argument("--secret", help="a whsec_ secret to use instead of a generated one")
+    rot.add_argument(
+        "--grace", type=_seconds, default=ops.DEFAULT_GRACE_SECONDS, help="e.g. 24h (default), 0"
+    )
+    rot.set_defaults(func=_db_command(_endpoint_rotate))
+    st = endpoint.add_parser("stats", help="attempts, success rate, latency, open deliveries")
+    st.add_argument("id")
+    st.add_argument("--window", type=_seconds, default=86400, help="e.g. 1h, 24h (default)")
+    st.set_defaults(func=_db_command(_endpoint_stats))
+    rec = endpoint.add_parser("recover", help="re-queue failed and dead deliveries since a time")
+    rec.add_argument("id")
+    rec.add_argument("--since", type=_aware_time, required=True, help="ISO-8601 with a zone")
+    rec.set_defaults(func=_db_command(_endpoint_recover))
     endpoint.add_parser("list", help="list endpoints").set_defaults(
         func=_db_command(_endpoint_list)
     )
@@ -242,13 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("show", _endpoint_show),
         ("enable", _endpoint_enable),
         ("disable", _endpoint_disable),
+        ("delete", _endpoint_delete),
     ):
         p = endpoint.add_parser(name, help=f"{name} an endpoint")
         p.add_argument("id")
         p.set_defaults(func=_db_command(action))
 
     events = sub.add_parser("events", help="inspect events").add_subparsers(
-        dest="events_command", required=True, parser_class=_Parser
+        dest="events_command", required=True, parser_class=_Sub
     )
     el = events.add_parser("list", help="events, newest first (JSON with next_cursor)")
     el.add_argument("--type")
@@ -266,16 +452,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_db_command(action))
 
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(
-        dest="dlq_command", required=True, parser_class=_Parser
+        dest="dlq_command", required=True, parser_class=_Sub
     )
     dl = dlq.add_parser("list", help="list dead deliveries, newest first")
+    _add_dead_filters(dl)
+    dl.add_argument("--cursor", help="next_cursor from the previous page (with --json)")
     dl.add_argument("--limit", type=int, default=100)
     dl.set_defaults(func=_db_command(_dlq_list))
-    rp = dlq.add_parser("replay", help="queue dead deliveries again (same webhook-id)")
-    group = rp.add_mutually_exclusive_group(required=True)
-    group.add_argument("ids", nargs="*", type=int, default=[], metavar="ID")
-    group.add_argument("--all", action="store_true")
+    ds = dlq.add_parser("show", help="one dead letter and its event")
+    ds.add_argument("id")
+    ds.set_defaults(func=_db_command(_dlq_show))
+    rp = dlq.add_parser(
+        "replay", help="queue dead deliveries again (same webhook-id): IDs, or --all [filters]"
+    )
+    rp.add_argument("ids", nargs="*", type=int, default=[], metavar="ID")
+    rp.add_argument("--all", action="store_true", help="every dead letter matching the filters")
+    _add_dead_filters(rp)
     rp.set_defaults(func=_db_command(_dlq_replay))
+    dd = dlq.add_parser("discard", help="throw dead letters away for good (recorded)")
+    dd.add_argument("ids", nargs="+", metavar="ID")
+    dd.set_defaults(func=_db_command(_dlq_discard))
     return parser
 
 

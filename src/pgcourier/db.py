@@ -180,7 +180,11 @@ def translate_errors() -> Iterator[None]:
             primary = str(getattr(exc, "message", None) or exc).removeprefix("courier: ")
             hint = getattr(exc, "hint", None)
             message = f"{primary} ({hint})" if hint else primary
-            column = getattr(exc, "column_name", None) or _field_from_message(primary)
+            column = (
+                getattr(exc, "column_name", None)
+                or _CONSTRAINT_FIELDS.get(getattr(exc, "constraint_name", None) or "")
+                or _field_from_message(primary)
+            )
             raise InvalidInput(message, field=column) from exc
         if sqlstate.startswith(("08", "57P")):
             raise DatabaseUnavailable(str(exc)) from exc
@@ -189,6 +193,15 @@ def translate_errors() -> Iterator[None]:
         raise DatabaseUnavailable(str(exc)) from exc
     except TimeoutError as exc:  # asyncpg's command_timeout, or a connect that never completes
         raise DatabaseUnavailable("the database did not answer in time") from exc
+
+
+_CONSTRAINT_FIELDS = {
+    "endpoint_url_is_http": "url",
+    "endpoint_event_types_are_patterns": "event_types",
+    "endpoint_secret_is_whsec": "secret",
+    "endpoint_timeout_in_range": "timeout_seconds",
+    "endpoint_headers_valid": "headers",
+}
 
 
 def _field_from_message(message: str) -> str | None:

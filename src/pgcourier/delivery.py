@@ -37,16 +37,36 @@ class WebhookTransport:
     """Standard Webhooks over aiohttp."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, *, timeout: float, response_body_limit: int
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        timeout: float,
+        response_body_limit: int,
+        max_timeout: float | None = None,
     ) -> None:
+        """``timeout`` applies to endpoints without their own; ``max_timeout`` caps theirs (the
+        relay passes half its lease, so a slow request never outlives the lease it runs under)."""
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_timeout = max_timeout
         self._body_limit = response_body_limit
+
+    def _timeout_for(self, job: Job) -> aiohttp.ClientTimeout:
+        if job.timeout is None:
+            return self._timeout
+        seconds = job.timeout
+        if self._max_timeout is not None:
+            seconds = min(seconds, self._max_timeout)
+        return aiohttp.ClientTimeout(total=seconds)
 
     async def send(self, job: Job) -> AttemptResult:
         body = job.body()
-        headers = sign_message([job.secret], str(job.event_id), body).as_dict()
+        # Custom headers first, so the signature and content type always win (the database also
+        # refuses custom headers with those names).
+        headers = dict(job.headers)
+        headers.update(sign_message(job.secrets, str(job.event_id), body).as_dict())
         headers["content-type"] = "application/json"
+        timeout = self._timeout_for(job)
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
         try:
@@ -54,7 +74,7 @@ class WebhookTransport:
                 job.url,
                 data=body,
                 headers=headers,
-                timeout=self._timeout,
+                timeout=timeout,
                 allow_redirects=False,
             ) as response:
                 # Read at most the limit: a huge or endless body must not stall the relay. The
@@ -67,7 +87,7 @@ class WebhookTransport:
                     response_body=raw.decode("utf-8", errors="replace"),
                 )
         except TimeoutError:
-            error = f"timeout after {self._timeout.total:g}s"
+            error = f"timeout after {timeout.total:g}s"
         except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except (OSError, ValueError) as exc:  # e.g. an unresolvable or malformed URL

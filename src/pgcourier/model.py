@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -23,7 +24,9 @@ class Job:
     payload: str  # the event's JSON object as Postgres rendered it; never re-serialised
     created_at: datetime
     url: str
-    secret: str
+    secrets: tuple[str, ...]  # the current secret first; the previous one during a rotation
+    timeout: float | None = None  # the endpoint's own request timeout, if it set one
+    headers: Mapping[str, str] = field(default_factory=dict)  # the endpoint's custom headers
 
     @property
     def attempt(self) -> int:

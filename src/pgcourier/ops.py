@@ -1,4 +1,4 @@
-"""Operations shared by the CLI (and later the admin API): validate in Python, then one query.
+"""Operations shared by the CLI and the admin API: validate in Python, then one query.
 
 Validation here gives the caller a precise message naming the field; the database enforces the
 same rules again, so a bad row can never be written by any path.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +20,10 @@ import asyncpg
 from pgcourier import patterns
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.errors import InvalidInput, NotFound
+from pgcourier.policy import parse_duration
 from pgcourier.signing import generate_secret, secret_key
+
+MAX_PAGE = 1000
 
 
 def validate_url(url: str) -> str:
@@ -57,6 +62,70 @@ def plain(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "host", "user-agent", "transfer-encoding", "connection"}
+)
+RESERVED_HEADER_PREFIXES = ("webhook-", "x-webhook-", "x-hub-signature")
+DEFAULT_GRACE_SECONDS = 24 * 3600
+MAX_GRACE_SECONDS = 7 * 24 * 3600
+
+
+def validate_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Custom headers an endpoint may send, or :class:`InvalidInput` naming ``headers``.
+
+    The database checks the same rules (``courier.valid_headers``).
+    """
+    if len(headers) > 20:
+        raise InvalidInput("at most 20 custom headers", field="headers")
+    for name, value in headers.items():
+        lowered = name.lower()
+        if not HEADER_NAME.match(name):
+            raise InvalidInput(f"{name!r} is not a valid header name", field="headers")
+        if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_HEADER_PREFIXES):
+            raise InvalidInput(
+                f"header {name!r} is set by pgcourier and cannot be overridden", field="headers"
+            )
+        if not isinstance(value, str) or len(value) > 1000:
+            raise InvalidInput(
+                f"header {name!r} needs a string value of at most 1000 characters", field="headers"
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise InvalidInput(f"header {name!r} has a control character", field="headers")
+    return headers
+
+
+def validate_timeout(timeout: float | None) -> float | None:
+    """A per-endpoint request timeout: None (the relay's default) or 1 to 300 seconds."""
+    if timeout is not None and not 1 <= timeout <= 300:
+        raise InvalidInput("timeout_seconds must be between 1 and 300", field="timeout_seconds")
+    return timeout
+
+
+def validate_event_types(event_types: list[str]) -> list[str]:
+    """Event-type patterns, de-duplicated, or :class:`InvalidInput` naming ``event_types``."""
+    problems = patterns.validate_patterns(event_types)
+    if problems:
+        raise InvalidInput("; ".join(problems), field="event_types")
+    return list(dict.fromkeys(event_types))
+
+
+def validate_secret(secret: str | None) -> str:
+    """The given ``whsec_`` secret, or a new one when None."""
+    if secret is None:
+        return generate_secret()
+    try:
+        if len(secret_key(secret)) < 24:
+            raise ValueError("it must hold at least 24 bytes")
+    except ValueError as exc:
+        raise InvalidInput(f"invalid secret: {exc}", field="secret") from exc
+    return secret
+
+
+def _endpoint(row: asyncpg.Record) -> dict[str, Any]:
+    return {**plain(row), "headers": json.loads(row["headers"])}
+
+
 async def create_endpoint(
     conn: asyncpg.Connection,
     *,
@@ -64,33 +133,36 @@ async def create_endpoint(
     event_types: list[str],
     description: str = "",
     secret: str | None = None,
+    enabled: bool = True,
+    timeout_seconds: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Register an endpoint. The returned dict holds the secret: the only time it is shown."""
     validate_url(url)
-    problems = patterns.validate_patterns(event_types)
-    if problems:
-        raise InvalidInput("; ".join(problems), field="event_types")
-    if secret is None:
-        secret = generate_secret()
-    else:
-        try:
-            if len(secret_key(secret)) < 24:
-                raise ValueError("it must hold at least 24 bytes")
-        except ValueError as exc:
-            raise InvalidInput(f"invalid secret: {exc}", field="secret") from exc
+    event_types = validate_event_types(event_types)
+    secret = validate_secret(secret)
+    validate_timeout(timeout_seconds)
+    headers = validate_headers(headers or {})
     with translate_errors():
         row = await conn.fetchrow(
-            QUERIES["create_endpoint"], url, list(dict.fromkeys(event_types)), secret, description
+            QUERIES["create_endpoint"],
+            url,
+            event_types,
+            secret,
+            description,
+            enabled,
+            timeout_seconds,
+            json.dumps(headers),
         )
     assert row is not None
-    return {**plain(row), "secret": secret}
+    return {**_endpoint(row), "secret": secret}
 
 
 async def list_endpoints(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    """Every endpoint, oldest first, without secrets."""
+    """Every endpoint not deleted, oldest first, without secrets."""
     with translate_errors():
         rows = await conn.fetch(QUERIES["list_endpoints"])
-    return [plain(r) for r in rows]
+    return [_endpoint(r) for r in rows]
 
 
 async def get_endpoint(conn: asyncpg.Connection, endpoint_id: str) -> dict[str, Any]:
@@ -100,22 +172,152 @@ async def get_endpoint(conn: asyncpg.Connection, endpoint_id: str) -> dict[str, 
         row = await conn.fetchrow(QUERIES["get_endpoint"], eid)
     if row is None:
         raise NotFound(f"no endpoint {endpoint_id}")
-    return plain(row)
+    return _endpoint(row)
+
+
+UPDATABLE = ("url", "event_types", "description", "enabled", "timeout_seconds", "headers")
+
+
+async def update_endpoint(
+    conn: asyncpg.Connection,
+    endpoint_id: str,
+    changes: dict[str, Any],
+    *,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """Change some of an endpoint's settings (keys of ``changes`` among :data:`UPDATABLE`).
+
+    Enabling wakes the relays, since the endpoint's held deliveries are due; disabling records
+    ``reason`` (default: "disabled by an operator").
+    """
+    unknown = set(changes) - set(UPDATABLE)
+    if unknown:
+        raise InvalidInput(f"cannot change {sorted(unknown)[0]}", field=sorted(unknown)[0])
+    if "url" in changes:
+        validate_url(changes["url"])
+    if "event_types" in changes:
+        changes["event_types"] = validate_event_types(changes["event_types"])
+    if "timeout_seconds" in changes:
+        validate_timeout(changes["timeout_seconds"])
+    if "headers" in changes:
+        validate_headers(changes["headers"] or {})
+    eid = parse_uuid(endpoint_id, field="endpoint_id")
+    with translate_errors():
+        async with conn.transaction():
+            current = await conn.fetchrow(QUERIES["lock_endpoint"], eid)
+            if current is None:
+                raise NotFound(f"no endpoint {endpoint_id}")
+            merged = {**_endpoint(current), **changes}
+            row = await conn.fetchrow(
+                QUERIES["update_endpoint"],
+                eid,
+                merged["url"],
+                merged["event_types"],
+                merged["description"],
+                merged["enabled"],
+                reason or "disabled by an operator",
+                merged["timeout_seconds"],
+                json.dumps(merged["headers"] or {}),
+            )
+            if merged["enabled"] and not current["enabled"]:
+                await conn.execute(QUERIES["wake_relays"])
+    assert row is not None
+    return _endpoint(row)
 
 
 async def set_endpoint_enabled(
     conn: asyncpg.Connection, endpoint_id: str, enabled: bool
 ) -> dict[str, Any]:
     """Enable or disable an endpoint; enabling wakes the relays for its held deliveries."""
+    return await update_endpoint(conn, endpoint_id, {"enabled": enabled})
+
+
+async def rotate_secret(
+    conn: asyncpg.Connection,
+    endpoint_id: str,
+    *,
+    secret: str | None = None,
+    grace_seconds: int = DEFAULT_GRACE_SECONDS,
+) -> dict[str, Any]:
+    """Give an endpoint a new secret (generated unless given) and return it: the only time it
+    is shown. The old secret keeps signing beside the new one for ``grace_seconds``."""
+    eid = parse_uuid(endpoint_id, field="endpoint_id")
+    if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+        raise InvalidInput(
+            f"grace_period_seconds must be between 0 and {MAX_GRACE_SECONDS}",
+            field="grace_period_seconds",
+        )
+    secret = validate_secret(secret)
+    with translate_errors():
+        row = await conn.fetchrow(QUERIES["rotate_secret"], eid, secret, grace_seconds)
+    if row is None:
+        raise NotFound(f"no endpoint {endpoint_id}")
+    return {**_endpoint(row), "secret": secret}
+
+
+async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: str) -> int:
+    """Delete an endpoint: it receives nothing more, and its pending and dead deliveries are
+    discarded (recorded). Returns how many deliveries were discarded."""
     eid = parse_uuid(endpoint_id, field="endpoint_id")
     with translate_errors():
         async with conn.transaction():
-            row = await conn.fetchrow(QUERIES["set_endpoint_enabled"], eid, enabled)
-            if row is not None and enabled:
+            deleted = await conn.fetchval(QUERIES["delete_endpoint"], eid, generate_secret())
+            if deleted is None:
+                raise NotFound(f"no endpoint {endpoint_id}")
+            status = await conn.execute(QUERIES["discard_endpoint_deliveries"], eid)
+    return int(status.split()[-1])
+
+
+def parse_window(text: str, *, field: str = "window") -> int:
+    """A stats window such as ``1h``, ``30m`` or ``3600``, in whole seconds (1 s to 90 days)."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{field} {text!r}: {exc}", field=field) from exc
+    if not 1 <= seconds <= 90 * 86400:
+        raise InvalidInput(f"{field} must be between 1s and 90d", field=field)
+    return int(seconds)
+
+
+async def endpoint_stats(
+    conn: asyncpg.Connection, endpoint_id: str, *, window_seconds: int = 86400
+) -> dict[str, Any]:
+    """How an endpoint fares over the last ``window_seconds``."""
+    endpoint = await get_endpoint(conn, endpoint_id)
+    eid = UUID(endpoint["id"])
+    with translate_errors():
+        row = await conn.fetchrow(QUERIES["endpoint_stats"], eid, float(window_seconds))
+        failure = await conn.fetchrow(QUERIES["endpoint_last_failure"], eid)
+    assert row is not None
+    latency = row["latency_ms"] or [None, None]
+    return {
+        "endpoint_id": endpoint["id"],
+        "enabled": endpoint["enabled"],
+        "disabled_reason": endpoint["disabled_reason"],
+        "window_seconds": window_seconds,
+        "attempts": row["attempts"],
+        "delivered": row["delivered"],
+        "success_rate": row["delivered"] / row["attempts"] if row["attempts"] else None,
+        "latency_p50_ms": latency[0],
+        "latency_p99_ms": latency[1],
+        "pending": row["pending"],
+        "dead": row["dead"],
+        "last_failure": plain(failure) if failure is not None else None,
+    }
+
+
+async def recover_endpoint(
+    conn: asyncpg.Connection, endpoint_id: str, *, since: datetime
+) -> list[int]:
+    """Re-queue an endpoint's failed deliveries since ``since`` (dead ones and ones waiting for a
+    retry); return their ids. Their webhook-id stays the event id."""
+    await get_endpoint(conn, endpoint_id)
+    with translate_errors():
+        async with conn.transaction():
+            rows = await conn.fetch(QUERIES["recover_endpoint"], UUID(endpoint_id), since)
+            if rows:
                 await conn.execute(QUERIES["wake_relays"])
-    if row is None:
-        raise NotFound(f"no endpoint {endpoint_id}")
-    return plain(row)
+    return [r["id"] for r in rows]
 
 
 async def enqueue(
@@ -135,25 +337,90 @@ async def enqueue(
     return event_id
 
 
-async def list_dead(conn: asyncpg.Connection, *, limit: int = 100) -> list[dict[str, Any]]:
-    """Dead letters, newest first."""
-    if not 1 <= limit <= 10_000:
-        raise InvalidInput("limit must be between 1 and 10000", field="limit")
+@dataclass(frozen=True)
+class DeadFilter:
+    """Which dead letters a listing or a bulk replay covers (None: any)."""
+
+    endpoint_id: str | None = None
+    event_type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def args(self) -> tuple[UUID | None, str | None, datetime | None, datetime | None]:
+        """The filter as the queries' first four parameters, validated."""
+        if self.since and self.until and self.since >= self.until:
+            raise InvalidInput("since must be earlier than until", field="since")
+        eid = parse_uuid(self.endpoint_id, field="endpoint_id") if self.endpoint_id else None
+        return eid, self.event_type, self.since, self.until
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+
+
+async def list_dead(
+    conn: asyncpg.Connection,
+    where: DeadFilter | None = None,
+    *,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """A page of dead letters, newest first, with the cursor of the next page (None at the end)."""
+    _check_limit(limit)
+    after = _decode_dead_cursor(cursor) if cursor else (None, None)
     with translate_errors():
-        rows = await conn.fetch(QUERIES["list_dead"], limit)
-    return [plain(r) for r in rows]
+        rows = await conn.fetch(
+            QUERIES["list_dead"], *(where or DeadFilter()).args(), *after, limit + 1
+        )
+    page = rows[:limit]
+    following = (
+        encode_cursor(page[-1]["dead_at"], str(page[-1]["id"])) if len(rows) > limit else None
+    )
+    return {"data": [plain(r) for r in page], "next_cursor": following}
 
 
-async def replay_dead(conn: asyncpg.Connection, ids: list[int] | None) -> list[int]:
-    """Queue dead deliveries again (all of them when ``ids`` is None); return the ids queued.
+def _dead_id(value: str | int) -> int:
+    text = str(value)
+    if not text.isdigit() or len(text) > 18:
+        raise InvalidInput(f"{text!r} is not a dead-letter id", field="id")
+    return int(text)
+
+
+async def get_dead(conn: asyncpg.Connection, dead_id: str | int) -> dict[str, Any]:
+    """One dead letter with its event, or :class:`NotFound`."""
+    did = _dead_id(dead_id)
+    with translate_errors():
+        row = await conn.fetchrow(QUERIES["get_dead"], did)
+    if row is None:
+        raise NotFound(f"no dead letter {did}")
+    return _event(row)
+
+
+async def discard_dead(conn: asyncpg.Connection, dead_id: str | int) -> int:
+    """Throw a dead letter away for good (recorded as discarded), or :class:`NotFound`."""
+    did = _dead_id(dead_id)
+    with translate_errors():
+        row = await conn.fetchval(QUERIES["discard_dead"], did)
+    if row is None:
+        raise NotFound(f"no dead letter {did}")
+    return did
+
+
+async def replay_dead(
+    conn: asyncpg.Connection, ids: list[int] | None, where: DeadFilter | None = None
+) -> list[int]:
+    """Queue dead deliveries again: the given ids, or else every one matching ``where``
+    (all when None); return the ids queued.
 
     The event keeps its id, so receivers see the same ``webhook-id`` and can deduplicate.
-    Replaying a delivery that is no longer dead does nothing.
+    Replaying a delivery that is no longer dead does nothing, so replaying twice queues once.
     """
     with translate_errors():
         async with conn.transaction():
             if ids is None:
-                rows = await conn.fetch(QUERIES["replay_all_dead"])
+                args = (where or DeadFilter()).args()
+                rows = await conn.fetch(QUERIES["replay_matching_dead"], *args)
             else:
                 rows = await conn.fetch(QUERIES["replay_dead"], ids)
             if rows:
@@ -182,14 +449,29 @@ def encode_cursor(created_at: datetime, event_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    """The (created_at, id) in a cursor, or :class:`InvalidInput` naming ``cursor``."""
+def _decode(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when, _, event_id = raw.partition("|")
-        return datetime.fromisoformat(when), UUID(event_id)
+        when, _, key = raw.partition("|")
+        return datetime.fromisoformat(when), key
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("cursor is not one this server issued", field="cursor") from exc
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (created_at, id) in an events cursor, or :class:`InvalidInput` naming ``cursor``."""
+    when, key = _decode(cursor)
+    try:
+        return when, UUID(key)
+    except ValueError as exc:
+        raise InvalidInput("cursor is not one this server issued", field="cursor") from exc
+
+
+def _decode_dead_cursor(cursor: str) -> tuple[datetime, int]:
+    when, key = _decode(cursor)
+    if not key.isdigit() or len(key) > 18:
+        raise InvalidInput("cursor is not one this server issued", field="cursor")
+    return when, int(key)
 
 
 async def list_events(
@@ -202,8 +484,7 @@ async def list_events(
     limit: int = 100,
 ) -> dict[str, Any]:
     """A page of events, newest first, with the cursor of the next page (None at the end)."""
-    if not 1 <= limit <= 1000:
-        raise InvalidInput("limit must be between 1 and 1000", field="limit")
+    _check_limit(limit)
     if since and until and since >= until:
         raise InvalidInput("since must be earlier than until", field="since")
     after = decode_cursor(cursor) if cursor else (None, None)

@@ -73,6 +73,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
             session,
             timeout=settings.delivery_timeout,
             response_body_limit=settings.response_body_limit,
+            max_timeout=settings.lease / 2,
         )
         metrics = Metrics()
         relay = Relay(
@@ -82,9 +83,8 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
             metrics=metrics,
         )
         listener = Listener(dsn, relay.notify)
-        token = settings.admin_token.get_secret_value() if settings.admin_token else None
         admin, admin_port = await _start_admin(
-            settings, AdminContext(pool, metrics, listener, token)
+            settings, admin_context(settings, pool, metrics, listener)
         )
         try:
             async with asyncio.TaskGroup() as group:
@@ -107,6 +107,21 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     finally:
         await session.close()
         await pool.close()
+
+
+def admin_context(
+    settings: Settings, pool: asyncpg.Pool, metrics: Metrics, listener: Listener | None
+) -> AdminContext:
+    """What the admin routes need, from the settings."""
+    return AdminContext(
+        pool=pool,
+        metrics=metrics,
+        listener=listener,
+        token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        # JSON-escaping can double a payload; keep at least 1 MiB for everything else.
+        max_body=max(1024 * 1024, 2 * settings.max_payload_bytes + 64 * 1024),
+        open_operations=settings.admin_open_operations,
+    )
 
 
 async def _start_admin(
@@ -142,3 +157,29 @@ async def serve(settings: Settings, dsn: str) -> None:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+async def serve_admin(settings: Settings, dsn: str) -> None:
+    """Serve the admin API alone (no relay) until SIGTERM or SIGINT.
+
+    For hosts that only answer operators: the database gauges in /metrics are live, the relay's
+    own counters stay at zero, and /ready does not wait for a LISTEN connection.
+    """
+    if not settings.admin_enabled:
+        raise ConfigurationError("PGCOURIER_ADMIN_ENABLED is false: nothing to serve")
+    pool = await db.create_pool(dsn, min_size=1, max_size=4)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        admin, _port = await _start_admin(settings, admin_context(settings, pool, Metrics(), None))
+        assert admin is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await admin.cleanup()
+    finally:
+        await pool.close()

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for /api/v1; required to bind beyond loopback."
     )
+    admin_open_operations: bool = Field(
+        default=True,
+        description="Serve /health, /ready and /metrics without the token (false: token needed).",
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Sequence
@@ -31,6 +32,9 @@ class RelayStore(Protocol):
     async def release(self, relay_id: UUID, ids: Sequence[int]) -> None: ...
 
 
+_NO_HEADERS: dict[str, str] = {}
+
+
 def _job(row: asyncpg.Record) -> Job:
     return Job(
         delivery_id=row["id"],
@@ -42,7 +46,9 @@ def _job(row: asyncpg.Record) -> Job:
         payload=row["payload"],
         created_at=row["created_at"],
         url=row["url"],
-        secret=row["secret"],
+        secrets=tuple(row["secrets"]),
+        timeout=row["timeout_seconds"],
+        headers=_NO_HEADERS if row["headers"] == "{}" else json.loads(row["headers"]),
     )
 
 
@@ -67,8 +73,11 @@ class PgStore:
             await self._pool.execute(QUERIES["deregister_relay"], relay_id)
 
     async def reap(self, older_than: float) -> None:
+        """Housekeeping: forget dead relays; discard what a fan-out racing an endpoint's
+        deletion created for it."""
         with translate_errors():
             await self._pool.execute(QUERIES["reap_relays"], older_than)
+            await self._pool.execute(QUERIES["sweep_deleted_endpoints"])
 
     async def set_idle(self, relay_id: UUID, idle: bool) -> None:
         with translate_errors():

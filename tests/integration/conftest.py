@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 
+from pgcourier.admin import create_app
+from pgcourier.admin.context import AdminContext
+from pgcourier.metrics import Metrics
 from pgcourier.runtime import Runtime, running
-from tests.integration.helpers import Receiver, relay_settings
+from tests.integration.helpers import TOKEN, Receiver, relay_settings
 
 
 @pytest.fixture
@@ -21,6 +25,16 @@ async def receiver(aiohttp_server: Any) -> Receiver:
     server = await aiohttp_server(app)
     rec.base_url = f"http://127.0.0.1:{server.port}"
     return rec
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, dsn: str) -> AsyncIterator[Any]:
+    """A test client on the real admin app (token :data:`TOKEN`) over the test database."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        yield await aiohttp_client(create_app(AdminContext(pool, Metrics(), None, TOKEN)))
+    finally:
+        await pool.close()
 
 
 @pytest.fixture

@@ -78,6 +78,10 @@ class Receiver:
         return Counter(r.webhook_id for r in reqs)
 
 
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 def relay_settings(dsn: str, **overrides: Any) -> Settings:
     """Settings for a relay under test: short retries, fast polling unless overridden."""
     values: dict[str, Any] = {

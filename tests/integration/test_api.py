@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
-import asyncpg
 import pytest
 
 from pgcourier import ops
-from pgcourier.admin import create_app
-from pgcourier.admin.context import AdminContext
-from pgcourier.metrics import Metrics
-from tests.integration.helpers import add_endpoint, wait_until
-
-TOKEN = "t0ken-for-tests"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-async def api(aiohttp_client: Any, dsn: str) -> AsyncIterator[Any]:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    try:
-        yield await aiohttp_client(create_app(AdminContext(pool, Metrics(), None, TOKEN)))
-    finally:
-        await pool.close()
+from tests.integration.helpers import AUTH, TOKEN, add_endpoint, wait_until
 
 
 @pytest.mark.parametrize(
@@ -119,7 +100,7 @@ async def test_dead_letters_replay_one_and_bulk_idempotently(api, conn) -> None:
     assert len(dead) == 3
     first = dead[0]["id"]
     response = await api.post(f"/api/v1/dead-letters/{first}/replay", headers=AUTH)
-    assert (await response.json()) == {"replayed": [first]}
+    assert (await response.json()) == {"replayed": [first], "count": 1}
     response = await api.post(f"/api/v1/dead-letters/{first}/replay", headers=AUTH)
     assert response.status == 404  # no longer dead: replaying twice does not queue twice
     response = await api.post("/api/v1/dead-letters/replay", headers=AUTH, json={})

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pgcourier import ops
+from pgcourier import db, ops
 from tests.integration.helpers import Receiver, add_endpoint, relay_settings, statuses, wait_until
 
 
@@ -29,12 +29,14 @@ def cli_env(dsn: str | None, **extra: str) -> dict[str, str]:
 
 
 async def pgcourier(
-    *args: str, dsn: str | None, timeout: float = 60, **extra: str
+    *args: str, dsn: str | None, timeout: float = 60, text: bool = False, **extra: str
 ) -> tuple[int, str, str]:
+    """Run the command; results come back as JSON (``--json``) unless ``text``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "pgcourier",
+        *(() if text else ("--json",)),
         *args,
         env=cli_env(dsn, **extra),
         stdout=asyncio.subprocess.PIPE,
@@ -95,7 +97,13 @@ async def test_endpoint_add_prints_id_and_secret_once(dsn: str) -> None:
         (["enqueue", "bad type", "{}"], "invalid event_type 'bad type'"),
         (["enqueue", "a.b", "[1]"], "payload must be a JSON object"),
         (["enqueue", "a.b", "{nope"], "payload is not JSON"),
-        (["dlq", "replay"], "one of the arguments ID --all is required"),
+        (["dlq", "replay"], "give dead-letter ids, or --all"),
+        (["dlq", "replay", "1", "--all"], "not both"),
+        (["endpoint", "update", "00000000-0000-0000-0000-000000000000"], "nothing to change"),
+        (["endpoint", "add", "--url", "https://x", "--event", "a", "--header", "Host:x"], "Host"),
+        (["endpoint", "add", "--url", "https://x", "--event", "a", "--timeout", "0"], "timeout"),
+        (["endpoint", "rotate-secret", "not-a-uuid"], "not a UUID"),
+        (["endpoint", "stats", "x", "--window", "soon"], "soon"),
         (["dlq", "list", "--limit", "0"], "limit must be between"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -139,7 +147,7 @@ async def test_unreachable_database_is_one_line(empty_dsn: str) -> None:
 async def test_migrate_is_idempotent(empty_dsn: str) -> None:
     code, out, _ = await pgcourier("migrate", dsn=empty_dsn)
     assert code == 0
-    assert json.loads(out)["applied"] == [1]
+    assert json.loads(out)["applied"] == list(range(1, db.LATEST_VERSION + 1))
     code, out, _ = await pgcourier("migrate", dsn=empty_dsn)
     assert json.loads(out)["applied"] == []
 
@@ -153,10 +161,14 @@ async def test_enqueue_dlq_list_and_replay(conn, dsn: str, receiver: Receiver, r
     async with relay(retry_schedule=""):
         await wait_until(lambda: _dead(conn))
         code, out, _ = await pgcourier("dlq", "list", dsn=dsn)
-        [dead] = json.loads(out)
+        [dead] = json.loads(out)["data"]
         assert dead["event_id"] == event_id
+        code, out, _ = await pgcourier("dlq", "list", dsn=dsn, text=True)
+        header, row = out.splitlines()
+        assert header.split()[:3] == ["id", "event_id", "event_type"]
+        assert row.split()[:3] == [str(dead["id"]), event_id, "order.paid"]
         code, out, _ = await pgcourier("dlq", "replay", "--all", dsn=dsn)
-        assert json.loads(out) == {"replayed": [dead["id"]]}
+        assert json.loads(out) == {"replayed": [dead["id"]], "count": 1}
         await receiver.wait_count(2)
         await wait_until(lambda: _delivered_all(conn))
     assert receiver.ids() == {event_id: 2}

@@ -154,7 +154,7 @@ async def test_exhaustion_dead_letter_replay_same_webhook_id(
     event_id = await ops.enqueue(conn, "order.paid", {"x": 1})
     async with relay(retry_schedule="50ms,50ms"):
         await wait_until(lambda: _count_dead(conn, 1))
-        [dead] = await ops.list_dead(conn)
+        [dead] = (await ops.list_dead(conn))["data"]
         assert dead["event_id"] == str(event_id)
         assert dead["attempts"] == 3
         assert dead["last_status_code"] == 500

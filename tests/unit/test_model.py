@@ -20,7 +20,7 @@ def job(payload: str, created_at: datetime) -> Job:
         payload=payload,
         created_at=created_at,
         url="http://x",
-        secret="whsec_x",
+        secrets=("whsec_x",),
     )
 
 

@@ -30,7 +30,7 @@ def make_job(i: int) -> Job:
         payload="{}",
         created_at=datetime.now(UTC),
         url="http://x",
-        secret="whsec_x",
+        secrets=("whsec_x",),
     )
 
 

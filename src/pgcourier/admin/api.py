@@ -1,4 +1,4 @@
-"""``/api/v1``: endpoints and dead letters over HTTP, on the same operations as the CLI.
+"""``/api/v1``: endpoints, events and dead letters over HTTP, on the same operations as the CLI.
 
 Every body is validated by a pydantic model that forbids unknown fields; every failure becomes
 ``{"error": {"code", "message", "field"}}`` with a 4xx status (see :mod:`pgcourier.admin.app`).
@@ -9,39 +9,83 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from pgcourier import __version__, ops
 from pgcourier.admin.context import CONTEXT
 from pgcourier.errors import InvalidInput
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+Headers = Annotated[dict[str, str], Field(max_length=20)]
+Timeout = Annotated[float, Field(ge=1, le=300)]
+Patterns = Annotated[list[str], Field(min_length=1, max_length=64)]
+Url = Annotated[str, Field(min_length=1, max_length=2048)]
+Description = Annotated[str, Field(max_length=1000)]
+# Strict: a JSON API takes true, not "yes"; 5, not "5".
+STRICT = ConfigDict(extra="forbid", strict=True)
+
 
 class EndpointCreate(BaseModel):
     """POST /api/v1/endpoints"""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
-    event_types: Annotated[list[str], Field(min_length=1, max_length=64)]
-    description: Annotated[str, Field(max_length=1000)] = ""
-    secret: str | None = None
+    url: Url
+    event_types: Patterns
+    description: Description = ""
+    secret: str | None = Field(
+        default=None, description="a whsec_ secret; generated when absent, returned only once"
+    )
+    enabled: bool = True
+    timeout_seconds: Timeout | None = Field(
+        default=None, description="request timeout; the relay's default when absent"
+    )
+    headers: Headers = Field(default_factory=dict, description="custom headers sent each time")
 
 
 class EndpointUpdate(BaseModel):
-    """PATCH /api/v1/endpoints/{id} (only ``enabled`` for now)."""
+    """PATCH /api/v1/endpoints/{id}: the fields given change, the others stay."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    enabled: bool
+    url: Url | None = None
+    event_types: Patterns | None = None
+    description: Description | None = None
+    enabled: bool | None = None
+    timeout_seconds: Timeout | None = None
+    headers: Headers | None = None
+
+
+class RotateSecret(BaseModel):
+    """POST /api/v1/endpoints/{id}/rotate-secret"""
+
+    model_config = STRICT
+
+    secret: str | None = Field(default=None, description="the new secret; generated when absent")
+    grace_period_seconds: Annotated[int, Field(ge=0, le=ops.MAX_GRACE_SECONDS)] = Field(
+        default=ops.DEFAULT_GRACE_SECONDS,
+        description="how long the old secret keeps signing beside the new one",
+    )
+
+
+class RecoverRequest(BaseModel):
+    """POST /api/v1/endpoints/{id}/recover"""
+
+    model_config = STRICT
+
+    since: AwareDatetime
 
 
 class EventCreate(BaseModel):
     """POST /api/v1/events: the same semantics as ``courier.enqueue``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     event_type: Annotated[str, Field(min_length=1, max_length=200)]
     payload: dict[str, Any]
@@ -50,23 +94,30 @@ class EventCreate(BaseModel):
 
 
 class ReplayRequest(BaseModel):
-    """POST /api/v1/dead-letters/replay"""
+    """POST /api/v1/dead-letters/replay: the given ids, or every dead letter matching the filters
+    (all of them when none is given)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    ids: Annotated[list[int], Field(max_length=10_000)] | None = None
+    ids: Annotated[list[int], Field(min_length=1, max_length=10_000)] | None = None
+    endpoint_id: UUID | None = None
+    event_type: Annotated[str, Field(max_length=200)] | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
 
 
-async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+async def _body(request: web.Request, model: type[ModelT]) -> ModelT:
     """The request's JSON body parsed into ``model`` (errors become 400/422 JSON)."""
-    if request.body_exists:
-        try:
-            data = await request.json()
-        except ValueError as exc:
-            raise InvalidInput(f"the body is not valid JSON: {exc}", field="body") from exc
-    else:
-        data = {}
-    return model.model_validate(data)
+    raw = await request.read() if request.body_exists else b""
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid" or not first.get("loc"):
+            raise InvalidInput(
+                f"the body must be a JSON object: {first['msg']}", field="body"
+            ) from exc
+        raise
 
 
 def _time(request: web.Request, name: str) -> datetime | None:
@@ -83,39 +134,75 @@ def _limit(request: web.Request) -> int:
     return limit
 
 
+def _conn(request: web.Request) -> Any:
+    return request.app[CONTEXT].pool.acquire()
+
+
 async def create_endpoint(request: web.Request) -> web.Response:
-    body: EndpointCreate = await _body(request, EndpointCreate)
-    async with request.app[CONTEXT].pool.acquire() as conn:
-        created = await ops.create_endpoint(
-            conn,
-            url=body.url,
-            event_types=body.event_types,
-            description=body.description,
-            secret=body.secret,
-        )
+    body = await _body(request, EndpointCreate)
+    async with _conn(request) as conn:
+        created = await ops.create_endpoint(conn, **body.model_dump())
     return web.json_response(created, status=201)
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    async with request.app[CONTEXT].pool.acquire() as conn:
+    async with _conn(request) as conn:
         return web.json_response({"data": await ops.list_endpoints(conn)})
 
 
 async def get_endpoint(request: web.Request) -> web.Response:
-    async with request.app[CONTEXT].pool.acquire() as conn:
+    async with _conn(request) as conn:
         return web.json_response(await ops.get_endpoint(conn, request.match_info["id"]))
 
 
 async def update_endpoint(request: web.Request) -> web.Response:
-    body: EndpointUpdate = await _body(request, EndpointUpdate)
-    async with request.app[CONTEXT].pool.acquire() as conn:
-        updated = await ops.set_endpoint_enabled(conn, request.match_info["id"], body.enabled)
+    body = await _body(request, EndpointUpdate)
+    changes = body.model_dump(include=body.model_fields_set)
+    for name in ("url", "event_types", "description", "enabled", "headers"):
+        if name in changes and changes[name] is None:
+            raise InvalidInput(f"{name} cannot be null", field=name)
+    if not changes:
+        raise InvalidInput("give at least one field to change", field="body")
+    async with _conn(request) as conn:
+        updated = await ops.update_endpoint(conn, request.match_info["id"], changes)
     return web.json_response(updated)
 
 
+async def delete_endpoint(request: web.Request) -> web.Response:
+    async with _conn(request) as conn:
+        discarded = await ops.delete_endpoint(conn, request.match_info["id"])
+    return web.json_response({"deleted": request.match_info["id"], "discarded": discarded})
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    body = await _body(request, RotateSecret)
+    async with _conn(request) as conn:
+        rotated = await ops.rotate_secret(
+            conn,
+            request.match_info["id"],
+            secret=body.secret,
+            grace_seconds=body.grace_period_seconds,
+        )
+    return web.json_response(rotated)
+
+
+async def endpoint_stats(request: web.Request) -> web.Response:
+    window = ops.parse_window(request.query.get("window", "24h"))
+    async with _conn(request) as conn:
+        stats = await ops.endpoint_stats(conn, request.match_info["id"], window_seconds=window)
+    return web.json_response(stats)
+
+
+async def recover_endpoint(request: web.Request) -> web.Response:
+    body = await _body(request, RecoverRequest)
+    async with _conn(request) as conn:
+        queued = await ops.recover_endpoint(conn, request.match_info["id"], since=body.since)
+    return web.json_response({"recovered": queued, "count": len(queued)})
+
+
 async def create_event(request: web.Request) -> web.Response:
-    body: EventCreate = await _body(request, EventCreate)
-    async with request.app[CONTEXT].pool.acquire() as conn:
+    body = await _body(request, EventCreate)
+    async with _conn(request) as conn:
         event_id = await ops.enqueue(
             conn,
             body.event_type,
@@ -127,7 +214,7 @@ async def create_event(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    async with request.app[CONTEXT].pool.acquire() as conn:
+    async with _conn(request) as conn:
         page = await ops.list_events(
             conn,
             event_type=request.query.get("type"),
@@ -140,36 +227,64 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 async def get_event(request: web.Request) -> web.Response:
-    async with request.app[CONTEXT].pool.acquire() as conn:
+    async with _conn(request) as conn:
         return web.json_response(await ops.get_event(conn, request.match_info["id"]))
 
 
 async def get_event_attempts(request: web.Request) -> web.Response:
-    async with request.app[CONTEXT].pool.acquire() as conn:
+    async with _conn(request) as conn:
         attempts = await ops.event_attempts(conn, request.match_info["id"])
     return web.json_response({"data": attempts})
 
 
+def _dead_filter(request: web.Request) -> ops.DeadFilter:
+    return ops.DeadFilter(
+        endpoint_id=request.query.get("endpoint_id"),
+        event_type=request.query.get("event_type"),
+        since=_time(request, "since"),
+        until=_time(request, "until"),
+    )
+
+
 async def list_dead_letters(request: web.Request) -> web.Response:
-    async with request.app[CONTEXT].pool.acquire() as conn:
-        return web.json_response({"data": await ops.list_dead(conn, limit=_limit(request))})
+    where = _dead_filter(request)
+    async with _conn(request) as conn:
+        page = await ops.list_dead(
+            conn, where, cursor=request.query.get("cursor"), limit=_limit(request)
+        )
+    return web.json_response(page)
+
+
+async def get_dead_letter(request: web.Request) -> web.Response:
+    async with _conn(request) as conn:
+        return web.json_response(await ops.get_dead(conn, request.match_info["id"]))
+
+
+async def discard_dead_letter(request: web.Request) -> web.Response:
+    async with _conn(request) as conn:
+        discarded = await ops.discard_dead(conn, request.match_info["id"])
+    return web.json_response({"discarded": discarded})
 
 
 async def replay_dead_letter(request: web.Request) -> web.Response:
-    raw = request.match_info["id"]
-    if not raw.isdigit():
-        raise InvalidInput(f"{raw!r} is not a dead-letter id", field="id")
-    async with request.app[CONTEXT].pool.acquire() as conn:
-        queued = await ops.replay_dead(conn, [int(raw)])
-    if not queued:
-        raise web.HTTPNotFound(reason=f"no dead letter {raw}")
-    return web.json_response({"replayed": queued})
+    async with _conn(request) as conn:
+        dead = await ops.get_dead(conn, request.match_info["id"])
+        queued = await ops.replay_dead(conn, [dead["id"]])
+    return web.json_response({"replayed": queued, "count": len(queued)})
 
 
 async def replay_dead_letters(request: web.Request) -> web.Response:
-    body: ReplayRequest = await _body(request, ReplayRequest)
-    async with request.app[CONTEXT].pool.acquire() as conn:
-        queued = await ops.replay_dead(conn, body.ids)
+    body = await _body(request, ReplayRequest)
+    where = ops.DeadFilter(
+        endpoint_id=str(body.endpoint_id) if body.endpoint_id else None,
+        event_type=body.event_type,
+        since=body.since,
+        until=body.until,
+    )
+    if body.ids is not None and where != ops.DeadFilter():
+        raise InvalidInput("give either ids or filters, not both", field="ids")
+    async with _conn(request) as conn:
+        queued = await ops.replay_dead(conn, body.ids, where)
     return web.json_response({"replayed": queued, "count": len(queued)})
 
 
@@ -186,6 +301,8 @@ class Route:
     status: int = 200
 
 
+DEAD_FILTERS = ("endpoint_id", "event_type", "since", "until")
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
@@ -201,8 +318,35 @@ ROUTES: tuple[Route, ...] = (
         "PATCH",
         "/api/v1/endpoints/{id}",
         update_endpoint,
-        "Enable or disable an endpoint (disabled: deliveries are held).",
+        "Change an endpoint; disabling holds its deliveries, enabling resumes them.",
         EndpointUpdate,
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/endpoints/{id}",
+        delete_endpoint,
+        "Delete an endpoint; its pending and dead deliveries are discarded (recorded).",
+    ),
+    Route(
+        "POST",
+        "/api/v1/endpoints/{id}/rotate-secret",
+        rotate_secret,
+        "New secret, shown only this once; the old one keeps signing for the grace period.",
+        RotateSecret,
+    ),
+    Route(
+        "GET",
+        "/api/v1/endpoints/{id}/stats",
+        endpoint_stats,
+        "Attempts, success rate, latency, pending and dead counts over a window (e.g. 24h).",
+        query=("window",),
+    ),
+    Route(
+        "POST",
+        "/api/v1/endpoints/{id}/recover",
+        recover_endpoint,
+        "Re-queue the endpoint's failed and dead deliveries since a time.",
+        RecoverRequest,
     ),
     Route(
         "POST",
@@ -235,15 +379,22 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/api/v1/dead-letters",
         list_dead_letters,
-        "Dead deliveries, newest first.",
-        query=("limit",),
+        "Dead deliveries, newest first, keyset-paginated.",
+        query=(*DEAD_FILTERS, "limit", "cursor"),
     ),
     Route(
         "POST",
         "/api/v1/dead-letters/replay",
         replay_dead_letters,
-        "Queue dead deliveries again (all, or the given ids); replaying twice queues once.",
+        "Queue dead deliveries again (ids, or all matching the filters); twice queues once.",
         ReplayRequest,
+    ),
+    Route("GET", "/api/v1/dead-letters/{id}", get_dead_letter, "One dead letter and its event."),
+    Route(
+        "DELETE",
+        "/api/v1/dead-letters/{id}",
+        discard_dead_letter,
+        "Discard a dead letter for good (recorded as discarded).",
     ),
     Route(
         "POST",

@@ -60,11 +60,19 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal", "internal error")
 
 
+OPERATIONS = frozenset({"/health", "/ready", "/metrics"})
+
+
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """/api/v1 needs ``Authorization: Bearer <PGCOURIER_ADMIN_TOKEN>`` when a token is set."""
-    token = request.app[CONTEXT].token
-    if token is not None and request.path.startswith("/api/"):
+    """/api/v1 needs ``Authorization: Bearer <PGCOURIER_ADMIN_TOKEN>`` when a token is set (and
+    so do the operations routes when they are not configured open)."""
+    ctx = request.app[CONTEXT]
+    token = ctx.token
+    guarded = request.path.startswith("/api/") or (
+        not ctx.open_operations and request.path in OPERATIONS
+    )
+    if token is not None and guarded:
         offered = request.headers.get("Authorization", "")
         scheme, _, value = offered.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -122,7 +130,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 def create_app(context: AdminContext) -> web.Application:
     """The admin application, ready for ``web.AppRunner`` or ``aiohttp_client``."""
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[json_errors, bearer_auth])
+    app = web.Application(client_max_size=context.max_body, middlewares=[json_errors, bearer_auth])
     app[CONTEXT] = context
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

@@ -27,6 +27,10 @@ class AdminContext:
     metrics: Metrics
     listener: ListenerState | None = None
     token: str | None = None
+    # Largest request body accepted (413 beyond): room for the largest payload allowed.
+    max_body: int = 1024 * 1024
+    # False: /health, /ready and /metrics need the token too.
+    open_operations: bool = True
 
 
 CONTEXT = web.AppKey("context", AdminContext)
