@@ -13,20 +13,41 @@ from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from pgcourier import __version__, ops
+from pgcourier import __version__, ops, patterns
 from pgcourier.admin.context import CONTEXT
 from pgcourier.errors import InvalidInput
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+MAX_ID = ops.MAX_ID
 
 
-Headers = Annotated[dict[str, str], Field(max_length=20)]
+# Every constraint the operations check is stated here too, so that the OpenAPI document (built
+# from these models) describes exactly what is accepted.
+HeaderName = Annotated[str, Field(pattern=ops.HEADER_NAME.pattern)]
+HeaderValue = Annotated[str, Field(max_length=1000, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Headers = Annotated[dict[HeaderName, HeaderValue], Field(max_length=20)]
 Timeout = Annotated[float, Field(ge=1, le=300)]
-Patterns = Annotated[list[str], Field(min_length=1, max_length=64)]
-Url = Annotated[str, Field(min_length=1, max_length=2048)]
+Pattern = Annotated[str, Field(pattern=patterns.PATTERN_RE.pattern)]
+Patterns = Annotated[list[Pattern], Field(min_length=1, max_length=patterns.MAX_PATTERNS)]
+Url = Annotated[str, Field(max_length=ops.MAX_URL, pattern=ops.URL_PATTERN)]
 Description = Annotated[str, Field(max_length=1000)]
+Secret = Annotated[str, Field(pattern=ops.SECRET_PATTERN)]
+EventType = Annotated[str, Field(pattern=patterns.EVENT_TYPE_RE.pattern)]
+Key = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+def _whole(value: Any) -> Any:
+    # JSON Schema counts 5.0 as an integer; strict pydantic would not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# (The bounds before the validator: the other way round, pydantic documents them as "ge"/"le".)
+GraceSeconds = Annotated[int, Field(ge=0, le=ops.MAX_GRACE_SECONDS), BeforeValidator(_whole)]
+DeadId = Annotated[int, Field(ge=1, le=ops.MAX_ID), BeforeValidator(_whole)]
 # Strict: a JSON API takes true, not "yes"; 5, not "5".
 STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -39,7 +60,7 @@ class EndpointCreate(BaseModel):
     url: Url
     event_types: Patterns
     description: Description = ""
-    secret: str | None = Field(
+    secret: Secret | None = Field(
         default=None, description="a whsec_ secret; generated when absent, returned only once"
     )
     enabled: bool = True
@@ -49,10 +70,22 @@ class EndpointCreate(BaseModel):
     headers: Headers = Field(default_factory=dict, description="custom headers sent each time")
 
 
+def _not_null_except_timeout(schema: dict[str, Any]) -> None:
+    # Only timeout_seconds may be null (back to the relay's default); absent means unchanged.
+    for name, prop in schema["properties"].items():
+        if name != "timeout_seconds" and "anyOf" in prop:
+            [kept] = [s for s in prop.pop("anyOf") if s.get("type") != "null"]
+            prop.pop("default", None)
+            prop.update(kept)
+    schema["minProperties"] = 1
+
+
 class EndpointUpdate(BaseModel):
     """PATCH /api/v1/endpoints/{id}: the fields given change, the others stay."""
 
-    model_config = STRICT
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_not_null_except_timeout
+    )
 
     url: Url | None = None
     event_types: Patterns | None = None
@@ -67,8 +100,8 @@ class RotateSecret(BaseModel):
 
     model_config = STRICT
 
-    secret: str | None = Field(default=None, description="the new secret; generated when absent")
-    grace_period_seconds: Annotated[int, Field(ge=0, le=ops.MAX_GRACE_SECONDS)] = Field(
+    secret: Secret | None = Field(default=None, description="the new secret; generated when absent")
+    grace_period_seconds: GraceSeconds = Field(
         default=ops.DEFAULT_GRACE_SECONDS,
         description="how long the old secret keeps signing beside the new one",
     )
@@ -87,10 +120,10 @@ class EventCreate(BaseModel):
 
     model_config = STRICT
 
-    event_type: Annotated[str, Field(min_length=1, max_length=200)]
+    event_type: EventType
     payload: dict[str, Any]
-    ordering_key: str | None = None
-    idempotency_key: str | None = None
+    ordering_key: Key | None = None
+    idempotency_key: Key | None = None
 
 
 class ReplayRequest(BaseModel):
@@ -99,9 +132,15 @@ class ReplayRequest(BaseModel):
 
     model_config = STRICT
 
-    ids: Annotated[list[int], Field(min_length=1, max_length=10_000)] | None = None
+    ids: (
+        Annotated[
+            list[DeadId],
+            Field(min_length=1, max_length=10_000),
+        ]
+        | None
+    ) = None
     endpoint_id: UUID | None = None
-    event_type: Annotated[str, Field(max_length=200)] | None = None
+    event_type: EventType | None = None
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
 
@@ -299,7 +338,44 @@ class Route:
     body: type[BaseModel] | None = None
     query: tuple[str, ...] = ()
     status: int = 200
+    # Why input that fits the document can still be refused with a 422 (rules across fields or
+    # about stored state that a schema cannot state); None when the document says it all.
+    refusable: str | None = None
 
+    @property
+    def router_path(self) -> str:
+        """The path as aiohttp routes it: a dead letter's {id} is digits only, so that
+        /dead-letters/replay never reaches the {id} routes."""
+        if self.path.startswith("/api/v1/dead-letters/{id}"):
+            return self.path.replace("{id}", "{id:[0-9]+}")
+        return self.path
+
+    @property
+    def id_schema(self) -> dict[str, Any]:
+        """The schema of the {id} path parameter: a UUID, or a dead letter's number."""
+        if self.path.startswith("/api/v1/dead-letters/"):
+            return {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+        return {"type": "string", "format": "uuid"}
+
+
+_TIME = {"type": "string", "format": "date-time"}
+QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "type": {"type": "string", "pattern": patterns.EVENT_TYPE_RE.pattern},
+    "event_type": {"type": "string", "pattern": patterns.EVENT_TYPE_RE.pattern},
+    "endpoint_id": {"type": "string", "format": "uuid"},
+    "since": _TIME,
+    "until": _TIME,
+    "limit": {"type": "integer", "minimum": 1, "maximum": ops.MAX_PAGE, "default": 100},
+    "cursor": {"type": "string", "description": "next_cursor of the previous page"},
+    "window": {
+        "type": "string",
+        "pattern": r"^[0-9]{1,7}(ms|s|m|h|d)?$",
+        "default": "24h",
+        "description": "1s to 90d, e.g. 1h or 24h",
+    },
+}
+_RANGE = "since must be earlier than until"
+_CURSOR = "a cursor must be one this server issued"
 
 DEAD_FILTERS = ("endpoint_id", "event_type", "since", "until")
 
@@ -311,6 +387,7 @@ ROUTES: tuple[Route, ...] = (
         "Register an endpoint; the response holds its secret, shown only this once.",
         EndpointCreate,
         status=201,
+        refusable="custom headers may not override the ones pgcourier sets",
     ),
     Route("GET", "/api/v1/endpoints", list_endpoints, "List endpoints (never their secrets)."),
     Route("GET", "/api/v1/endpoints/{id}", get_endpoint, "One endpoint."),
@@ -320,6 +397,7 @@ ROUTES: tuple[Route, ...] = (
         update_endpoint,
         "Change an endpoint; disabling holds its deliveries, enabling resumes them.",
         EndpointUpdate,
+        refusable="custom headers may not override the ones pgcourier sets",
     ),
     Route(
         "DELETE",
@@ -340,6 +418,7 @@ ROUTES: tuple[Route, ...] = (
         endpoint_stats,
         "Attempts, success rate, latency, pending and dead counts over a window (e.g. 24h).",
         query=("window",),
+        refusable="the window must be between 1s and 90d",
     ),
     Route(
         "POST",
@@ -355,6 +434,7 @@ ROUTES: tuple[Route, ...] = (
         "Enqueue an event, with courier.enqueue's semantics.",
         EventCreate,
         status=201,
+        refusable="the payload must fit the size limit and hold no NUL character (\\u0000)",
     ),
     Route(
         "GET",
@@ -362,6 +442,7 @@ ROUTES: tuple[Route, ...] = (
         list_events,
         "Events, newest first, keyset-paginated.",
         query=("type", "since", "until", "limit", "cursor"),
+        refusable=f"{_RANGE}; {_CURSOR}",
     ),
     Route(
         "GET",
@@ -381,6 +462,7 @@ ROUTES: tuple[Route, ...] = (
         list_dead_letters,
         "Dead deliveries, newest first, keyset-paginated.",
         query=(*DEAD_FILTERS, "limit", "cursor"),
+        refusable=f"{_RANGE}; {_CURSOR}",
     ),
     Route(
         "POST",
@@ -388,6 +470,7 @@ ROUTES: tuple[Route, ...] = (
         replay_dead_letters,
         "Queue dead deliveries again (ids, or all matching the filters); twice queues once.",
         ReplayRequest,
+        refusable=f"give ids or filters, not both; {_RANGE}",
     ),
     Route("GET", "/api/v1/dead-letters/{id}", get_dead_letter, "One dead letter and its event."),
     Route(
@@ -429,16 +512,21 @@ def openapi_document() -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": {"$ref": _REF + "Error"}}}}
     for route in ROUTES:
         parameters: list[dict[str, Any]] = (
-            [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+            [{"name": "id", "in": "path", "required": True, "schema": route.id_schema}]
             if "{id}" in route.path
             else []
         )
         parameters += [
-            {"name": q, "in": "query", "required": False, "schema": {"type": "string"}}
+            {"name": q, "in": "query", "required": False, "schema": QUERY_SCHEMAS[q]}
             for q in route.query
         ]
         operation: dict[str, Any] = {
             "summary": route.summary,
+            **(
+                {"description": f"Also refused with 422 when: {route.refusable}."}
+                if route.refusable
+                else {}
+            ),
             "operationId": route.handler.__name__,
             "responses": {
                 str(route.status): {"description": "Success"},
@@ -452,8 +540,9 @@ def openapi_document() -> dict[str, Any]:
             schemas[name] = route.body.model_json_schema(
                 ref_template="#/components/schemas/{model}"
             )
+            required = any(f.is_required() for f in route.body.model_fields.values())
             operation["requestBody"] = {
-                "required": False,
+                "required": required,
                 "content": {
                     "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}
                 },
@@ -471,7 +560,21 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+def _known_query_only(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The route's handler, refusing query parameters it does not document (like unknown body
+    fields: a typo such as ?limt=5 must not be silently ignored)."""
+    allowed = frozenset(route.query)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        for name in request.query:
+            if name not in allowed:
+                raise InvalidInput(f"unknown query parameter {name!r}", field=name or "query")
+        return await route.handler(request)
+
+    return handler
+
+
 def add_routes(app: web.Application) -> None:
     """Register ROUTES on ``app``."""
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, route.router_path, _known_query_only(route))

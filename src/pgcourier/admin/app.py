@@ -41,7 +41,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(status, "invalid", exc.message, exc.field)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(part) for part in first.get("loc", ())) or None
+        # e.g. "event_types.0" or "headers.X-Team"; pydantic's "[key]" marker adds nothing.
+        field = ".".join(str(p) for p in first.get("loc", ()) if p != "[key]") or None
         return error_response(422, "invalid", str(first.get("msg", "invalid")), field)
     except NotFound as exc:
         return error_response(404, "not_found", str(exc))
@@ -49,7 +50,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_") if exc.status != 404 else "not_found"
-        return error_response(exc.status, code, exc.reason)
+        response = error_response(exc.status, code, exc.reason)
+        # Keep what the exception says beyond its body, e.g. Allow on a 405 (RFC 9110).
+        for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
     except DatabaseUnavailable as exc:
         return error_response(503, "unavailable", f"database unavailable: {exc}")
     except PgCourierError as exc:
