@@ -19,9 +19,23 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class Metrics:
     """Every metric pgcourier exports, registered on ``registry`` (a new one by default)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, per_endpoint: bool = False
+    ) -> None:
+        """``per_endpoint`` adds ``pgcourier_endpoint_deliveries_total{endpoint_id,outcome}``:
+        one series per endpoint and outcome, so it is off unless asked for."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.endpoint_deliveries: Counter | None = (
+            Counter(
+                "pgcourier_endpoint_deliveries",
+                "Delivery attempts by endpoint and outcome.",
+                ["endpoint_id", "outcome"],
+                registry=r,
+            )
+            if per_endpoint
+            else None
+        )
         self.deliveries = Counter(
             "pgcourier_deliveries", "Delivery attempts by outcome.", ["outcome"], registry=r
         )

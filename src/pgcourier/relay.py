@@ -303,7 +303,10 @@ class Relay:
 
     def _observe(self, job: Job, result: AttemptResult, outcome: policy.Outcome) -> None:
         assert self._metrics is not None
-        self._metrics.deliveries.labels(type(outcome).__name__.lower()).inc()
+        name = type(outcome).__name__.lower()
+        self._metrics.deliveries.labels(name).inc()
+        if self._metrics.endpoint_deliveries is not None:
+            self._metrics.endpoint_deliveries.labels(str(job.endpoint_id), name).inc()
         if result.status is not None:
             self._metrics.delivery_duration.observe(result.duration)
         if isinstance(outcome, policy.Delivered):

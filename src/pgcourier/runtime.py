@@ -75,7 +75,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
             response_body_limit=settings.response_body_limit,
             max_timeout=settings.lease / 2,
         )
-        metrics = Metrics()
+        metrics = Metrics(per_endpoint=settings.metrics_endpoint_labels)
         relay = Relay(
             store=PgStore(pool),
             transport=transport,

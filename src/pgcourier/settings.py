@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for /api/v1; required to bind beyond loopback."
     )
+    metrics_endpoint_labels: bool = Field(
+        default=False,
+        description="Also count deliveries per endpoint (one series per endpoint and outcome).",
+    )
     admin_open_operations: bool = Field(
         default=True,
         description="Serve /health, /ready and /metrics without the token (false: token needed).",

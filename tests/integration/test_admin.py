@@ -16,7 +16,7 @@ from pgcourier.admin.context import AdminContext
 from pgcourier.errors import ConfigurationError
 from pgcourier.metrics import Metrics
 from pgcourier.settings import load_settings
-from tests.integration.helpers import Receiver, add_endpoint, wait_until
+from tests.integration.helpers import Receiver, add_endpoint, statuses, wait_until
 
 
 @dataclass
@@ -85,6 +85,26 @@ async def test_metrics_after_real_deliveries(conn, receiver: Receiver, relay) ->
         assert "pgcourier_pending_deliveries 0.0" in text
         assert "pgcourier_listener_connected 1.0" in text
         assert 'pgcourier_deliveries_total{outcome="delivered"} 3.0' in text
+        # Per-endpoint series are off by default: label cardinality stays bounded.
+        assert "pgcourier_endpoint_deliveries" not in text
+
+
+async def test_per_endpoint_counts_when_asked_for(conn, receiver: Receiver, relay) -> None:
+    ok = await add_endpoint(conn, receiver.url("/ok"))
+    bad = await add_endpoint(conn, receiver.url("/bad"))
+    receiver.script["/bad"] = [500]
+    await ops.enqueue(conn, "order.paid", {})
+    async with relay(retry_schedule="50ms", metrics_endpoint_labels=True) as rt:
+        await wait_until(lambda: _two_delivered(conn))
+        reg = rt.metrics.registry
+        name = "pgcourier_endpoint_deliveries_total"
+        assert reg.get_sample_value(name, {"endpoint_id": ok["id"], "outcome": "delivered"}) == 1
+        assert reg.get_sample_value(name, {"endpoint_id": bad["id"], "outcome": "retry"}) == 1
+        assert reg.get_sample_value(name, {"endpoint_id": bad["id"], "outcome": "delivered"}) == 1
+
+
+async def _two_delivered(conn: asyncpg.Connection) -> bool:
+    return bool(await statuses(conn) == {"delivered": 2})
 
 
 async def test_pending_gauges_count_work_not_yet_done(aiohttp_client: Any, pool, conn) -> None:
