@@ -1,11 +1,25 @@
 """Webhook signatures: pure functions of (secret, id, timestamp, exact body bytes).
 
-The default scheme is Standard Webhooks (https://www.standardwebhooks.com/):
+Four schemes, chosen per endpoint, so that receivers built for the systems pgcourier replaces
+keep their verification code. All use HMAC-SHA256 over the exact bytes sent.
+
+``standard`` (default): Standard Webhooks (https://www.standardwebhooks.com/)
 
 * signed content: ``{webhook-id}.{webhook-timestamp}.{body}``
 * key: base64-decoded secret after its ``whsec_`` prefix
 * header ``webhook-signature``: ``v1,<base64 HMAC-SHA256>``; several space-separated signatures
   may be present (secret rotation) and versions a verifier does not know are skipped.
+
+``github``: ``X-Hub-Signature-256: sha256=<hex HMAC of the body>``, key = the secret's UTF-8
+bytes; no timestamp (as GitHub). ``timestamped-hex``: ``X-Webhook-Signature: <hex HMAC of
+"{timestamp}.{body}">`` with ``X-Webhook-Timestamp``. ``stripe-style``: ``X-Webhook-Signature:
+t=<timestamp>,v1=<hex HMAC of "{timestamp}.{body}">``. These three also send
+``X-Webhook-Event`` (the event type) and ``X-Webhook-Event-Id`` (the event id: the same on every
+retry and replay, the key to deduplicate on).
+
+During a secret rotation every scheme carries one signature per active secret: space-separated
+for ``standard``, comma-separated ``sha256=`` and hex values for ``github`` and
+``timestamped-hex`` (RFC 9110 list syntax), repeated ``v1=`` for ``stripe-style``.
 
 Receivers call :func:`verify`::
 
@@ -32,7 +46,7 @@ from dataclasses import dataclass
 
 SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE = 300
-SCHEMES = ("standard",)
+SCHEMES = ("standard", "github", "timestamped-hex", "stripe-style")
 
 
 class WebhookVerificationError(Exception):
@@ -82,6 +96,40 @@ class SignedHeaders:
         }
 
 
+def _hex(secret: str, content: bytes) -> str:
+    return hmac.new(secret.encode(), content, hashlib.sha256).hexdigest()
+
+
+def sign_headers(
+    scheme: str,
+    secrets: Sequence[str],
+    msg_id: str,
+    event_type: str,
+    body: bytes,
+    *,
+    timestamp: int | None = None,
+) -> dict[str, str]:
+    """The headers that sign one attempt of ``body`` under ``scheme``, one signature per secret
+    (the current secret first)."""
+    if not secrets:
+        raise ValueError("at least one secret is needed")
+    ts = int(time.time()) if timestamp is None else timestamp
+    if scheme == "standard":
+        return sign_message(secrets, msg_id, body, timestamp=ts).as_dict()
+    meta = {"x-webhook-event": event_type, "x-webhook-event-id": msg_id}
+    if scheme == "github":
+        value = ", ".join("sha256=" + _hex(s, body) for s in secrets)
+        return {"x-hub-signature-256": value, **meta}
+    content = f"{ts}.".encode() + body
+    if scheme == "timestamped-hex":
+        value = ", ".join(_hex(s, content) for s in secrets)
+        return {"x-webhook-signature": value, "x-webhook-timestamp": str(ts), **meta}
+    if scheme == "stripe-style":
+        value = ",".join([f"t={ts}", *(f"v1={_hex(s, content)}" for s in secrets)])
+        return {"x-webhook-signature": value, **meta}
+    raise ValueError(f"unknown signature scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+
+
 def sign_message(
     secrets: Sequence[str], msg_id: str, body: bytes, *, timestamp: int | None = None
 ) -> SignedHeaders:
@@ -92,10 +140,63 @@ def sign_message(
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    raise WebhookVerificationError(f"missing header {name}")
+    """Every value of header ``name`` (any case), joined as one comma-separated list."""
+    values = [value for key, value in headers.items() if key.lower() == name]
+    if not values:
+        raise WebhookVerificationError(f"missing header {name}")
+    return ", ".join(values)
+
+
+def _list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _match_hex(secrets: Sequence[str], content: bytes, offered: Sequence[str]) -> None:
+    if not offered:
+        raise WebhookVerificationError("no signature in the header")
+    for secret in secrets:
+        expected = _hex(secret, content)
+        for candidate in offered:
+            if hmac.compare_digest(expected, candidate.lower()):
+                return
+    raise WebhookVerificationError("no matching signature")
+
+
+def _verify_github(headers: Mapping[str, str], body: bytes, secrets: Sequence[str]) -> None:
+    offered = [
+        part[len("sha256=") :]
+        for part in _list(_header(headers, "x-hub-signature-256"))
+        if part.startswith("sha256=")
+    ]
+    _match_hex(secrets, body, offered)
+
+
+def _verify_timestamped_hex(
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Sequence[str],
+    tolerance: int,
+    now: float | None,
+) -> None:
+    ts = _check_timestamp(_header(headers, "x-webhook-timestamp"), tolerance, now)
+    offered = _list(_header(headers, "x-webhook-signature"))
+    _match_hex(secrets, f"{ts}.".encode() + body, offered)
+
+
+def _verify_stripe_style(
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Sequence[str],
+    tolerance: int,
+    now: float | None,
+) -> None:
+    pairs = [part.partition("=") for part in _list(_header(headers, "x-webhook-signature"))]
+    stamps = [value for key, _, value in pairs if key == "t"]
+    if len(stamps) != 1:
+        raise WebhookVerificationError("the signature header needs exactly one t=")
+    ts = _check_timestamp(stamps[0], tolerance, now)
+    offered = [value for key, _, value in pairs if key == "v1" and value]
+    _match_hex(secrets, f"{ts}.".encode() + body, offered)
 
 
 def _check_timestamp(raw: str, tolerance: int, now: float | None) -> int:
@@ -118,8 +219,11 @@ def _verify_standard(
 ) -> None:
     msg_id = _header(headers, "webhook-id")
     ts = _check_timestamp(_header(headers, "webhook-timestamp"), tolerance, now)
+    # (rstrip: a header sent twice arrives joined by ", ", and base64 never holds a comma)
     offered = [
-        part[3:] for part in _header(headers, "webhook-signature").split() if part.startswith("v1,")
+        part.rstrip(",")[3:]
+        for part in _header(headers, "webhook-signature").split()
+        if part.startswith("v1,")
     ]
     if not any(offered):
         raise WebhookVerificationError("no v1 signature in webhook-signature")
@@ -144,11 +248,20 @@ def verify(
     """Check a received webhook; raise :class:`WebhookVerificationError` if it is not genuine.
 
     ``secrets`` may be one secret or several (accept either during your own rotation). Header
-    names are matched case-insensitively. ``now`` overrides the clock (for tests).
+    names are matched case-insensitively, and a header sent several times counts as one list.
+    ``tolerance`` (seconds) bounds the timestamp's distance from now, for the schemes that carry
+    one (all but ``github``). ``now`` overrides the clock (for tests).
     """
     secret_list = [secrets] if isinstance(secrets, str) else list(secrets)
     if not secret_list:
         raise ValueError("at least one secret is needed")
-    if scheme not in SCHEMES:
+    if scheme == "standard":
+        _verify_standard(headers, body, secret_list, tolerance, now)
+    elif scheme == "github":
+        _verify_github(headers, body, secret_list)
+    elif scheme == "timestamped-hex":
+        _verify_timestamped_hex(headers, body, secret_list, tolerance, now)
+    elif scheme == "stripe-style":
+        _verify_stripe_style(headers, body, secret_list, tolerance, now)
+    else:
         raise ValueError(f"unknown signature scheme {scheme!r}; known: {', '.join(SCHEMES)}")
-    _verify_standard(headers, body, secret_list, tolerance, now)
