@@ -229,6 +229,7 @@ async def relay_process(
         PGCOURIER_LOG_LEVEL=log_level,
         PGCOURIER_LOG_FORMAT="json",
         PGCOURIER_ADMIN_PORT="0",
+        PGCOURIER_ALLOW_NETWORKS="127.0.0.0/8",  # the receiver listens on loopback
         PYTHONPATH=str(ROOT / "src"),
     )
     env.update(RELAY_ENV)
@@ -296,7 +297,10 @@ async def settle(conn: asyncpg.Connection) -> None:
 async def add_endpoints(conn: asyncpg.Connection, base: str, n: int) -> list[str]:
     ids = []
     for i in range(n):
-        ep = await ops.create_endpoint(conn, url=f"{base}/hook/{i}", event_types=["bench.*"])
+        # As many concurrent requests as the relay makes: the benchmark measures the relay.
+        ep = await ops.create_endpoint(
+            conn, url=f"{base}/hook/{i}", event_types=["bench.*"], max_in_flight=1000
+        )
         ids.append(ep["id"])
     return ids
 

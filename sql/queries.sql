@@ -2,15 +2,18 @@
 -- what it does. Loaded by pgcourier.db.load_queries(); a missing name fails at import.
 
 -- fan_out --
--- Claim up to $1 events not yet fanned out, create one delivery per enabled endpoint whose
--- patterns match, and return those deliveries already leased to relay $3 for $2 seconds, so the
--- relay can send them at once without a second claim.
--- SKIP LOCKED lets several relays fan out side by side; the whole statement is one transaction,
--- so a relay that dies here leaves the events untouched for another relay.
-WITH events AS (
-    SELECT o.id, o.event_type, o.payload, o.created_at
+-- Claim up to $1 events not yet fanned out and create one delivery per enabled endpoint whose
+-- patterns match, due at once; claim_due then leases them within each endpoint's limits.
+-- Fan-out is serialised across relays by a transaction-level advisory lock taken with try (a
+-- relay that finds it held skips fan-out this round: another relay is doing it). Serial fan-out
+-- is what per-key order rests on: a key's deliveries are created, and numbered, in the order its
+-- events became visible, and no later one can commit before an earlier one exists.
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock(1668247919, 0) AS got
+), events AS (
+    SELECT o.id, o.seq, o.event_type, o.ordering_key
     FROM courier.outbox AS o
-    WHERE o.fanned_out_at IS NULL
+    WHERE o.fanned_out_at IS NULL AND (SELECT got FROM lock)
     ORDER BY o.seq
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -20,52 +23,20 @@ WITH events AS (
     FROM events AS e
     WHERE o.id = e.id
 ), created AS (
-    INSERT INTO courier.deliveries (event_id, endpoint_id, next_attempt_at, lease_token)
-    SELECT e.id, ep.id, now() + make_interval(secs => $2), $3
+    INSERT INTO courier.deliveries (event_id, endpoint_id, ordering_key)
+    SELECT e.id, ep.id, e.ordering_key
     FROM events AS e
     JOIN courier.endpoints AS ep
       ON ep.enabled AND courier.event_type_matches(ep.event_types, e.event_type)
-    RETURNING id, event_id, endpoint_id, attempts, schedule_base
+    ORDER BY e.seq, ep.id
+    RETURNING 1
 )
-SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.schedule_base,
-       e.event_type, e.payload::text AS payload, e.created_at, ep.url, ep.timeout_seconds,
-       ep.headers::text AS headers,
-       -- during a rotation's grace period the previous secret signs too
-       CASE WHEN ep.previous_secret_expires_at > now() THEN ARRAY[ep.secret, ep.previous_secret]
-            ELSE ARRAY[ep.secret] END AS secrets
-FROM created AS c
-JOIN events AS e ON e.id = c.event_id
-JOIN courier.endpoints AS ep ON ep.id = c.endpoint_id;
+SELECT (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM created) AS deliveries;
 
 -- claim_due --
--- Lease up to $1 pending deliveries that are due (a retry whose time has come, a replay, or a
--- delivery whose previous lease ran out) to relay $3 for $2 seconds.
--- The inner SELECT walks the partial index deliveries_due in time order; deliveries of disabled
--- endpoints are passed over and stay pending until the endpoint is enabled again.
-WITH due AS (
-    SELECT d.id
-    FROM courier.deliveries AS d
-    WHERE d.status = 'pending'
-      AND d.next_attempt_at <= now()
-      AND EXISTS (SELECT 1 FROM courier.endpoints AS ep WHERE ep.id = d.endpoint_id AND ep.enabled)
-    ORDER BY d.next_attempt_at
-    LIMIT $1
-    FOR UPDATE OF d SKIP LOCKED
-), leased AS (
-    UPDATE courier.deliveries AS d
-    SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $3
-    FROM due
-    WHERE d.id = due.id
-    RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.schedule_base
-)
-SELECT l.id, l.event_id, l.endpoint_id, l.attempts, l.schedule_base,
-       o.event_type, o.payload::text AS payload, o.created_at, ep.url, ep.timeout_seconds,
-       ep.headers::text AS headers,
-       CASE WHEN ep.previous_secret_expires_at > now() THEN ARRAY[ep.secret, ep.previous_secret]
-            ELSE ARRAY[ep.secret] END AS secrets
-FROM leased AS l
-JOIN courier.outbox AS o ON o.id = l.event_id
-JOIN courier.endpoints AS ep ON ep.id = l.endpoint_id;
+-- Lease up to $1 due deliveries to relay $3 for $2 seconds within every endpoint's policies
+-- (see courier.claim in migration 0003 for the rules and why it is a function).
+SELECT * FROM courier.claim($1, $2, $3);
 
 -- complete_deliveries --
 -- Apply a batch of attempt outcomes: $1 ids, $2 new status, $3 retry delay in seconds (NULL when
@@ -95,6 +66,22 @@ FROM r
 WHERE d.id = ANY($1::bigint[]) AND d.id = r.id AND d.lease_token = $7
 RETURNING d.id;
 
+-- hold_key_followers --
+-- A keyed delivery is waiting for a retry: its key's later deliveries at that endpoint cannot go
+-- before it, so move them out of the claim's way until then. $1 endpoint ids, $2 keys, $3 the
+-- retrying deliveries' ids, $4 their retry times.
+UPDATE courier.deliveries AS d
+SET next_attempt_at = greatest(d.next_attempt_at, r.until)
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[])
+    AS r(endpoint_id, ordering_key, head_id, until)
+WHERE d.endpoint_id = r.endpoint_id AND d.ordering_key = r.ordering_key
+  AND d.status = 'pending' AND d.id > r.head_id AND d.lease_token IS NULL;
+
+-- apply_endpoint_outcomes --
+-- What a batch says about each endpoint: circuit, Retry-After pause, 410, continuous failure
+-- (see courier.apply_endpoint_outcomes in migration 0003).
+SELECT * FROM courier.apply_endpoint_outcomes($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
 -- record_attempts --
 -- Append a batch of attempts to the log, one array per column.
 INSERT INTO courier.attempts
@@ -119,13 +106,19 @@ SET next_attempt_at = now(), lease_token = NULL
 WHERE id = ANY($1::bigint[]) AND lease_token = $2 AND status = 'pending';
 
 -- next_due --
--- When the earliest pending delivery of an enabled endpoint becomes due (NULL if none).
-SELECT d.next_attempt_at
-FROM courier.deliveries AS d
-WHERE d.status = 'pending'
-  AND EXISTS (SELECT 1 FROM courier.endpoints AS ep WHERE ep.id = d.endpoint_id AND ep.enabled)
-ORDER BY d.next_attempt_at
-LIMIT 1;
+-- When the next delivery becomes due at an endpoint that may take it (NULL if none): an endpoint
+-- paused by Retry-After or with an open circuit counts from when it opens again.
+SELECT min(greatest(d.next_attempt_at, ep.paused_until,
+                    CASE WHEN ep.circuit_state <> 'closed' THEN ep.circuit_until END))
+FROM courier.endpoints AS ep
+CROSS JOIN LATERAL (
+    SELECT x.next_attempt_at
+    FROM courier.deliveries AS x
+    WHERE x.endpoint_id = ep.id AND x.status = 'pending'
+    ORDER BY x.next_attempt_at
+    LIMIT 1
+) AS d
+WHERE ep.enabled;
 
 -- register_relay --
 -- Announce relay $1 (or refresh it after the UNLOGGED table was emptied by a crash restart).
@@ -161,49 +154,33 @@ SELECT courier.enqueue($1, $2::jsonb, $3, $4) AS id;
 
 -- create_endpoint --
 INSERT INTO courier.endpoints
-    (url, event_types, secret, description, enabled, timeout_seconds, headers)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
-RETURNING id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
-       headers::text AS headers,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
-           AS previous_secret_expires_at,
-       created_at, updated_at;
+    (url, event_types, secret, description, enabled, timeout_seconds, headers, signature_scheme,
+     permanent_statuses, max_in_flight, rate_limit)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)
+RETURNING id;
 
 -- list_endpoints --
--- Endpoints not deleted, oldest first.
-SELECT id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
-       headers::text AS headers,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
-           AS previous_secret_expires_at,
-       created_at, updated_at
-FROM courier.endpoints
-WHERE deleted_at IS NULL
-ORDER BY created_at, id;
+-- Endpoints not deleted, oldest first (the view leaves secrets out).
+SELECT * FROM courier.endpoint_public ORDER BY created_at, id;
 
 -- lock_endpoint --
--- Endpoint $1 (not deleted), locked until the end of the transaction for a read-modify-write.
-SELECT id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
-       headers::text AS headers,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
-           AS previous_secret_expires_at,
-       created_at, updated_at
-FROM courier.endpoints
-WHERE id = $1 AND deleted_at IS NULL
-FOR UPDATE;
+-- Lock endpoint $1 (not deleted) until the end of the transaction, for a read-modify-write.
+SELECT id FROM courier.endpoints WHERE id = $1 AND deleted_at IS NULL FOR UPDATE;
 
 -- update_endpoint --
 -- Write every settable field of endpoint $1 (the caller merged the change into the current row).
--- Disabling records why ($6); enabling clears the reason.
+-- Disabling records why ($6). Enabling clears the reason and the failure history, so that an
+-- endpoint disabled for failing continuously gets a fresh start.
 UPDATE courier.endpoints
 SET url = $2, event_types = $3, description = $4, enabled = $5,
-    disabled_reason = CASE WHEN $5 THEN NULL ELSE coalesce($6, disabled_reason) END,
-    timeout_seconds = $7, headers = $8::jsonb, updated_at = now()
-WHERE id = $1 AND deleted_at IS NULL
-RETURNING id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
-       headers::text AS headers,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
-           AS previous_secret_expires_at,
-       created_at, updated_at;
+    disabled_reason = CASE WHEN $5 THEN NULL WHEN enabled THEN $6 ELSE disabled_reason END,
+    disabled_at = CASE WHEN $5 THEN NULL WHEN enabled THEN now() ELSE disabled_at END,
+    failing_since = CASE WHEN $5 AND NOT enabled THEN NULL ELSE failing_since END,
+    consecutive_failures = CASE WHEN $5 AND NOT enabled THEN 0 ELSE consecutive_failures END,
+    circuit_state = CASE WHEN $5 AND NOT enabled THEN 'closed' ELSE circuit_state END,
+    timeout_seconds = $7, headers = $8::jsonb, signature_scheme = $9, permanent_statuses = $10,
+    max_in_flight = $11, rate_limit = $12, updated_at = now()
+WHERE id = $1 AND deleted_at IS NULL;
 
 -- rotate_secret --
 -- Make $2 endpoint $1's secret; the current one keeps signing beside it for $3 seconds (a grace
@@ -213,11 +190,7 @@ SET previous_secret = CASE WHEN $3 > 0 THEN secret END,
     previous_secret_expires_at = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END,
     secret = $2, updated_at = now()
 WHERE id = $1 AND deleted_at IS NULL
-RETURNING id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
-       headers::text AS headers,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
-           AS previous_secret_expires_at,
-       created_at, updated_at;
+RETURNING id;
 
 -- delete_endpoint --
 -- Delete endpoint $1 softly: it stops receiving at once, its secrets are forgotten (overwritten
@@ -368,13 +341,7 @@ SELECT
     ))::float8 AS oldest_pending_age;
 
 -- get_endpoint --
-SELECT id, url, event_types, description, enabled, disabled_reason, timeout_seconds,
-       headers::text AS headers,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
-           AS previous_secret_expires_at,
-       created_at, updated_at
-FROM courier.endpoints
-WHERE id = $1 AND deleted_at IS NULL;
+SELECT * FROM courier.endpoint_public WHERE id = $1;
 
 -- list_events --
 -- Newest first, filtered by type ($1), created at or after $2 and before $3, keyset-paginated

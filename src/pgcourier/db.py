@@ -199,6 +199,11 @@ _CONSTRAINT_FIELDS = {
     "endpoint_url_is_http": "url",
     "endpoint_event_types_are_patterns": "event_types",
     "endpoint_secret_is_whsec": "secret",
+    "endpoint_secret_fits_scheme": "signature_scheme",
+    "endpoint_signature_scheme_known": "signature_scheme",
+    "endpoint_permanent_statuses_are_failures": "permanent_statuses",
+    "endpoint_max_in_flight_in_range": "max_in_flight",
+    "endpoint_rate_limit_in_range": "rate_limit",
     "endpoint_timeout_in_range": "timeout_seconds",
     "endpoint_headers_valid": "headers",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -10,7 +11,8 @@ import aiohttp
 
 from pgcourier import __version__
 from pgcourier.model import AttemptResult, Job
-from pgcourier.signing import sign_message
+from pgcourier.netguard import AddressGuard, Network, RefusedAddress
+from pgcourier.signing import sign_headers
 
 USER_AGENT = f"pgcourier/{__version__}"
 
@@ -21,10 +23,18 @@ class Transport(Protocol):
     async def send(self, job: Job) -> AttemptResult: ...
 
 
-def new_session(*, max_in_flight: int) -> aiohttp.ClientSession:
+def new_session(
+    *, max_in_flight: int, allowed_networks: Sequence[Network] = ()
+) -> aiohttp.ClientSession:
     """The one HTTP session a relay shares across all deliveries: keep-alive connections,
-    at most ``max_in_flight`` of them, no cookies, no proxies from the environment."""
-    connector = aiohttp.TCPConnector(limit=max_in_flight, limit_per_host=0, ttl_dns_cache=60)
+    at most ``max_in_flight`` of them, no cookies, no proxies from the environment, and every
+    connection's address checked by the SSRF guard (:mod:`pgcourier.netguard`)."""
+    connector = aiohttp.TCPConnector(
+        limit=max_in_flight,
+        limit_per_host=0,
+        ttl_dns_cache=60,
+        socket_factory=AddressGuard(allowed_networks),
+    )
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -34,7 +44,7 @@ def new_session(*, max_in_flight: int) -> aiohttp.ClientSession:
 
 
 class WebhookTransport:
-    """Standard Webhooks over aiohttp."""
+    """Signed webhooks over aiohttp, in each endpoint's signature scheme."""
 
     def __init__(
         self,
@@ -64,7 +74,9 @@ class WebhookTransport:
         # Custom headers first, so the signature and content type always win (the database also
         # refuses custom headers with those names).
         headers = dict(job.headers)
-        headers.update(sign_message(job.secrets, str(job.event_id), body).as_dict())
+        headers.update(
+            sign_headers(job.signature_scheme, job.secrets, str(job.event_id), job.event_type, body)
+        )
         headers["content-type"] = "application/json"
         timeout = self._timeout_for(job)
         started_at = datetime.now(UTC)
@@ -85,9 +97,13 @@ class WebhookTransport:
                     duration=time.perf_counter() - t0,
                     status=response.status,
                     response_body=raw.decode("utf-8", errors="replace"),
+                    retry_after=response.headers.get("Retry-After"),
                 )
         except TimeoutError:
             error = f"timeout after {timeout.total:g}s"
+        except aiohttp.ClientConnectorError as exc:
+            refused = exc.os_error if isinstance(exc.os_error, RefusedAddress) else None
+            error = str(refused) if refused else f"{type(exc).__name__}: {exc}"
         except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except (OSError, ValueError) as exc:  # e.g. an unresolvable or malformed URL

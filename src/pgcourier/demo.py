@@ -76,6 +76,8 @@ async def _demo(settings: Settings, dsn: str) -> int:
             "retry_jitter": 0.0,
             "poll_interval": 0.5,
             "admin_port": 0,  # never collide with a real relay's admin server
+            # The demo's receiver is on loopback, which the SSRF guard refuses by default.
+            "allow_networks": ",".join(filter(None, [settings.allow_networks, "127.0.0.0/8"])),
         }
     )
     await prepare_schema(dsn, settings)

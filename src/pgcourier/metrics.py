@@ -81,5 +81,5 @@ class Metrics:
         # Label values known up front, so they show as 0 before the first occurrence.
         for outcome in ("delivered", "retry", "dead"):
             self.deliveries.labels(outcome)
-        for source in ("notify", "poll", "retry_timer"):
+        for source in ("notify", "poll", "retry_timer", "completion"):
             self.wakeups.labels(source)

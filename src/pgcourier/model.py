@@ -27,6 +27,12 @@ class Job:
     secrets: tuple[str, ...]  # the current secret first; the previous one during a rotation
     timeout: float | None = None  # the endpoint's own request timeout, if it set one
     headers: Mapping[str, str] = field(default_factory=dict)  # the endpoint's custom headers
+    signature_scheme: str = "standard"
+    permanent_statuses: frozenset[int] = frozenset()
+    ordering_key: str | None = None
+    # The endpoint was not healthy when claimed (failures counted, circuit not closed): its
+    # outcomes must be reported to the endpoint even if they are all successes.
+    troubled: bool = False
 
     @property
     def attempt(self) -> int:
@@ -55,6 +61,7 @@ class AttemptResult:
     status: int | None = None
     error: str | None = None
     response_body: str | None = None
+    retry_after: str | None = None  # the response's Retry-After header, as sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from pgcourier import patterns
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.errors import InvalidInput, NotFound
 from pgcourier.policy import parse_duration
-from pgcourier.signing import generate_secret, secret_key
+from pgcourier.signing import SCHEMES, generate_secret, secret_key
 
 MAX_PAGE = 1000
 
@@ -126,10 +126,21 @@ def validate_event_type(event_type: str, *, field: str) -> str:
     return event_type
 
 
-def validate_secret(secret: str | None) -> str:
-    """The given ``whsec_`` secret, or a new one when None."""
+# Secrets of the schemes that key HMAC with the secret's own bytes.
+RAW_SECRET_PATTERN = r"^[ -~]{16,500}$"
+
+
+def validate_secret(secret: str | None, scheme: str = "standard") -> str:
+    """The given secret, fit for ``scheme``, or a new ``whsec_`` one when None (a generated
+    secret works for every scheme)."""
     if secret is None:
         return generate_secret()
+    if scheme != "standard":
+        if not re.fullmatch(RAW_SECRET_PATTERN, secret):
+            raise InvalidInput(
+                f"a {scheme} secret is 16 to 500 printable ASCII characters", field="secret"
+            )
+        return secret
     try:
         if len(secret_key(secret)) < 24:
             raise ValueError("it must hold at least 24 bytes")
@@ -142,6 +153,41 @@ def _endpoint(row: asyncpg.Record) -> dict[str, Any]:
     return {**plain(row), "headers": json.loads(row["headers"])}
 
 
+def validate_scheme(scheme: str) -> str:
+    """A known signature scheme, or :class:`InvalidInput` naming ``signature_scheme``."""
+    if scheme not in SCHEMES:
+        raise InvalidInput(
+            f"unknown signature scheme {scheme!r}; use one of {', '.join(SCHEMES)}",
+            field="signature_scheme",
+        )
+    return scheme
+
+
+def validate_permanent_statuses(statuses: list[int]) -> list[int]:
+    """HTTP failure statuses (300-599) treated as permanent, at most 100, de-duplicated."""
+    if len(statuses) > 100 or any(not 300 <= s <= 599 for s in statuses):
+        raise InvalidInput(
+            "permanent_statuses holds at most 100 statuses between 300 and 599",
+            field="permanent_statuses",
+        )
+    return sorted(set(statuses))
+
+
+def validate_limits(max_in_flight: int, rate_limit: float | None) -> None:
+    """Per-endpoint limits: 1-1000 concurrent requests; a rate above 0, up to 10000/s."""
+    if not 1 <= max_in_flight <= 1000:
+        raise InvalidInput("max_in_flight must be between 1 and 1000", field="max_in_flight")
+    if rate_limit is not None and not 0 < rate_limit <= 10_000:
+        raise InvalidInput("rate_limit must be above 0 and at most 10000", field="rate_limit")
+
+
+async def _read_endpoint(conn: asyncpg.Connection, eid: UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(QUERIES["get_endpoint"], eid)
+    if row is None:
+        raise NotFound(f"no endpoint {eid}")
+    return _endpoint(row)
+
+
 async def create_endpoint(
     conn: asyncpg.Connection,
     *,
@@ -152,26 +198,38 @@ async def create_endpoint(
     enabled: bool = True,
     timeout_seconds: float | None = None,
     headers: dict[str, str] | None = None,
+    signature_scheme: str = "standard",
+    permanent_statuses: list[int] | None = None,
+    max_in_flight: int = 10,
+    rate_limit: float | None = None,
 ) -> dict[str, Any]:
     """Register an endpoint. The returned dict holds the secret: the only time it is shown."""
     validate_url(url)
     event_types = validate_event_types(event_types)
-    secret = validate_secret(secret)
+    validate_scheme(signature_scheme)
+    secret = validate_secret(secret, signature_scheme)
     validate_timeout(timeout_seconds)
     headers = validate_headers(headers or {})
+    statuses = validate_permanent_statuses(permanent_statuses or [])
+    validate_limits(max_in_flight, rate_limit)
     with translate_errors():
-        row = await conn.fetchrow(
-            QUERIES["create_endpoint"],
-            url,
-            event_types,
-            secret,
-            description,
-            enabled,
-            timeout_seconds,
-            json.dumps(headers),
-        )
-    assert row is not None
-    return {**_endpoint(row), "secret": secret}
+        async with conn.transaction():
+            eid = await conn.fetchval(
+                QUERIES["create_endpoint"],
+                url,
+                event_types,
+                secret,
+                description,
+                enabled,
+                timeout_seconds,
+                json.dumps(headers),
+                signature_scheme,
+                statuses,
+                max_in_flight,
+                rate_limit,
+            )
+            created = await _read_endpoint(conn, eid)
+    return {**created, "secret": secret}
 
 
 async def list_endpoints(conn: asyncpg.Connection) -> list[dict[str, Any]]:
@@ -185,13 +243,21 @@ async def get_endpoint(conn: asyncpg.Connection, endpoint_id: str) -> dict[str, 
     """One endpoint without its secret, or :class:`NotFound`."""
     eid = parse_uuid(endpoint_id, field="endpoint_id")
     with translate_errors():
-        row = await conn.fetchrow(QUERIES["get_endpoint"], eid)
-    if row is None:
-        raise NotFound(f"no endpoint {endpoint_id}")
-    return _endpoint(row)
+        return await _read_endpoint(conn, eid)
 
 
-UPDATABLE = ("url", "event_types", "description", "enabled", "timeout_seconds", "headers")
+UPDATABLE = (
+    "url",
+    "event_types",
+    "description",
+    "enabled",
+    "timeout_seconds",
+    "headers",
+    "signature_scheme",
+    "permanent_statuses",
+    "max_in_flight",
+    "rate_limit",
+)
 
 
 async def update_endpoint(
@@ -217,14 +283,19 @@ async def update_endpoint(
         validate_timeout(changes["timeout_seconds"])
     if "headers" in changes:
         validate_headers(changes["headers"] or {})
+    if "signature_scheme" in changes:
+        validate_scheme(changes["signature_scheme"])
+    if "permanent_statuses" in changes:
+        changes["permanent_statuses"] = validate_permanent_statuses(changes["permanent_statuses"])
     eid = parse_uuid(endpoint_id, field="endpoint_id")
     with translate_errors():
         async with conn.transaction():
-            current = await conn.fetchrow(QUERIES["lock_endpoint"], eid)
-            if current is None:
+            if await conn.fetchval(QUERIES["lock_endpoint"], eid) is None:
                 raise NotFound(f"no endpoint {endpoint_id}")
-            merged = {**_endpoint(current), **changes}
-            row = await conn.fetchrow(
+            current = await _read_endpoint(conn, eid)
+            merged = {**current, **changes}
+            validate_limits(merged["max_in_flight"], merged["rate_limit"])
+            await conn.execute(
                 QUERIES["update_endpoint"],
                 eid,
                 merged["url"],
@@ -234,11 +305,14 @@ async def update_endpoint(
                 reason or "disabled by an operator",
                 merged["timeout_seconds"],
                 json.dumps(merged["headers"] or {}),
+                merged["signature_scheme"],
+                merged["permanent_statuses"],
+                merged["max_in_flight"],
+                merged["rate_limit"],
             )
             if merged["enabled"] and not current["enabled"]:
                 await conn.execute(QUERIES["wake_relays"])
-    assert row is not None
-    return _endpoint(row)
+            return await _read_endpoint(conn, eid)
 
 
 async def set_endpoint_enabled(
@@ -263,12 +337,13 @@ async def rotate_secret(
             f"grace_period_seconds must be between 0 and {MAX_GRACE_SECONDS}",
             field="grace_period_seconds",
         )
-    secret = validate_secret(secret)
     with translate_errors():
-        row = await conn.fetchrow(QUERIES["rotate_secret"], eid, secret, grace_seconds)
-    if row is None:
-        raise NotFound(f"no endpoint {endpoint_id}")
-    return {**_endpoint(row), "secret": secret}
+        async with conn.transaction():
+            scheme = (await _read_endpoint(conn, eid))["signature_scheme"]
+            secret = validate_secret(secret, scheme)
+            await conn.execute(QUERIES["rotate_secret"], eid, secret, grace_seconds)
+            rotated = await _read_endpoint(conn, eid)
+    return {**rotated, "secret": secret}
 
 
 async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: str) -> int:
@@ -318,6 +393,10 @@ async def endpoint_stats(
         "latency_p99_ms": latency[1],
         "pending": row["pending"],
         "dead": row["dead"],
+        "circuit_state": endpoint["circuit_state"],
+        "consecutive_failures": endpoint["consecutive_failures"],
+        "failing_since": endpoint["failing_since"],
+        "paused_until": endpoint["paused_until"],
         "last_failure": plain(failure) if failure is not None else None,
     }
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
 DEFAULT_JITTER = 0.2
@@ -67,16 +69,21 @@ class Delivered:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Try again after ``after`` seconds."""
+    """Try again after ``after`` seconds. ``pause``: the receiver asked (Retry-After) for the
+    whole endpoint to be left alone that many seconds."""
 
     after: float
+    pause: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Dead:
-    """Stop trying; the delivery goes to the dead letters."""
+    """Stop trying; the delivery goes to the dead letters. ``disable``: a reason to disable the
+    endpoint too (410 Gone); ``pause`` as for :class:`Retry`."""
 
     reason: str
+    disable: str | None = None
+    pause: float | None = None
 
 
 Outcome = Delivered | Retry | Dead
@@ -87,6 +94,26 @@ def is_success(status: int | None) -> bool:
     return status is not None and 200 <= status < 300
 
 
+DEFAULT_RETRY_AFTER_CAP = 3600.0
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds a ``Retry-After`` header asks for: delta-seconds or an HTTP date (RFC 9110).
+    None when absent or unreadable; a date in the past is 0."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
+
+
 def decide(
     *,
     status: int | None,
@@ -95,18 +122,78 @@ def decide(
     schedule: Sequence[float],
     jitter: float = DEFAULT_JITTER,
     rng: random.Random | None = None,
+    permanent_statuses: Collection[int] = (),
+    retry_after: float | None = None,
+    retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP,
 ) -> Outcome:
     """What to do after an attempt.
 
     ``attempts_in_schedule`` counts the attempts made since the delivery was created or last
     replayed, including the one just made. ``schedule[i]`` is the wait before attempt ``i + 2``.
-    Timeouts and connection errors (``status`` None, ``error`` set) and non-2xx responses are all
-    failures.
+
+    * 2xx: delivered. Everything else is a failure: 3xx (redirects are never followed),
+      timeouts and connection errors (``status`` None, ``error`` set) included.
+    * 410 Gone: dead at once, and the endpoint is to be disabled.
+    * A status in ``permanent_statuses``: dead at once.
+    * 429 or 503 with ``retry_after`` seconds: the next attempt waits at least that long (capped
+      at ``retry_after_cap``), and so does the whole endpoint.
+    * Otherwise the retry schedule; dead when it is used up.
     """
     if error is None and is_success(status):
         return Delivered()
+    what = f"HTTP {status}" if status is not None else (error or "no response")
+    if status == 410:
+        return Dead(
+            reason="HTTP 410 Gone: the receiver says this endpoint no longer exists",
+            disable="the receiver answered 410 Gone",
+        )
+    if status is not None and status in permanent_statuses:
+        return Dead(reason=f"{what} is a permanent failure for this endpoint")
+    pause = None
+    if status in (429, 503) and retry_after is not None:
+        pause = min(retry_after, retry_after_cap)
     retries_used = attempts_in_schedule - 1
     if retries_used < len(schedule):
-        return Retry(after=jittered(schedule[retries_used], jitter, rng or random.Random()))
-    what = f"HTTP {status}" if status is not None else (error or "no response")
-    return Dead(reason=f"gave up after {attempts_in_schedule} attempts; last: {what}")
+        after = jittered(schedule[retries_used], jitter, rng or random.Random())
+        return Retry(after=max(after, pause or 0.0), pause=pause)
+    return Dead(reason=f"gave up after {attempts_in_schedule} attempts; last: {what}", pause=pause)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointReport:
+    """What one batch of attempts says about one endpoint (see :func:`endpoint_reports`)."""
+
+    ok: bool  # a success in the batch
+    trailing: int  # failures after its last success
+    pause: float | None  # Retry-After seconds, the longest asked for
+    gone: str | None  # a reason to disable it now
+
+
+def endpoint_reports(
+    outcomes: Sequence[tuple[str, Outcome, bool]],
+) -> dict[str, EndpointReport]:
+    """Summarise a batch, in attempt order, per endpoint: ``(endpoint_id, outcome, troubled)``.
+
+    Endpoints whose news is all good and who were healthy when claimed are left out: nothing
+    about them needs writing, which keeps the happy path from touching endpoint rows.
+    """
+    reports: dict[str, EndpointReport] = {}
+    troubled: set[str] = set()
+    for endpoint_id, outcome, was_troubled in outcomes:
+        if was_troubled:
+            troubled.add(endpoint_id)
+        r = reports.get(endpoint_id, EndpointReport(False, 0, None, None))
+        if isinstance(outcome, Delivered):
+            r = EndpointReport(True, 0, r.pause, r.gone)
+        else:
+            pause = outcome.pause
+            if r.pause is not None and (pause is None or r.pause > pause):
+                pause = r.pause
+            gone = r.gone or (outcome.disable if isinstance(outcome, Dead) else None)
+            r = EndpointReport(r.ok, r.trailing + 1, pause, gone)
+        reports[endpoint_id] = r
+    return {
+        eid: r
+        for eid, r in reports.items()
+        if eid in troubled or r.trailing or r.pause is not None or r.gone is not None
+    }

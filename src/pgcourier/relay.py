@@ -48,6 +48,7 @@ class RelayConfig:
     lease: float = 60.0
     shutdown_timeout: float = 15.0
     completion_flush_interval: float = 0.005
+    retry_after_cap: float = policy.DEFAULT_RETRY_AFTER_CAP
     # How long a failing database call waits before it is tried again.
     db_retry_interval: float = 1.0
 
@@ -57,6 +58,8 @@ class Relay:
 
     #: Most outcomes written in one transaction.
     MAX_WRITE_BATCH = 500
+    #: Seconds between looks at due work that endpoints' limits or ordering keys hold back.
+    HELD_BACK_RECHECK = 0.05
 
     def __init__(
         self,
@@ -234,7 +237,11 @@ class Relay:
         except PgCourierError:
             return
         if due is not None:
-            self._arm_timer((due - datetime.now(UTC)).total_seconds() + 0.001)
+            # Due already, yet the claim took nothing: the work is held back by an endpoint's
+            # limit or an ordering key in flight. Completions wake us for our own; look again
+            # shortly for other relays' (never spin).
+            delay = (due - datetime.now(UTC)).total_seconds()
+            self._arm_timer(max(delay, self.HELD_BACK_RECHECK) + 0.001)
 
     def _start(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
@@ -278,6 +285,9 @@ class Relay:
             schedule=self._config.retry_schedule,
             jitter=self._config.retry_jitter,
             rng=self._rng,
+            permanent_statuses=job.permanent_statuses,
+            retry_after=policy.parse_retry_after(result.retry_after, now=datetime.now(UTC)),
+            retry_after_cap=self._config.retry_after_cap,
         )
         fields: dict[str, Any] = {
             "event_id": str(job.event_id),
@@ -368,6 +378,9 @@ class Relay:
                     self.delivered += 1
                 elif isinstance(c.outcome, policy.Retry):
                     self._arm_timer(c.outcome.after)
+            # Finished work frees room under endpoints' concurrency limits and lets the next
+            # delivery of an ordering key go: look again, rather than waiting for the poll.
+            self._wake("completion")
 
     # -- leases ------------------------------------------------------------------------------
 

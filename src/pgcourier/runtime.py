@@ -21,7 +21,7 @@ from pgcourier.listener import Listener
 from pgcourier.metrics import Metrics
 from pgcourier.relay import Relay, RelayConfig
 from pgcourier.settings import Settings
-from pgcourier.store import PgStore
+from pgcourier.store import CircuitConfig, PgStore
 
 log = structlog.get_logger("pgcourier.runtime")
 
@@ -36,6 +36,17 @@ def relay_config(settings: Settings) -> RelayConfig:
         lease=settings.lease,
         shutdown_timeout=settings.shutdown_timeout,
         completion_flush_interval=settings.completion_flush_interval,
+        retry_after_cap=settings.retry_after_cap,
+    )
+
+
+def circuit_config(settings: Settings) -> CircuitConfig:
+    """Circuit breaking and automatic disabling, from the settings."""
+    return CircuitConfig(
+        failures=settings.circuit_failures,
+        cooldown=settings.circuit_cooldown,
+        max_cooldown=settings.circuit_max_cooldown,
+        disable_after=settings.disable_after or None,
     )
 
 
@@ -66,7 +77,9 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     pool = await db.create_pool(
         dsn, min_size=2, max_size=4, synchronous_commit=settings.relay_synchronous_commit
     )
-    session = new_session(max_in_flight=settings.max_in_flight)
+    session = new_session(
+        max_in_flight=settings.max_in_flight, allowed_networks=settings.allowed_networks
+    )
     stop = asyncio.Event()
     try:
         transport = WebhookTransport(
@@ -77,7 +90,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
         )
         metrics = Metrics(per_endpoint=settings.metrics_endpoint_labels)
         relay = Relay(
-            store=PgStore(pool),
+            store=PgStore(pool, circuit_config(settings)),
             transport=transport,
             config=relay_config(settings),
             metrics=metrics,

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgcourier import policy
 from pgcourier.errors import ConfigurationError
+from pgcourier.netguard import Network, parse_networks
 
 Seconds = Annotated[float, BeforeValidator(policy.parse_duration)]
 
@@ -56,6 +57,23 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=256 * 1024, ge=1, le=64 * 1024 * 1024)
     response_body_limit: int = Field(default=4096, ge=0, le=1024 * 1024)
 
+    allow_networks: str = Field(
+        default="",
+        description="CIDRs the relay may deliver to although they are loopback, private, "
+        "link-local or reserved (the SSRF guard refuses those by default), e.g. 10.0.0.0/8.",
+    )
+    retry_after_cap: Seconds = Field(default=3600.0, ge=0, le=7 * 86400)
+    circuit_failures: int = Field(
+        default=5, ge=1, le=10_000, description="Consecutive failures that open a circuit."
+    )
+    circuit_cooldown: Seconds = Field(default=60.0, gt=0, le=86400)
+    circuit_max_cooldown: Seconds = Field(default=3600.0, gt=0, le=7 * 86400)
+    disable_after: Seconds = Field(
+        default=5 * 86400.0,
+        ge=0,
+        description="Disable an endpoint that has failed continuously this long (0: never).",
+    )
+
     admin_enabled: bool = Field(default=True, description="Serve the admin HTTP server.")
     admin_host: str = Field(default="127.0.0.1", min_length=1)
     admin_port: int = Field(default=8787, ge=0, le=65535, description="0 picks a free port.")
@@ -78,6 +96,12 @@ class Settings(BaseSettings):
     @classmethod
     def _schedule_parses(cls, value: str) -> str:
         policy.parse_schedule(value)
+        return value
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        parse_networks(value)
         return value
 
     @field_validator("log_level", mode="before")
@@ -109,6 +133,11 @@ class Settings(BaseSettings):
     def retry_delays(self) -> tuple[float, ...]:
         """The parsed retry schedule."""
         return policy.parse_schedule(self.retry_schedule)
+
+    @property
+    def allowed_networks(self) -> tuple[Network, ...]:
+        """The parsed ``allow_networks``."""
+        return parse_networks(self.allow_networks)
 
 
 def _is_loopback(host: str) -> bool:

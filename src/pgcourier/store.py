@@ -6,15 +6,19 @@ import json
 import os
 import socket
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
 import asyncpg
+import structlog
 
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.model import Completion, Job
-from pgcourier.policy import Dead, Delivered, Retry
+from pgcourier.policy import Dead, Delivered, EndpointReport, Retry, endpoint_reports
+
+log = structlog.get_logger("pgcourier.store")
 
 
 class RelayStore(Protocol):
@@ -49,14 +53,29 @@ def _job(row: asyncpg.Record) -> Job:
         secrets=tuple(row["secrets"]),
         timeout=row["timeout_seconds"],
         headers=_NO_HEADERS if row["headers"] == "{}" else json.loads(row["headers"]),
+        signature_scheme=row["signature_scheme"],
+        permanent_statuses=frozenset(row["permanent_statuses"]),
+        ordering_key=row["ordering_key"],
+        troubled=row["troubled"],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitConfig:
+    """When endpoints' circuits open, how long they stay open, when endpoints are disabled."""
+
+    failures: int = 5
+    cooldown: float = 60.0
+    max_cooldown: float = 3600.0
+    disable_after: float | None = 5 * 86400.0
 
 
 class PgStore:
     """:class:`RelayStore` on an asyncpg pool, using the named queries of ``queries.sql``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, circuit: CircuitConfig | None = None) -> None:
         self._pool = pool
+        self._circuit = circuit or CircuitConfig()
 
     async def register(self, relay_id: UUID) -> None:
         with translate_errors():
@@ -84,15 +103,12 @@ class PgStore:
             await self._pool.execute(QUERIES["set_relay_idle"], relay_id, idle)
 
     async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]:
-        """Due deliveries first (retries, replays, expired leases), then fresh events fanned out.
-
-        Retries go first so that a steady stream of new events cannot starve them.
-        """
+        """Fan fresh events out into deliveries, then lease what is due within each endpoint's
+        limits (retries and fresh deliveries alike, earliest first per endpoint)."""
         with translate_errors():
             async with self._pool.acquire() as conn:
-                rows = list(await conn.fetch(QUERIES["claim_due"], limit, lease, relay_id))
-                if len(rows) < limit:
-                    rows += await conn.fetch(QUERIES["fan_out"], limit - len(rows), lease, relay_id)
+                await conn.execute(QUERIES["fan_out"], max(limit, 100))
+                rows = await conn.fetch(QUERIES["claim_due"], limit, lease, relay_id)
         return [_job(row) for row in rows]
 
     async def next_due(self) -> datetime | None:
@@ -139,10 +155,58 @@ class PgStore:
                 strict=True,
             ):
                 column.append(value)
+        reports = endpoint_reports(
+            [(str(c.job.endpoint_id), c.outcome, c.job.troubled) for c in batch]
+        )
+        # Keyed deliveries going back to wait for a retry hold their key's later deliveries.
+        held = [
+            (c.job.endpoint_id, c.job.ordering_key, c.job.delivery_id, c.result.started_at, c)
+            for c in batch
+            if c.job.ordering_key is not None and isinstance(c.outcome, Retry)
+        ]
         with translate_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(QUERIES["record_attempts"], *attempts)
-                await conn.execute(QUERIES["complete_deliveries"], *updates, relay_id)
+                applied = await conn.fetch(QUERIES["complete_deliveries"], *updates, relay_id)
+                if held:
+                    done = {r["id"] for r in applied}
+                    keyed = [h for h in held if h[2] in done]
+                    await conn.execute(
+                        QUERIES["hold_key_followers"],
+                        [h[0] for h in keyed],
+                        [h[1] for h in keyed],
+                        [h[2] for h in keyed],
+                        [_retry_at(h[4]) for h in keyed],
+                    )
+                if reports:
+                    await self._apply_reports(conn, reports)
+
+    async def _apply_reports(
+        self, conn: asyncpg.Connection, reports: dict[str, EndpointReport]
+    ) -> None:
+        ids = sorted(reports)  # endpoints are locked in id order: no deadlock between relays
+        cfg = self._circuit
+        rows = await conn.fetch(
+            QUERIES["apply_endpoint_outcomes"],
+            [UUID(i) for i in ids],
+            [reports[i].ok for i in ids],
+            [reports[i].trailing for i in ids],
+            [reports[i].pause for i in ids],
+            [reports[i].gone for i in ids],
+            cfg.failures,
+            cfg.cooldown,
+            cfg.max_cooldown,
+            cfg.disable_after,
+        )
+        for row in rows:
+            if row["disabled_reason"] is not None:
+                log.warning(
+                    "endpoint disabled",
+                    endpoint_id=str(row["endpoint_id"]),
+                    reason=row["disabled_reason"],
+                )
+            elif row["circuit_state"] == "open":
+                log.info("endpoint circuit open", endpoint_id=str(row["endpoint_id"]))
 
     async def renew(self, relay_id: UUID, ids: Sequence[int], lease: float) -> set[int]:
         kept: set[int] = set()
@@ -156,6 +220,13 @@ class PgStore:
         with translate_errors():
             for chunk in _chunks(ids):
                 await self._pool.execute(QUERIES["release_leases"], chunk, relay_id)
+
+
+def _retry_at(c: Completion) -> datetime:
+    assert isinstance(c.outcome, Retry)
+    # A little before the retry time complete_deliveries set (that one counts from the commit):
+    # followers are due no earlier than this, and the claim's key check covers the difference.
+    return c.result.started_at + timedelta(seconds=c.result.duration + c.outcome.after)
 
 
 def _chunks(ids: Sequence[int], size: int = 1000) -> list[list[int]]:

@@ -94,6 +94,8 @@ def relay_settings(dsn: str, **overrides: Any) -> Settings:
         "shutdown_timeout": 5.0,
         "log_level": "warning",
         "admin_port": 0,
+        "allow_networks": "127.0.0.0/8,::1/128",  # receivers listen on loopback
+        "circuit_failures": 1000,  # circuit tests lower it; others test retries undisturbed
     }
     values.update(overrides)
     return Settings(**values)

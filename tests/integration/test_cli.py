@@ -24,6 +24,7 @@ def cli_env(dsn: str | None, **extra: str) -> dict[str, str]:
         env["PGCOURIER_DATABASE_URL"] = dsn
     env["PGCOURIER_LOG_FORMAT"] = "json"
     env["PGCOURIER_ADMIN_PORT"] = "0"
+    env["PGCOURIER_ALLOW_NETWORKS"] = "127.0.0.0/8,::1/128"  # receivers listen on loopback
     env.update(extra)
     return env
 

@@ -73,7 +73,14 @@ async def test_readme_session_register_fail_dead_letter_fix_replay(
 ) -> None:
     receiver.default = 500  # the receiver is broken to begin with
     async with (
-        pgcourier_process("run", dsn, PGCOURIER_RETRY_SCHEDULE="100ms,100ms") as base,
+        pgcourier_process(
+            "run",
+            dsn,
+            PGCOURIER_RETRY_SCHEDULE="100ms,100ms",
+            # All nine failures in a row, without the circuit breaker holding the last ones
+            # back for its cool-down (the README says so too).
+            PGCOURIER_CIRCUIT_FAILURES="100",
+        ) as base,
         aiohttp.ClientSession() as http,
     ):
         # 1. register an endpoint

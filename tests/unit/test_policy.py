@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -12,10 +13,13 @@ from pgcourier.policy import (
     DEFAULT_RETRY_SCHEDULE,
     Dead,
     Delivered,
+    EndpointReport,
     Retry,
     decide,
+    endpoint_reports,
     jittered,
     parse_duration,
+    parse_retry_after,
     parse_schedule,
 )
 
@@ -78,7 +82,7 @@ def test_2xx_is_delivered(status) -> None:
     assert decide(status=status, error=None, attempts_in_schedule=1, schedule=()) == Delivered()
 
 
-@pytest.mark.parametrize("status", [199, 301, 302, 400, 404, 410, 429, 500, 503])
+@pytest.mark.parametrize("status", [199, 301, 302, 400, 404, 429, 500, 503])
 def test_everything_else_is_a_failure(status) -> None:
     assert decide(
         status=status, error=None, attempts_in_schedule=1, schedule=(1.0,), jitter=0
@@ -106,3 +110,124 @@ def test_jitter_actually_spreads() -> None:
     assert len(values) > 90
     assert min(values) < 90
     assert max(values) > 110
+
+
+# -- response classification ---------------------------------------------------------------
+
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+
+
+def test_410_is_dead_at_once_and_disables_the_endpoint() -> None:
+    outcome = decide(status=410, error=None, attempts_in_schedule=1, schedule=(1.0, 2.0))
+    assert isinstance(outcome, Dead)
+    assert outcome.disable == "the receiver answered 410 Gone"
+
+
+def test_permanent_statuses_are_dead_at_once() -> None:
+    outcome = decide(
+        status=404, error=None, attempts_in_schedule=1, schedule=(1.0,), permanent_statuses={404}
+    )
+    assert isinstance(outcome, Dead)
+    assert outcome.disable is None
+    assert "permanent" in outcome.reason
+    # Not listed: the schedule applies.
+    assert decide(
+        status=400,
+        error=None,
+        attempts_in_schedule=1,
+        schedule=(1.0,),
+        jitter=0,
+        permanent_statuses={404},
+    ) == Retry(1.0)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_waits_at_least_that_long_and_pauses_the_endpoint(status: int) -> None:
+    outcome = decide(
+        status=status,
+        error=None,
+        attempts_in_schedule=1,
+        schedule=(5.0,),
+        jitter=0,
+        retry_after=120.0,
+    )
+    assert outcome == Retry(after=120.0, pause=120.0)
+    # A shorter Retry-After than the schedule: the schedule's wait, and the endpoint pause.
+    outcome = decide(
+        status=status,
+        error=None,
+        attempts_in_schedule=1,
+        schedule=(300.0,),
+        jitter=0,
+        retry_after=2.0,
+    )
+    assert outcome == Retry(after=300.0, pause=2.0)
+
+
+def test_retry_after_is_capped_and_ignored_on_other_statuses() -> None:
+    outcome = decide(
+        status=429,
+        error=None,
+        attempts_in_schedule=1,
+        schedule=(5.0,),
+        jitter=0,
+        retry_after=10 * 86400.0,
+        retry_after_cap=3600.0,
+    )
+    assert outcome == Retry(after=3600.0, pause=3600.0)
+    outcome = decide(
+        status=500,
+        error=None,
+        attempts_in_schedule=1,
+        schedule=(5.0,),
+        jitter=0,
+        retry_after=120.0,
+    )
+    assert outcome == Retry(after=5.0, pause=None)
+
+
+def test_retry_after_when_the_schedule_is_used_up_still_pauses() -> None:
+    outcome = decide(
+        status=429, error=None, attempts_in_schedule=2, schedule=(5.0,), retry_after=30.0
+    )
+    assert isinstance(outcome, Dead)
+    assert outcome.pause == 30.0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        (" 0 ", 0.0),
+        ("Wed, 25 Nov 2026 12:01:30 GMT", 90.0),
+        ("Wed, 25 Nov 2026 11:00:00 GMT", 0.0),  # in the past
+        ("soon", None),
+        ("-5", None),
+        ("1.5", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header, now=NOW) == seconds
+
+
+def test_endpoint_reports_summarise_a_batch_in_order() -> None:
+    fail, ok = Retry(1.0), Delivered()
+    reports = endpoint_reports(
+        [
+            ("a", fail, False),
+            ("a", ok, False),
+            ("a", fail, False),  # a: one failure after its last success
+            ("b", ok, False),  # b: healthy and all good: nothing to write
+            ("c", ok, True),  # c: all good but troubled when claimed: report the recovery
+            ("d", Retry(1.0, pause=30.0), False),
+            ("d", Retry(1.0, pause=10.0), False),
+            ("e", Dead("gone", disable="410"), False),
+        ]
+    )
+    assert reports == {
+        "a": EndpointReport(ok=True, trailing=1, pause=None, gone=None),
+        "c": EndpointReport(ok=True, trailing=0, pause=None, gone=None),
+        "d": EndpointReport(ok=False, trailing=2, pause=30.0, gone=None),
+        "e": EndpointReport(ok=False, trailing=1, pause=None, gone="410"),
+    }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from aiohttp import web
@@ -23,6 +23,13 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 MAX_ID = ops.MAX_ID
 
 
+def _whole(value: Any) -> Any:
+    # JSON Schema counts 5.0 as an integer; strict pydantic would not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 # Every constraint the operations check is stated here too, so that the OpenAPI document (built
 # from these models) describes exactly what is accepted.
 HeaderName = Annotated[str, Field(pattern=ops.HEADER_NAME.pattern)]
@@ -33,16 +40,15 @@ Pattern = Annotated[str, Field(pattern=patterns.PATTERN_RE.pattern)]
 Patterns = Annotated[list[Pattern], Field(min_length=1, max_length=patterns.MAX_PATTERNS)]
 Url = Annotated[str, Field(max_length=ops.MAX_URL, pattern=ops.URL_PATTERN)]
 Description = Annotated[str, Field(max_length=1000)]
-Secret = Annotated[str, Field(pattern=ops.SECRET_PATTERN)]
+# whsec_ for the standard scheme (checked against the scheme: see the routes' notes).
+Secret = Annotated[str, Field(pattern=ops.RAW_SECRET_PATTERN)]
+Scheme = Literal["standard", "github", "timestamped-hex", "stripe-style"]
+Status = Annotated[int, Field(ge=300, le=599), BeforeValidator(_whole)]
+Statuses = Annotated[list[Status], Field(max_length=100)]
+MaxInFlight = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_whole)]
+RateLimit = Annotated[float, Field(gt=0, le=10_000)]
 EventType = Annotated[str, Field(pattern=patterns.EVENT_TYPE_RE.pattern)]
 Key = Annotated[str, Field(min_length=1, max_length=255)]
-
-
-def _whole(value: Any) -> Any:
-    # JSON Schema counts 5.0 as an integer; strict pydantic would not.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 # (The bounds before the validator: the other way round, pydantic documents them as "ge"/"le".)
@@ -68,12 +74,26 @@ class EndpointCreate(BaseModel):
         default=None, description="request timeout; the relay's default when absent"
     )
     headers: Headers = Field(default_factory=dict, description="custom headers sent each time")
+    signature_scheme: Scheme = "standard"
+    permanent_statuses: Statuses = Field(
+        default_factory=list, description="statuses that dead-letter at once, e.g. [400, 404]"
+    )
+    max_in_flight: MaxInFlight = Field(
+        default=10, description="most concurrent requests to it, across every relay"
+    )
+    rate_limit: RateLimit | None = Field(
+        default=None, description="most requests per second to it, across every relay"
+    )
+
+
+NULLABLE = frozenset({"timeout_seconds", "rate_limit"})
 
 
 def _not_null_except_timeout(schema: dict[str, Any]) -> None:
-    # Only timeout_seconds may be null (back to the relay's default); absent means unchanged.
+    # Only timeout_seconds and rate_limit may be null (the relay's default, no limit); absent
+    # means unchanged.
     for name, prop in schema["properties"].items():
-        if name != "timeout_seconds" and "anyOf" in prop:
+        if name not in NULLABLE and "anyOf" in prop:
             [kept] = [s for s in prop.pop("anyOf") if s.get("type") != "null"]
             prop.pop("default", None)
             prop.update(kept)
@@ -93,6 +113,10 @@ class EndpointUpdate(BaseModel):
     enabled: bool | None = None
     timeout_seconds: Timeout | None = None
     headers: Headers | None = None
+    signature_scheme: Scheme | None = None
+    permanent_statuses: Statuses | None = None
+    max_in_flight: MaxInFlight | None = None
+    rate_limit: RateLimit | None = None
 
 
 class RotateSecret(BaseModel):
@@ -197,8 +221,8 @@ async def get_endpoint(request: web.Request) -> web.Response:
 async def update_endpoint(request: web.Request) -> web.Response:
     body = await _body(request, EndpointUpdate)
     changes = body.model_dump(include=body.model_fields_set)
-    for name in ("url", "event_types", "description", "enabled", "headers"):
-        if name in changes and changes[name] is None:
+    for name in set(changes) - NULLABLE:
+        if changes[name] is None:
             raise InvalidInput(f"{name} cannot be null", field=name)
     if not changes:
         raise InvalidInput("give at least one field to change", field="body")
@@ -387,7 +411,8 @@ ROUTES: tuple[Route, ...] = (
         "Register an endpoint; the response holds its secret, shown only this once.",
         EndpointCreate,
         status=201,
-        refusable="custom headers may not override the ones pgcourier sets",
+        refusable="custom headers may not override the ones pgcourier sets; the standard "
+        "scheme's secret is whsec_ followed by base64 of at least 24 bytes",
     ),
     Route("GET", "/api/v1/endpoints", list_endpoints, "List endpoints (never their secrets)."),
     Route("GET", "/api/v1/endpoints/{id}", get_endpoint, "One endpoint."),
@@ -397,7 +422,8 @@ ROUTES: tuple[Route, ...] = (
         update_endpoint,
         "Change an endpoint; disabling holds its deliveries, enabling resumes them.",
         EndpointUpdate,
-        refusable="custom headers may not override the ones pgcourier sets",
+        refusable="custom headers may not override the ones pgcourier sets; switching to the "
+        "standard scheme needs a whsec_ secret (rotate it first)",
     ),
     Route(
         "DELETE",
@@ -411,6 +437,7 @@ ROUTES: tuple[Route, ...] = (
         rotate_secret,
         "New secret, shown only this once; the old one keeps signing for the grace period.",
         RotateSecret,
+        refusable="the standard scheme's secret is whsec_ followed by base64 of at least 24 bytes",
     ),
     Route(
         "GET",
