@@ -2,8 +2,10 @@
 -- what it does. Loaded by pgcourier.db.load_queries(); a missing name fails at import.
 
 -- fan_out --
--- Claim up to $1 events not yet fanned out and create one delivery per enabled endpoint whose
--- patterns match, due at once; claim_due then leases them within each endpoint's limits.
+-- Claim up to $1 events not yet fanned out and create one delivery per endpoint whose patterns
+-- match, due at once; claim_due then leases them within each endpoint's limits. Disabled
+-- endpoints get theirs too, held until they are enabled again (nothing is lost while an
+-- endpoint is paused, by an operator or automatically); deleted ones get nothing.
 -- Fan-out is serialised across relays by a transaction-level advisory lock taken with try (a
 -- relay that finds it held skips fan-out this round: another relay is doing it). Serial fan-out
 -- is what per-key order rests on: a key's deliveries are created, and numbered, in the order its
@@ -27,7 +29,7 @@ WITH lock AS (
     SELECT e.id, ep.id, e.ordering_key
     FROM events AS e
     JOIN courier.endpoints AS ep
-      ON ep.enabled AND courier.event_type_matches(ep.event_types, e.event_type)
+      ON ep.deleted_at IS NULL AND courier.event_type_matches(ep.event_types, e.event_type)
     ORDER BY e.seq, ep.id
     RETURNING 1
 )

@@ -22,8 +22,10 @@ ALTER TABLE courier.endpoints
         CASE WHEN signature_scheme = 'standard'
              THEN secret ~ '^whsec_[A-Za-z0-9+/]{32,}={0,2}$'
                   AND coalesce(previous_secret ~ '^whsec_[A-Za-z0-9+/]{32,}={0,2}$', true)
-             ELSE secret ~ '^[[:print:]]{16,500}$'
-                  AND coalesce(previous_secret ~ '^[[:print:]]{16,500}$', true)
+             -- (Postgres regexes repeat at most 255 times: the length is checked apart.)
+             ELSE secret ~ '^[[:print:]]{16,}$' AND length(secret) <= 500
+                  AND coalesce(previous_secret ~ '^[[:print:]]{16,}$'
+                               AND length(previous_secret) <= 500, true)
         END),
     ADD COLUMN permanent_statuses integer[] NOT NULL DEFAULT '{}'
         CONSTRAINT endpoint_permanent_statuses_are_failures

@@ -23,6 +23,7 @@ from pgcourier.errors import ConfigurationError, InvalidInput, PgCourierError
 from pgcourier.logs import configure_logging
 from pgcourier.policy import parse_duration
 from pgcourier.settings import Settings, load_settings
+from pgcourier.signing import SCHEMES
 
 log = structlog.get_logger("pgcourier.cli")
 
@@ -174,6 +175,10 @@ async def _endpoint_add(args: argparse.Namespace, conn: asyncpg.Connection) -> A
         enabled=not args.disabled,
         timeout_seconds=args.timeout,
         headers=dict(args.header),
+        signature_scheme=args.scheme,
+        permanent_statuses=args.permanent_status,
+        max_in_flight=args.max_in_flight,
+        rate_limit=args.rate_limit,
     )
 
 
@@ -188,6 +193,14 @@ async def _endpoint_update(args: argparse.Namespace, conn: asyncpg.Connection) -
         changes["timeout_seconds"] = None if args.timeout == "default" else args.timeout
     if args.clear_headers or args.header:
         changes["headers"] = dict(args.header or [])
+    if args.scheme is not None:
+        changes["signature_scheme"] = args.scheme
+    if args.clear_permanent_statuses or args.permanent_status:
+        changes["permanent_statuses"] = args.permanent_status or []
+    if args.max_in_flight is not None:
+        changes["max_in_flight"] = args.max_in_flight
+    if args.rate_limit is not None:
+        changes["rate_limit"] = None if args.rate_limit == "none" else args.rate_limit
     if not changes:
         raise InvalidInput("nothing to change: give at least one option (see --help)")
     return await ops.update_endpoint(conn, args.id, changes)
@@ -318,6 +331,15 @@ def _timeout(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from exc
 
 
+def _rate(text: str) -> float | str:
+    if text == "none":
+        return text
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of requests/s") from exc
+
+
 def _seconds(text: str) -> int:
     try:
         return int(parse_duration(text))
@@ -386,6 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--timeout", type=float, help="request timeout in seconds (1-300)")
     add.add_argument("--header", type=_header, action="append", default=[], metavar="NAME:VALUE")
     add.add_argument("--disabled", action="store_true", help="register it disabled")
+    add.add_argument("--scheme", choices=SCHEMES, default="standard", help="signature scheme")
+    add.add_argument(
+        "--permanent-status",
+        type=int,
+        action="append",
+        default=[],
+        metavar="STATUS",
+        help="a status that dead-letters at once, e.g. 404 (repeatable)",
+    )
+    add.add_argument("--max-in-flight", type=int, default=10, help="concurrent requests (10)")
+    add.add_argument("--rate-limit", type=float, help="requests per second (default: none)")
     add.set_defaults(func=_db_command(_endpoint_add))
     up = endpoint.add_parser("update", help="change an endpoint's settings")
     up.add_argument("id")
@@ -399,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--header", type=_header, action="append", metavar="NAME:VALUE", help="replaces all"
     )
     up.add_argument("--clear-headers", action="store_true")
+    up.add_argument("--scheme", choices=SCHEMES, help="signature scheme")
+    up.add_argument(
+        "--permanent-status", type=int, action="append", metavar="STATUS", help="replaces all"
+    )
+    up.add_argument("--clear-permanent-statuses", action="store_true")
+    up.add_argument("--max-in-flight", type=int)
+    up.add_argument("--rate-limit", type=_rate, help="requests per second, or 'none'")
     state = up.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_true", default=None)
     state.add_argument("--disable", dest="enabled", action="store_false", default=None)

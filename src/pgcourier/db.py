@@ -178,6 +178,7 @@ def translate_errors() -> Iterator[None]:
         sqlstate = getattr(exc, "sqlstate", "") or ""
         if sqlstate.startswith(_INPUT_SQLSTATE_PREFIXES):
             primary = str(getattr(exc, "message", None) or exc).removeprefix("courier: ")
+            primary = _CONSTRAINT_MESSAGES.get(getattr(exc, "constraint_name", None) or "", primary)
             hint = getattr(exc, "hint", None)
             message = f"{primary} ({hint})" if hint else primary
             column = (
@@ -194,6 +195,12 @@ def translate_errors() -> Iterator[None]:
     except TimeoutError as exc:  # asyncpg's command_timeout, or a connect that never completes
         raise DatabaseUnavailable("the database did not answer in time") from exc
 
+
+# What a violated constraint means, in words a caller can act on.
+_CONSTRAINT_MESSAGES = {
+    "endpoint_secret_fits_scheme": "the secret does not fit the signature scheme: the standard "
+    "scheme needs a whsec_ secret (rotate-secret with a whsec_ one first)",
+}
 
 _CONSTRAINT_FIELDS = {
     "endpoint_url_is_http": "url",

@@ -104,6 +104,33 @@ async def test_endpoint_add_prints_id_and_secret_once(dsn: str) -> None:
         (["endpoint", "add", "--url", "https://x", "--event", "a", "--header", "Host:x"], "Host"),
         (["endpoint", "add", "--url", "https://x", "--event", "a", "--timeout", "0"], "timeout"),
         (["endpoint", "rotate-secret", "not-a-uuid"], "not a UUID"),
+        (
+            ["endpoint", "add", "--url", "https://x", "--event", "a", "--max-in-flight", "0"],
+            "max_in_flight",
+        ),
+        (
+            ["endpoint", "add", "--url", "https://x", "--event", "a", "--permanent-status", "200"],
+            "permanent_statuses",
+        ),
+        (
+            [
+                "endpoint",
+                "add",
+                "--url",
+                "https://x",
+                "--event",
+                "a",
+                "--scheme",
+                "github",
+                "--secret",
+                "short",
+            ],
+            "16 to 500",
+        ),
+        (
+            ["endpoint", "add", "--url", "https://x", "--event", "a", "--scheme", "svix"],
+            "invalid choice",
+        ),
         (["endpoint", "stats", "x", "--window", "soon"], "soon"),
         (["dlq", "list", "--limit", "0"], "limit must be between"),
         (["frobnicate"], "invalid choice"),
@@ -299,3 +326,55 @@ async def test_events_and_endpoint_show_commands(conn, dsn: str, receiver: Recei
     code, _, err = await pgcourier("events", "show", str(uuid.uuid4()), dsn=dsn)
     assert code == 1
     assert "no event" in err
+
+
+async def test_endpoint_policy_options(dsn: str) -> None:
+    code, out, err = await pgcourier(
+        "endpoint",
+        "add",
+        "--url",
+        "https://example.com/h",
+        "--event",
+        "order.*",
+        "--scheme",
+        "github",
+        "--secret",
+        "It's a Secret to Everybody",
+        "--permanent-status",
+        "404",
+        "--permanent-status",
+        "400",
+        "--max-in-flight",
+        "3",
+        "--rate-limit",
+        "2.5",
+        dsn=dsn,
+    )
+    assert code == 0, err
+    created = json.loads(out)
+    assert created["secret"] == "It's a Secret to Everybody"
+    assert (created["signature_scheme"], created["permanent_statuses"]) == ("github", [400, 404])
+    assert (created["max_in_flight"], created["rate_limit"]) == (3, 2.5)
+    code, out, err = await pgcourier(
+        "endpoint",
+        "update",
+        created["id"],
+        "--rate-limit",
+        "none",
+        "--clear-permanent-statuses",
+        "--max-in-flight",
+        "20",
+        dsn=dsn,
+    )
+    assert code == 0, err
+    updated = json.loads(out)
+    assert (updated["rate_limit"], updated["permanent_statuses"]) == (None, [])
+    assert updated["max_in_flight"] == 20
+    # Back to the standard scheme needs a whsec_ secret first: a clear refusal, nothing changed.
+    code, out, err = await pgcourier(
+        "endpoint", "update", created["id"], "--scheme", "standard", dsn=dsn
+    )
+    assert code == 1
+    assert "signature_scheme" in err or "secret" in err
+    code, out, _ = await pgcourier("endpoint", "show", created["id"], dsn=dsn)
+    assert json.loads(out)["signature_scheme"] == "github"

@@ -209,7 +209,8 @@ async def test_expired_lease_is_reclaimed_by_another_relay(
 
 
 async def test_two_relays_deliver_2000_events_exactly_once(conn, receiver: Receiver, relay) -> None:
-    await add_endpoint(conn, receiver.url("/hook"))
+    # Room at the endpoint for both relays' full pipelines, so that both take part.
+    await ops.create_endpoint(conn, url=receiver.url("/hook"), event_types=["*"], max_in_flight=200)
     await conn.execute(
         "SELECT courier.enqueue('bulk.event', jsonb_build_object('i', i)) "
         "FROM generate_series(1, 2000) AS i"
