@@ -63,6 +63,7 @@ class Sizes:
     producer_seconds: int
     producer_clients: int
     history_rows: int
+    isolation_seconds: float  # each phase of the isolation measurement, at 200 events/s
 
 
 FULL = Sizes(
@@ -74,6 +75,7 @@ FULL = Sizes(
     producer_seconds=10,
     producer_clients=32,
     history_rows=1_000_000,
+    isolation_seconds=10,
 )
 QUICK = Sizes(
     ceiling_seconds=1,
@@ -84,6 +86,7 @@ QUICK = Sizes(
     producer_seconds=2,
     producer_clients=8,
     history_rows=20_000,
+    isolation_seconds=2,
 )
 
 # (measurement, figure, comparison, target); a ratio target is against the named baseline.
@@ -97,8 +100,12 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("producers", "ratio", ">=", 0.85),
     ("history", "ratio", ">=", 0.9),
     ("memory", "peak_rss_mb", "<=", 150.0),
+    # A slow endpoint must not change another endpoint's latency by more than a few ms.
+    ("isolation", "p50_delta_ms", "<=", 3.0),
+    ("isolation", "p99_delta_ms", "<=", 5.0),
 ]
-MEASUREMENTS = ("ceiling", "drain", "fanout", "latency", "producers", "history")
+MEASUREMENTS = ("ceiling", "drain", "fanout", "latency", "isolation", "producers", "history")
+SLOW_SECONDS = 2.0  # how long the receiver's /slow/ paths take to answer
 
 # -- the receiver (a separate process) --------------------------------------------------------
 
@@ -120,6 +127,9 @@ async def receiver_main(port_file: str) -> None:
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
+        if request.path.startswith("/slow/"):
+            await asyncio.sleep(SLOW_SECONDS)  # a slow endpoint: not counted, not timed
+            return web.Response(status=200)
         now = time.time()
         state.count += 1
         if state.first is None:
@@ -462,6 +472,43 @@ class Bench:
                     }
         finally:
             await conn.close()
+
+    async def isolation(self) -> None:
+        """Latency at one endpoint at 200 events/s, alone and then beside an endpoint that takes
+        2 s per request with a backlog far beyond its concurrency limit."""
+        conn = await self.conn()
+        rate, seconds = 200, self.sizes.isolation_seconds
+        phases: dict[str, list[float]] = {}
+        try:
+            await reset_tables(conn)
+            await ops.create_endpoint(
+                conn, url=f"{self.receiver.base}/hook/0", event_types=["bench.latency"]
+            )
+            await ops.create_endpoint(
+                conn, url=f"{self.receiver.base}/slow/0", event_types=["bench.slow"]
+            )
+            async with relay_process(self.dsn, self.log_level):
+                await wait_relay_idle(conn)
+                for phase in ("alone", "beside_slow"):
+                    if phase == "beside_slow":
+                        await enqueue_many(conn, 2_000, "bench.slow")
+                        await asyncio.sleep(1.0)  # the slow endpoint is saturated by now
+                    await self.receiver.reset("latency")
+                    n = int(rate * seconds)
+                    await produce_at_rate(self.dsn, rate, n)
+                    await self.receiver.wait_count(n, timeout=120)
+                    phases[phase] = sorted((await self.receiver.stats(latencies=True))["latencies"])
+        finally:
+            await conn.close()
+        alone, beside = phases["alone"], phases["beside_slow"]
+        self.results["isolation"] = {
+            "alone_p50_ms": pct(alone, 50) * 1000,
+            "alone_p99_ms": pct(alone, 99) * 1000,
+            "beside_slow_p50_ms": pct(beside, 50) * 1000,
+            "beside_slow_p99_ms": pct(beside, 99) * 1000,
+            "p50_delta_ms": (pct(beside, 50) - pct(alone, 50)) * 1000,
+            "p99_delta_ms": (pct(beside, 99) - pct(alone, 99)) * 1000,
+        }
 
     async def producers(self) -> None:
         conn = await self.conn()

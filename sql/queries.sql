@@ -1,44 +1,11 @@
 -- Named queries. Each block starts with a line "-- name --"; the comment lines after it say
 -- what it does. Loaded by pgcourier.db.load_queries(); a missing name fails at import.
 
--- fan_out --
--- Claim up to $1 events not yet fanned out and create one delivery per endpoint whose patterns
--- match, due at once; claim_due then leases them within each endpoint's limits. Disabled
--- endpoints get theirs too, held until they are enabled again (nothing is lost while an
--- endpoint is paused, by an operator or automatically); deleted ones get nothing.
--- Fan-out is serialised across relays by a transaction-level advisory lock taken with try (a
--- relay that finds it held skips fan-out this round: another relay is doing it). Serial fan-out
--- is what per-key order rests on: a key's deliveries are created, and numbered, in the order its
--- events became visible, and no later one can commit before an earlier one exists.
-WITH lock AS (
-    SELECT pg_try_advisory_xact_lock(1668247919, 0) AS got
-), events AS (
-    SELECT o.id, o.seq, o.event_type, o.ordering_key
-    FROM courier.outbox AS o
-    WHERE o.fanned_out_at IS NULL AND (SELECT got FROM lock)
-    ORDER BY o.seq
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), marked AS (
-    UPDATE courier.outbox AS o
-    SET fanned_out_at = now()
-    FROM events AS e
-    WHERE o.id = e.id
-), created AS (
-    INSERT INTO courier.deliveries (event_id, endpoint_id, ordering_key)
-    SELECT e.id, ep.id, e.ordering_key
-    FROM events AS e
-    JOIN courier.endpoints AS ep
-      ON ep.deleted_at IS NULL AND courier.event_type_matches(ep.event_types, e.event_type)
-    ORDER BY e.seq, ep.id
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM created) AS deliveries;
-
 -- claim_due --
--- Lease up to $1 due deliveries to relay $3 for $2 seconds within every endpoint's policies
--- (see courier.claim in migration 0003 for the rules and why it is a function).
-SELECT * FROM courier.claim($1, $2, $3);
+-- Fan out up to $4 fresh events, then lease up to $1 due deliveries to relay $3 for $2 seconds
+-- within every endpoint's policies: one round trip (see courier.claim in migration 0003 for the
+-- rules and why it is a function).
+SELECT * FROM courier.claim($1, $2, $3, $4);
 
 -- complete_deliveries --
 -- Apply a batch of attempt outcomes: $1 ids, $2 new status, $3 retry delay in seconds (NULL when
@@ -335,6 +302,8 @@ INSERT INTO courier.migrations (version, name, checksum) VALUES ($1, $2, $3);
 SELECT
     (SELECT count(*) FROM courier.deliveries WHERE status = 'pending') AS pending,
     (SELECT count(*) FROM courier.deliveries WHERE status = 'dead') AS dead,
+    (SELECT count(*) FROM courier.endpoints
+     WHERE circuit_state <> 'closed' AND deleted_at IS NULL) AS open_circuits,
     extract(epoch FROM now() - least(
         (SELECT min(o.created_at) FROM courier.outbox AS o WHERE o.fanned_out_at IS NULL),
         (SELECT min(o.created_at)

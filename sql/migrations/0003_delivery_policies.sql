@@ -110,7 +110,9 @@ $$;
 -- is what they hold counted. Under READ COMMITTED each statement here takes a new snapshot, so
 -- the count sees every claim committed before the lock was ours; in one statement it could be
 -- stale, and two relays could fill the same free slots.
-CREATE FUNCTION courier.claim(p_limit integer, p_lease double precision, p_relay uuid)
+CREATE FUNCTION courier.claim(
+    p_limit integer, p_lease double precision, p_relay uuid, p_fan_out integer
+)
 RETURNS TABLE (
     id bigint, event_id uuid, endpoint_id uuid, attempts integer, schedule_base integer,
     event_type text, payload text, created_at timestamptz, ordering_key text, url text,
@@ -122,6 +124,37 @@ LANGUAGE plpgsql AS $$
 DECLARE
     locked uuid[];
 BEGIN
+    -- 1. Fan out up to p_fan_out events not yet fanned out: one delivery per endpoint whose
+    -- patterns match, due at once. Disabled endpoints get theirs too, held until enabled again
+    -- (nothing is lost while an endpoint is paused); deleted ones get nothing.
+    -- Fan-out is serialised across relays by a transaction-level advisory lock taken with try
+    -- (a relay finding it held skips fan-out this time: another relay is doing it). Per-key
+    -- order rests on it: a key's deliveries are created, and numbered, in the order its events
+    -- became visible, and no later one can commit before an earlier one exists.
+    IF p_fan_out > 0 AND pg_try_advisory_xact_lock(1668247919, 0) THEN
+        WITH events AS (
+            SELECT o.id, o.seq, o.event_type, o.ordering_key
+            FROM courier.outbox AS o
+            WHERE o.fanned_out_at IS NULL
+            ORDER BY o.seq
+            LIMIT p_fan_out
+            FOR UPDATE SKIP LOCKED
+        ), marked AS (
+            UPDATE courier.outbox AS o
+            SET fanned_out_at = now()
+            FROM events AS e
+            WHERE o.id = e.id
+        )
+        INSERT INTO courier.deliveries (event_id, endpoint_id, ordering_key)
+        SELECT e.id, ep.id, e.ordering_key
+        FROM events AS e
+        JOIN courier.endpoints AS ep
+          ON ep.deleted_at IS NULL AND courier.event_type_matches(ep.event_types, e.event_type)
+        ORDER BY e.seq, ep.id;
+    END IF;
+
+    -- 2. Endpoints with due work that may take more, locked. (This statement sees the
+    -- deliveries just created: they are this transaction's own.)
     SELECT array_agg(c.id) INTO locked
     FROM (
         SELECT ep.id
@@ -144,6 +177,7 @@ BEGIN
         RETURN;
     END IF;
 
+    -- 3. A new statement, so a fresh snapshot: what each locked endpoint holds now.
     RETURN QUERY
     WITH room AS (
         SELECT ep.id AS endpoint_id,
@@ -210,8 +244,9 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION courier.claim(integer, double precision, uuid) IS
-    'Lease due deliveries to a relay within every endpoint''s limits, circuit and key order.';
+COMMENT ON FUNCTION courier.claim(integer, double precision, uuid, integer) IS
+    'Fan out fresh events, then lease due deliveries to a relay within every endpoint''s '
+    'limits, circuit and key order.';
 
 -- Apply what a batch of attempts says about each endpoint; called by relays after writing the
 -- batch, only when it holds a failure, a Retry-After, a 410 or an endpoint that was not healthy.

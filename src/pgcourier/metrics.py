@@ -73,6 +73,11 @@ class Metrics:
             "Age of the oldest event still waiting for a delivery (at scrape).",
             registry=r,
         )
+        self.open_circuits = Gauge(
+            "pgcourier_open_circuits",
+            "Endpoints whose circuit is open or half-open, shared by every relay (at scrape).",
+            registry=r,
+        )
         self.dead_letters = Gauge(
             "pgcourier_dead_letters",
             "Dead deliveries waiting for replay (at scrape).",

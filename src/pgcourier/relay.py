@@ -104,6 +104,8 @@ class Relay:
         self._idle = False
         self._notifications = 0
         self._timer: asyncio.TimerHandle | None = None
+        # Due work exists that the last claim could not take (endpoint limits, ordering keys).
+        self._held_back = False
         self._timer_at = float("inf")
         self.delivered = 0  # attempts that ended delivered, for callers that wait on progress
         self.wakeups: dict[str, int] = {"notify": 0, "poll": 0, "retry_timer": 0}
@@ -241,7 +243,10 @@ class Relay:
             # limit or an ordering key in flight. Completions wake us for our own; look again
             # shortly for other relays' (never spin).
             delay = (due - datetime.now(UTC)).total_seconds()
+            self._held_back = delay <= 0
             self._arm_timer(max(delay, self.HELD_BACK_RECHECK) + 0.001)
+        else:
+            self._held_back = False
 
     def _start(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
@@ -379,8 +384,9 @@ class Relay:
                 elif isinstance(c.outcome, policy.Retry):
                     self._arm_timer(c.outcome.after)
             # Finished work frees room under endpoints' concurrency limits and lets the next
-            # delivery of an ordering key go: look again, rather than waiting for the poll.
-            self._wake("completion")
+            # delivery of an ordering key go: if due work was held back, look again now.
+            if self._held_back:
+                self._wake("completion")
 
     # -- leases ------------------------------------------------------------------------------
 

@@ -106,9 +106,9 @@ class PgStore:
         """Fan fresh events out into deliveries, then lease what is due within each endpoint's
         limits (retries and fresh deliveries alike, earliest first per endpoint)."""
         with translate_errors():
-            async with self._pool.acquire() as conn:
-                await conn.execute(QUERIES["fan_out"], max(limit, 100))
-                rows = await conn.fetch(QUERIES["claim_due"], limit, lease, relay_id)
+            rows = await self._pool.fetch(
+                QUERIES["claim_due"], limit, lease, relay_id, max(limit, 100)
+            )
         return [_job(row) for row in rows]
 
     async def next_due(self) -> datetime | None:

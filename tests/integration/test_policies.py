@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -243,11 +244,13 @@ async def test_circuit_opens_shared_by_two_relays_probes_then_closes(
     rx.defaults["/flaky"] = (500, {}, 0.0)
     for i in range(10):
         await ops.enqueue(conn, "a.b", {"i": i})
-    await relays(
+    started = await relays(
         2, retry_schedule="50ms,50ms,50ms,50ms,50ms", circuit_failures=3, circuit_cooldown=1.5
     )
     await wait_until(lambda: _endpoint_field(conn, ep["id"], "circuit_state", "open"))
     opened = time.monotonic()
+    scrape = await _scrape(started[0].admin_port)
+    assert "pgcourier_open_circuits 1.0" in scrape
     failures = len(rx.on("/flaky"))
     assert failures == 3  # max_in_flight=1: exactly the threshold, then the circuit holds
     await asyncio.sleep(1.0)
@@ -266,6 +269,14 @@ async def test_circuit_opens_shared_by_two_relays_probes_then_closes(
     shown = await ops.get_endpoint(conn, ep["id"])
     assert shown["circuit_state"] == "closed"
     assert shown["consecutive_failures"] == 0
+
+
+async def _scrape(port: int) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        return await response.text()
 
 
 # -- limits ---------------------------------------------------------------------------------

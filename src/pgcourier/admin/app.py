@@ -125,6 +125,7 @@ async def metrics(request: web.Request) -> web.Response:
     if row is not None:
         m.pending_deliveries.set(row["pending"])
         m.dead_letters.set(row["dead"])
+        m.open_circuits.set(row["open_circuits"])
         m.oldest_pending_age.set(row["oldest_pending_age"] or 0.0)
     body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
