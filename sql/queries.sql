@@ -124,9 +124,29 @@ SELECT courier.enqueue($1, $2::jsonb, $3, $4) AS id;
 -- create_endpoint --
 INSERT INTO courier.endpoints
     (url, event_types, secret, description, enabled, timeout_seconds, headers, signature_scheme,
-     permanent_statuses, max_in_flight, rate_limit)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)
+     permanent_statuses, max_in_flight, rate_limit, kind, slack_channel, slack_token, template)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15)
 RETURNING id;
+
+-- manage_default_slack --
+-- The endpoint pgcourier keeps for PGCOURIER_SLACK_BOT_TOKEN: request_submitted to channel $3
+-- (posting to $1), secret $2 unused. Created once, its channel and URL kept in step with the
+-- settings; an operator's other changes (patterns, limits, template) are kept.
+INSERT INTO courier.endpoints
+    (url, event_types, secret, description, kind, slack_channel, managed)
+VALUES ($1, ARRAY['request_submitted'], $2,
+        'Slack: the default channel (PGCOURIER_SLACK_DEFAULT_CHANNEL), managed by pgcourier',
+        'slack', $3, true)
+ON CONFLICT (managed) WHERE managed AND deleted_at IS NULL DO UPDATE
+SET slack_channel = EXCLUDED.slack_channel, url = EXCLUDED.url, updated_at = now()
+WHERE courier.endpoints.slack_channel IS DISTINCT FROM EXCLUDED.slack_channel
+   OR courier.endpoints.url IS DISTINCT FROM EXCLUDED.url;
+
+-- disable_default_slack --
+-- Without a bot token the managed Slack endpoint cannot deliver: hold its deliveries.
+UPDATE courier.endpoints
+SET enabled = false, disabled_reason = 'PGCOURIER_SLACK_BOT_TOKEN is not set', disabled_at = now()
+WHERE managed AND deleted_at IS NULL AND enabled;
 
 -- list_endpoints --
 -- Endpoints not deleted, oldest first (the view leaves secrets out).
@@ -148,7 +168,8 @@ SET url = $2, event_types = $3, description = $4, enabled = $5,
     consecutive_failures = CASE WHEN $5 AND NOT enabled THEN 0 ELSE consecutive_failures END,
     circuit_state = CASE WHEN $5 AND NOT enabled THEN 'closed' ELSE circuit_state END,
     timeout_seconds = $7, headers = $8::jsonb, signature_scheme = $9, permanent_statuses = $10,
-    max_in_flight = $11, rate_limit = $12, updated_at = now()
+    max_in_flight = $11, rate_limit = $12, slack_channel = $13, template = $14,
+    slack_token = coalesce($15, slack_token), updated_at = now()
 WHERE id = $1 AND deleted_at IS NULL;
 
 -- rotate_secret --

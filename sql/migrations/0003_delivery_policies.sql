@@ -8,7 +8,9 @@
 -- * a circuit breaker shared by every relay: consecutive failures open it, a cool-down later one
 --   probe goes through (half_open), a success closes it;
 -- * failing_since, to disable endpoints that have failed continuously for too long;
--- * ordering keys copied onto deliveries, so that one key is delivered in order per endpoint.
+-- * ordering keys copied onto deliveries, so that one key is delivered in order per endpoint;
+-- * destination kinds: a webhook (POST to url) or a Slack channel (chat.postMessage), with an
+--   optional bot token of its own and a message template.
 
 ALTER TABLE courier.endpoints
     DROP CONSTRAINT endpoint_secret_is_whsec,
@@ -50,7 +52,23 @@ ALTER TABLE courier.endpoints
     -- success).
     ADD COLUMN circuit_cooldown double precision,
     ADD COLUMN failing_since timestamptz,
-    ADD COLUMN disabled_at timestamptz;
+    ADD COLUMN disabled_at timestamptz,
+    ADD COLUMN kind text NOT NULL DEFAULT 'webhook'
+        CONSTRAINT endpoint_kind_known CHECK (kind IN ('webhook', 'slack')),
+    ADD COLUMN slack_channel text
+        CONSTRAINT endpoint_slack_channel_valid CHECK (slack_channel ~ '^[#@]?[A-Za-z0-9._-]{1,80}$'),
+    -- NULL: the relay's PGCOURIER_SLACK_BOT_TOKEN. Never returned by the API, never logged.
+    ADD COLUMN slack_token text
+        CONSTRAINT endpoint_slack_token_valid CHECK (slack_token ~ '^xox[a-z]-[A-Za-z0-9-]{8,}$'),
+    ADD COLUMN template text CONSTRAINT endpoint_template_short CHECK (length(template) <= 3000),
+    -- Set on the one endpoint pgcourier manages from PGCOURIER_SLACK_BOT_TOKEN and
+    -- PGCOURIER_SLACK_DEFAULT_CHANNEL.
+    ADD COLUMN managed boolean NOT NULL DEFAULT false,
+    ADD CONSTRAINT endpoint_slack_needs_a_channel
+        CHECK (kind <> 'slack' OR slack_channel IS NOT NULL);
+
+CREATE UNIQUE INDEX endpoints_one_managed ON courier.endpoints (managed)
+    WHERE managed AND deleted_at IS NULL;
 
 -- What the API shows of an endpoint, defined once for every query that returns endpoints.
 CREATE VIEW courier.endpoint_public AS
@@ -61,6 +79,7 @@ SELECT id, url, event_types, description, enabled, disabled_reason, disabled_at,
            AS previous_secret_expires_at,
        circuit_state, consecutive_failures, failing_since,
        CASE WHEN paused_until > now() THEN paused_until END AS paused_until,
+       kind, slack_channel, slack_token IS NOT NULL AS slack_token_set, template, managed,
        created_at, updated_at
 FROM courier.endpoints
 WHERE deleted_at IS NULL;
@@ -117,7 +136,8 @@ RETURNS TABLE (
     id bigint, event_id uuid, endpoint_id uuid, attempts integer, schedule_base integer,
     event_type text, payload text, created_at timestamptz, ordering_key text, url text,
     timeout_seconds double precision, headers text, secrets text[], signature_scheme text,
-    permanent_statuses integer[], troubled boolean
+    permanent_statuses integer[], troubled boolean, kind text, slack_channel text,
+    slack_token text, template text
 )
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -237,7 +257,8 @@ BEGIN
                 THEN ARRAY[ep.secret, ep.previous_secret] ELSE ARRAY[ep.secret] END,
            ep.signature_scheme, ep.permanent_statuses,
            (ep.consecutive_failures > 0 OR ep.circuit_state <> 'closed'
-            OR ep.failing_since IS NOT NULL)
+            OR ep.failing_since IS NOT NULL),
+           ep.kind, ep.slack_channel, ep.slack_token, ep.template
     FROM leased AS l
     JOIN courier.outbox AS o ON o.id = l.event_id
     JOIN courier.endpoints AS ep ON ep.id = l.endpoint_id;

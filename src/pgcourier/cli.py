@@ -179,6 +179,10 @@ async def _endpoint_add(args: argparse.Namespace, conn: asyncpg.Connection) -> A
         permanent_statuses=args.permanent_status,
         max_in_flight=args.max_in_flight,
         rate_limit=args.rate_limit,
+        kind="slack" if args.slack_channel else "webhook",
+        slack_channel=args.slack_channel,
+        slack_token=args.slack_token,
+        template=args.template,
     )
 
 
@@ -201,6 +205,9 @@ async def _endpoint_update(args: argparse.Namespace, conn: asyncpg.Connection) -
         changes["max_in_flight"] = args.max_in_flight
     if args.rate_limit is not None:
         changes["rate_limit"] = None if args.rate_limit == "none" else args.rate_limit
+    for name in ("slack_channel", "slack_token", "template"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name) or None  # --template '' clears it
     if not changes:
         raise InvalidInput("nothing to change: give at least one option (see --help)")
     return await ops.update_endpoint(conn, args.id, changes)
@@ -395,7 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="endpoint_command", required=True, parser_class=_Sub
     )
     add = endpoint.add_parser("add", help="register an endpoint; prints its secret once")
-    add.add_argument("--url", required=True)
+    add.add_argument("--url", help="the webhook's URL (not needed with --slack-channel)")
+    add.add_argument("--slack-channel", help="post to this Slack channel instead, e.g. #requests")
+    add.add_argument("--slack-token", help="this endpoint's Slack bot token (default: the relay's)")
+    add.add_argument("--template", help="message text with {data.field} placeholders (Slack)")
     add.add_argument(
         "--event",
         action="append",
@@ -439,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--clear-permanent-statuses", action="store_true")
     up.add_argument("--max-in-flight", type=int)
     up.add_argument("--rate-limit", type=_rate, help="requests per second, or 'none'")
+    up.add_argument("--slack-channel")
+    up.add_argument("--slack-token")
+    up.add_argument("--template", help="'' clears it")
     state = up.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_true", default=None)
     state.add_argument("--disable", dest="enabled", action="store_false", default=None)

@@ -211,6 +211,10 @@ _CONSTRAINT_FIELDS = {
     "endpoint_permanent_statuses_are_failures": "permanent_statuses",
     "endpoint_max_in_flight_in_range": "max_in_flight",
     "endpoint_rate_limit_in_range": "rate_limit",
+    "endpoint_slack_channel_valid": "slack_channel",
+    "endpoint_slack_token_valid": "slack_token",
+    "endpoint_slack_needs_a_channel": "slack_channel",
+    "endpoint_template_short": "template",
     "endpoint_timeout_in_range": "timeout_seconds",
     "endpoint_headers_valid": "headers",
 }

@@ -33,6 +33,10 @@ class Job:
     # The endpoint was not healthy when claimed (failures counted, circuit not closed): its
     # outcomes must be reported to the endpoint even if they are all successes.
     troubled: bool = False
+    kind: str = "webhook"  # or "slack": chat.postMessage to slack_channel
+    slack_channel: str | None = None
+    slack_token: str | None = field(default=None, repr=False)  # None: the relay's bot token
+    template: str | None = None
 
     @property
     def attempt(self) -> int:
@@ -62,6 +66,9 @@ class AttemptResult:
     error: str | None = None
     response_body: str | None = None
     retry_after: str | None = None  # the response's Retry-After header, as sent
+    # Set when retrying cannot help (e.g. Slack's invalid_auth): dead at once, and this is why
+    # the endpoint is disabled.
+    permanent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,10 +188,54 @@ async def _read_endpoint(conn: asyncpg.Connection, eid: UUID) -> dict[str, Any]:
     return _endpoint(row)
 
 
+SLACK_CHANNEL_PATTERN = r"^[#@]?[A-Za-z0-9._-]{1,80}$"
+SLACK_TOKEN_PATTERN = r"^xox[a-z]-[A-Za-z0-9-]{8,}$"
+KINDS = ("webhook", "slack")
+
+
+def slack_post_url(api_url: str) -> str:
+    """Where a Slack endpoint posts (shown as its url)."""
+    return api_url.rstrip("/") + "/chat.postMessage"
+
+
+def validate_slack(kind: str, channel: str | None, token: str | None, template: str | None) -> None:
+    """A Slack endpoint's channel, optional token and template; :class:`InvalidInput` names the
+    field."""
+    if kind not in KINDS:
+        raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", field="kind")
+    if kind == "slack" and channel is None:
+        raise InvalidInput(
+            "a Slack endpoint needs slack_channel, e.g. #requests", field="slack_channel"
+        )
+    if channel is not None and not re.fullmatch(SLACK_CHANNEL_PATTERN, channel):
+        raise InvalidInput(
+            f"{channel!r} is not a channel name or id, e.g. #requests or C0123ABC",
+            field="slack_channel",
+        )
+    if token is not None and not re.fullmatch(SLACK_TOKEN_PATTERN, token):
+        raise InvalidInput("slack_token must be a Slack token (xoxb-...)", field="slack_token")
+    if template is not None and len(template) > 3000:
+        raise InvalidInput("template holds at most 3000 characters", field="template")
+
+
+async def manage_default_slack(
+    conn: asyncpg.Connection, *, enabled: bool, channel: str, api_url: str
+) -> None:
+    """Keep the endpoint that sends request_submitted to the default Slack channel in step with
+    the settings (created when a bot token is set; held when it is not)."""
+    with translate_errors():
+        if enabled:
+            await conn.execute(
+                QUERIES["manage_default_slack"], slack_post_url(api_url), generate_secret(), channel
+            )
+        else:
+            await conn.execute(QUERIES["disable_default_slack"])
+
+
 async def create_endpoint(
     conn: asyncpg.Connection,
     *,
-    url: str,
+    url: str | None = None,
     event_types: list[str],
     description: str = "",
     secret: str | None = None,
@@ -202,8 +246,19 @@ async def create_endpoint(
     permanent_statuses: list[int] | None = None,
     max_in_flight: int = 10,
     rate_limit: float | None = None,
+    kind: str = "webhook",
+    slack_channel: str | None = None,
+    slack_token: str | None = None,
+    template: str | None = None,
+    slack_api_url: str = "https://slack.com/api/",
 ) -> dict[str, Any]:
-    """Register an endpoint. The returned dict holds the secret: the only time it is shown."""
+    """Register an endpoint (a webhook, or a Slack channel with ``kind="slack"``). The returned
+    dict holds the secret: the only time it is shown. A Slack token is never returned."""
+    validate_slack(kind, slack_channel, slack_token, template)
+    if kind == "slack":
+        url = url or slack_post_url(slack_api_url)
+    if url is None:
+        raise InvalidInput("a webhook endpoint needs a url", field="url")
     validate_url(url)
     event_types = validate_event_types(event_types)
     validate_scheme(signature_scheme)
@@ -227,6 +282,10 @@ async def create_endpoint(
                 statuses,
                 max_in_flight,
                 rate_limit,
+                kind,
+                slack_channel,
+                slack_token,
+                template,
             )
             created = await _read_endpoint(conn, eid)
     return {**created, "secret": secret}
@@ -257,6 +316,9 @@ UPDATABLE = (
     "permanent_statuses",
     "max_in_flight",
     "rate_limit",
+    "slack_channel",
+    "slack_token",
+    "template",
 )
 
 
@@ -288,6 +350,7 @@ async def update_endpoint(
     if "permanent_statuses" in changes:
         changes["permanent_statuses"] = validate_permanent_statuses(changes["permanent_statuses"])
     eid = parse_uuid(endpoint_id, field="endpoint_id")
+    token = changes.pop("slack_token", None)
     with translate_errors():
         async with conn.transaction():
             if await conn.fetchval(QUERIES["lock_endpoint"], eid) is None:
@@ -295,6 +358,7 @@ async def update_endpoint(
             current = await _read_endpoint(conn, eid)
             merged = {**current, **changes}
             validate_limits(merged["max_in_flight"], merged["rate_limit"])
+            validate_slack(merged["kind"], merged["slack_channel"], token, merged["template"])
             await conn.execute(
                 QUERIES["update_endpoint"],
                 eid,
@@ -309,6 +373,9 @@ async def update_endpoint(
                 merged["permanent_statuses"],
                 merged["max_in_flight"],
                 merged["rate_limit"],
+                merged["slack_channel"],
+                merged["template"],
+                token,
             )
             if merged["enabled"] and not current["enabled"]:
                 await conn.execute(QUERIES["wake_relays"])

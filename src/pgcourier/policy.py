@@ -125,6 +125,7 @@ def decide(
     permanent_statuses: Collection[int] = (),
     retry_after: float | None = None,
     retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP,
+    permanent: str | None = None,
 ) -> Outcome:
     """What to do after an attempt.
 
@@ -133,12 +134,16 @@ def decide(
 
     * 2xx: delivered. Everything else is a failure: 3xx (redirects are never followed),
       timeouts and connection errors (``status`` None, ``error`` set) included.
+    * ``permanent`` (a transport's verdict, e.g. Slack's ``invalid_auth``): dead at once, and
+      the endpoint is to be disabled with that reason.
     * 410 Gone: dead at once, and the endpoint is to be disabled.
     * A status in ``permanent_statuses``: dead at once.
     * 429 or 503 with ``retry_after`` seconds: the next attempt waits at least that long (capped
       at ``retry_after_cap``), and so does the whole endpoint.
     * Otherwise the retry schedule; dead when it is used up.
     """
+    if permanent is not None:
+        return Dead(reason=f"{error or permanent}: retrying cannot help", disable=permanent)
     if error is None and is_success(status):
         return Delivered()
     what = f"HTTP {status}" if status is not None else (error or "no response")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -271,7 +272,12 @@ class Relay:
             # Transports report failures as values; an exception here is a bug. Record it as
             # a failed attempt so the delivery follows its retry schedule instead of sitting
             # in _held, its lease renewed forever.
-            log.exception("transport raised", delivery_id=job.delivery_id)
+            # A plain traceback, never a renderer's "locals" view: frames hold secrets and tokens.
+            log.error(
+                "transport raised",
+                delivery_id=job.delivery_id,
+                traceback="".join(traceback.format_exception(exc)),
+            )
             result = AttemptResult(
                 started_at=datetime.now(UTC),
                 duration=0.0,
@@ -293,6 +299,7 @@ class Relay:
             permanent_statuses=job.permanent_statuses,
             retry_after=policy.parse_retry_after(result.retry_after, now=datetime.now(UTC)),
             retry_after_cap=self._config.retry_after_cap,
+            permanent=result.permanent,
         )
         fields: dict[str, Any] = {
             "event_id": str(job.event_id),

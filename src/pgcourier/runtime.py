@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from pgcourier import db
+from pgcourier import db, ops
 from pgcourier.admin import create_app
 from pgcourier.admin.context import AdminContext
 from pgcourier.delivery import WebhookTransport, new_session
@@ -21,6 +21,7 @@ from pgcourier.listener import Listener
 from pgcourier.metrics import Metrics
 from pgcourier.relay import Relay, RelayConfig
 from pgcourier.settings import Settings
+from pgcourier.slack import Router, SlackTransport
 from pgcourier.store import CircuitConfig, PgStore
 
 log = structlog.get_logger("pgcourier.runtime")
@@ -56,6 +57,12 @@ async def prepare_schema(dsn: str, settings: Settings) -> list[int]:
         with db.translate_errors():
             applied = await db.migrate(conn)
             await conn.execute(db.QUERIES["set_max_payload_bytes"], settings.max_payload_bytes)
+        await ops.manage_default_slack(
+            conn,
+            enabled=settings.slack_bot_token is not None,
+            channel=settings.slack_default_channel,
+            api_url=settings.slack_api_url,
+        )
     return applied
 
 
@@ -82,11 +89,21 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     )
     stop = asyncio.Event()
     try:
-        transport = WebhookTransport(
-            session,
-            timeout=settings.delivery_timeout,
-            response_body_limit=settings.response_body_limit,
-            max_timeout=settings.lease / 2,
+        transport = Router(
+            WebhookTransport(
+                session,
+                timeout=settings.delivery_timeout,
+                response_body_limit=settings.response_body_limit,
+                max_timeout=settings.lease / 2,
+            ),
+            SlackTransport(
+                session,
+                token=settings.slack_bot_token.get_secret_value()
+                if settings.slack_bot_token
+                else None,
+                api_url=settings.slack_api_url,
+                timeout=settings.delivery_timeout,
+            ),
         )
         metrics = Metrics(per_endpoint=settings.metrics_endpoint_labels)
         relay = Relay(

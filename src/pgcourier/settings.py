@@ -89,6 +89,17 @@ class Settings(BaseSettings):
         description="Serve /health, /ready and /metrics without the token (false: token needed).",
     )
 
+    slack_bot_token: SecretStr | None = Field(
+        default=None,
+        description="Bot token (xoxb-...): request_submitted events go to slack_default_channel.",
+    )
+    slack_default_channel: str = Field(
+        default="#integrations", pattern=r"^[#@]?[A-Za-z0-9._-]{1,80}$"
+    )
+    slack_api_url: str = Field(
+        default="https://slack.com/api/", pattern=r"^https?://", description="Slack Web API base."
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

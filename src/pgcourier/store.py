@@ -57,6 +57,10 @@ def _job(row: asyncpg.Record) -> Job:
         permanent_statuses=frozenset(row["permanent_statuses"]),
         ordering_key=row["ordering_key"],
         troubled=row["troubled"],
+        kind=row["kind"],
+        slack_channel=row["slack_channel"],
+        slack_token=row["slack_token"],
+        template=row["template"],
     )
 
 

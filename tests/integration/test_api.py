@@ -222,5 +222,5 @@ async def test_openapi_document_matches_the_routes(api) -> None:
     assert documented == served
     create = doc["components"]["schemas"]["EndpointCreate"]
     assert create["additionalProperties"] is False
-    assert set(create["required"]) == {"url", "event_types"}
+    assert set(create["required"]) == {"event_types"}  # url is required of webhooks only
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

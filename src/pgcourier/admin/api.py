@@ -58,12 +58,20 @@ DeadId = Annotated[int, Field(ge=1, le=ops.MAX_ID), BeforeValidator(_whole)]
 STRICT = ConfigDict(extra="forbid", strict=True)
 
 
+SlackChannel = Annotated[str, Field(pattern=ops.SLACK_CHANNEL_PATTERN)]
+SlackToken = Annotated[
+    str, Field(pattern=ops.SLACK_TOKEN_PATTERN, json_schema_extra={"writeOnly": True})
+]
+Template = Annotated[str, Field(max_length=3000)]
+
+
 class EndpointCreate(BaseModel):
     """POST /api/v1/endpoints"""
 
     model_config = STRICT
 
-    url: Url
+    kind: Literal["webhook", "slack"] = "webhook"
+    url: Url | None = Field(default=None, description="required for webhooks")
     event_types: Patterns
     description: Description = ""
     secret: Secret | None = Field(
@@ -84,9 +92,16 @@ class EndpointCreate(BaseModel):
     rate_limit: RateLimit | None = Field(
         default=None, description="most requests per second to it, across every relay"
     )
+    slack_channel: SlackChannel | None = Field(default=None, description="required for Slack")
+    slack_token: SlackToken | None = Field(
+        default=None, description="this endpoint's bot token; never returned"
+    )
+    template: Template | None = Field(
+        default=None, description="message text with {data.field} placeholders (Slack)"
+    )
 
 
-NULLABLE = frozenset({"timeout_seconds", "rate_limit"})
+NULLABLE = frozenset({"timeout_seconds", "rate_limit", "template"})
 
 
 def _not_null_except_timeout(schema: dict[str, Any]) -> None:
@@ -117,6 +132,9 @@ class EndpointUpdate(BaseModel):
     permanent_statuses: Statuses | None = None
     max_in_flight: MaxInFlight | None = None
     rate_limit: RateLimit | None = None
+    slack_channel: SlackChannel | None = None
+    slack_token: SlackToken | None = None
+    template: Template | None = None
 
 
 class RotateSecret(BaseModel):
@@ -412,7 +430,8 @@ ROUTES: tuple[Route, ...] = (
         EndpointCreate,
         status=201,
         refusable="custom headers may not override the ones pgcourier sets; the standard "
-        "scheme's secret is whsec_ followed by base64 of at least 24 bytes",
+        "scheme's secret is whsec_ followed by base64 of at least 24 bytes; a webhook needs a "
+        "url and a Slack endpoint a slack_channel",
     ),
     Route("GET", "/api/v1/endpoints", list_endpoints, "List endpoints (never their secrets)."),
     Route("GET", "/api/v1/endpoints/{id}", get_endpoint, "One endpoint."),
@@ -423,7 +442,8 @@ ROUTES: tuple[Route, ...] = (
         "Change an endpoint; disabling holds its deliveries, enabling resumes them.",
         EndpointUpdate,
         refusable="custom headers may not override the ones pgcourier sets; switching to the "
-        "standard scheme needs a whsec_ secret (rotate it first)",
+        "standard scheme needs a whsec_ secret (rotate it first); a Slack endpoint keeps a "
+        "slack_channel",
     ),
     Route(
         "DELETE",

@@ -1,0 +1,141 @@
+"""Slack destinations: ``chat.postMessage`` through slack-sdk's ``AsyncWebClient``.
+
+A Slack endpoint is an endpoint like any other (fan-out, retries, dead letters, replay, attempts
+and metrics); only the transport differs. How Slack's answers map onto the delivery policies:
+
+* ``ok``: delivered; the attempt records the message's ``ts``.
+* HTTP 429 / ``ratelimited``: retried, no sooner than ``Retry-After``, and the endpoint waits too.
+* ``invalid_auth``, ``token_revoked``, ``account_inactive``, ``channel_not_found``,
+  ``not_in_channel``, ``is_archived``: permanent: dead at once and the endpoint disabled with the
+  reason (fix the token or the channel, enable it, replay the dead letters).
+* Other errors, 5xx, timeouts and connection errors: retried on the schedule.
+
+Tokens are never logged: slack-sdk's own logger (which prints request headers at debug level)
+is given a logger that only passes warnings and above.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from pgcourier.delivery import Transport
+from pgcourier.model import AttemptResult, Job
+from pgcourier.slack_message import build_message
+
+DEFAULT_API_URL = "https://slack.com/api/"
+PERMANENT_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "token_revoked",
+        "account_inactive",
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+    }
+)
+
+_quiet = logging.getLogger("pgcourier.slack_sdk")
+_quiet.setLevel(logging.WARNING)
+
+
+class SlackTransport:
+    """Posts jobs of Slack endpoints; one ``AsyncWebClient`` per token, on the relay's session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        token: str | None,
+        api_url: str = DEFAULT_API_URL,
+        timeout: float = 10.0,
+    ) -> None:
+        self._session = session
+        self._token = token
+        self._api_url = api_url
+        self._timeout = timeout
+        self._clients: dict[str, AsyncWebClient] = {}
+
+    def _client(self, token: str) -> AsyncWebClient:
+        client = self._clients.get(token)
+        if client is None:
+            client = AsyncWebClient(
+                token=token,
+                base_url=self._api_url,
+                session=self._session,
+                timeout=max(1, round(self._timeout)),
+                logger=_quiet,
+                retry_handlers=[],  # pgcourier's own schedule decides, not the SDK
+            )
+            self._clients[token] = client
+        return client
+
+    async def send(self, job: Job) -> AttemptResult:
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        token = job.slack_token or self._token
+        if not token:
+            return AttemptResult(
+                started_at=started_at,
+                duration=0.0,
+                error="slack: no bot token (set PGCOURIER_SLACK_BOT_TOKEN or the endpoint's)",
+                permanent="no Slack bot token",
+            )
+        message = build_message(json.loads(job.body()), job.template)
+        try:
+            response = await self._client(token).chat_postMessage(
+                channel=job.slack_channel or "", **message
+            )
+        except SlackApiError as exc:
+            data = exc.response.data if isinstance(exc.response.data, dict) else {}
+            error = str(data.get("error") or f"HTTP {exc.response.status_code}")
+            status = exc.response.status_code
+            retry_after = exc.response.headers.get("Retry-After") if status == 429 else None
+            if error == "ratelimited" and status != 429:
+                status = 429
+            return AttemptResult(
+                started_at=started_at,
+                duration=time.perf_counter() - t0,
+                status=status,
+                error=f"slack: {error}",
+                response_body=(json.dumps(data) if data else str(exc.response.data))[:4096],
+                retry_after=retry_after,
+                permanent=f"Slack said {error}" if error in PERMANENT_ERRORS else None,
+            )
+        except TimeoutError:
+            return AttemptResult(
+                started_at=started_at,
+                duration=time.perf_counter() - t0,
+                error=f"slack: timeout after {self._timeout:g}s",
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            return AttemptResult(
+                started_at=started_at,
+                duration=time.perf_counter() - t0,
+                error=f"slack: {type(exc).__name__}: {exc}",
+            )
+        return AttemptResult(
+            started_at=started_at,
+            duration=time.perf_counter() - t0,
+            status=response.status_code,
+            response_body=f"ok ts={response.get('ts')}",
+        )
+
+
+class Router:
+    """The relay's transport: Slack endpoints to :class:`SlackTransport`, the rest to webhooks."""
+
+    def __init__(self, webhook: Transport, slack: Transport) -> None:
+        self._webhook = webhook
+        self._slack = slack
+
+    async def send(self, job: Job) -> AttemptResult:
+        if job.kind == "slack":
+            return await self._slack.send(job)
+        return await self._webhook.send(job)
