@@ -275,3 +275,19 @@ async def test_slack_endpoints_through_the_api(api: Any, conn: asyncpg.Connectio
         assert (await response.json())["error"]["field"] == field_name
     assert await conn.fetchval("SELECT count(*) FROM courier.endpoints") == 1
     await asyncio.sleep(0)
+
+
+async def test_connection_errors_are_retried_then_dead_lettered(
+    dsn: str, conn: asyncpg.Connection, slack: FakeSlack
+) -> None:
+    await ops.create_endpoint(conn, kind="slack", slack_channel="#ops", event_types=["*"])
+    event_id = await ops.enqueue(conn, "request_submitted", REQUEST)
+    nowhere = "http://127.0.0.1:1/api/"  # nothing listens on port 1
+    async with running(slack_settings(dsn, slack, slack_api_url=nowhere), dsn):
+        await wait_until(lambda: _all(conn, "dead"))
+    attempts = await ops.event_attempts(conn, str(event_id))
+    assert len(attempts) == 3  # the schedule (two retries) ran out: not treated as permanent
+    assert all(a["error"].startswith("slack: ") for a in attempts)
+    assert all(a["status_code"] is None for a in attempts)
+    [endpoint] = await ops.list_endpoints(conn)
+    assert endpoint["enabled"] is True
