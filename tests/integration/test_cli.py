@@ -378,3 +378,69 @@ async def test_endpoint_policy_options(dsn: str) -> None:
     assert "signature_scheme" in err or "secret" in err
     code, out, _ = await pgcourier("endpoint", "show", created["id"], dsn=dsn)
     assert json.loads(out)["signature_scheme"] == "github"
+
+
+async def test_readme_endpoint_and_dlq_commands(conn, dsn: str) -> None:
+    """The README's endpoint and dead-letter commands, each run as a user runs it."""
+
+    async def ok(*args: str) -> Any:
+        code, out, err = await pgcourier(*args, dsn=dsn)
+        assert code == 0, err
+        return json.loads(out)
+
+    endpoint = await ok("endpoint", "add", "--url", "https://example.com/hook", "--event", "a.*")
+    eid = endpoint["id"]
+    updated = await ok(
+        "endpoint",
+        "update",
+        eid,
+        "--url",
+        "https://new.example/hook",
+        "--timeout",
+        "5",
+        "--header",
+        "X-Team:core",
+    )
+    assert (updated["url"], updated["timeout_seconds"]) == ("https://new.example/hook", 5)
+    assert updated["headers"] == {"X-Team": "core"}
+    rotated = await ok("endpoint", "rotate-secret", eid, "--grace", "1h")
+    assert rotated["secret"] != endpoint["secret"]
+    assert rotated["previous_secret_expires_at"] is not None
+    # Two dead letters, made by hand (no relay needed to exercise the commands).
+    for _ in range(2):
+        await ops.enqueue(conn, "a.b", {})
+    await conn.execute(
+        "INSERT INTO courier.deliveries (event_id, endpoint_id, status, dead_at, last_error)"
+        " SELECT id, $1, 'dead', now(), 'HTTP 500' FROM courier.outbox",
+        uuid.UUID(eid),
+    )
+    await conn.execute("UPDATE courier.outbox SET fanned_out_at = now()")
+    stats = await ok("endpoint", "stats", eid, "--window", "1h")
+    assert stats["dead"] == 2
+    dead = (await ok("dlq", "list", "--endpoint", eid))["data"]
+    assert len(dead) == 2
+    shown = await ok("dlq", "show", str(dead[0]["id"]))
+    assert shown["event_type"] == "a.b"
+    assert await ok("dlq", "discard", str(dead[0]["id"])) == {"discarded": [dead[0]["id"]]}
+    replayed = await ok("dlq", "replay", "--all", "--endpoint", eid)
+    assert replayed == {"replayed": [dead[1]["id"]], "count": 1}
+    await conn.execute(
+        "UPDATE courier.deliveries SET status = 'dead', dead_at = now() WHERE status = 'pending'"
+    )
+    recovered = await ok("endpoint", "recover", eid, "--since", "2020-01-01T00:00:00Z")
+    assert recovered["count"] == 1
+    slack = await ok(
+        "endpoint",
+        "add",
+        "--slack-channel",
+        "#deploys",
+        "--event",
+        "deploy.*",
+        "--template",
+        "Deployed {data.service}",
+    )
+    assert (slack["kind"], slack["slack_channel"]) == ("slack", "#deploys")
+    deleted = await ok("endpoint", "delete", eid)
+    assert deleted == {"deleted": eid, "discarded": 1}
+    listed = await ok("endpoint", "list")
+    assert [e["id"] for e in listed] == [slack["id"]]
