@@ -297,7 +297,11 @@ class Relay:
             jitter=self._config.retry_jitter,
             rng=self._rng,
             permanent_statuses=job.permanent_statuses,
-            retry_after=policy.parse_retry_after(result.retry_after, now=datetime.now(UTC)),
+            retry_after=(
+                policy.parse_retry_after(result.retry_after, now=datetime.now(UTC))
+                if result.retry_after is not None
+                else None  # the usual case: no clock read on the hot path
+            ),
             retry_after_cap=self._config.retry_after_cap,
             permanent=result.permanent,
         )
