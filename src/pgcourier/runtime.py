@@ -147,7 +147,7 @@ def admin_context(
         pool=pool,
         metrics=metrics,
         listener=listener,
-        token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        token=settings.admin_token_value,
         # JSON-escaping can double a payload; keep at least 1 MiB for everything else.
         max_body=max(1024 * 1024, 2 * settings.max_payload_bytes + 64 * 1024),
         open_operations=settings.admin_open_operations,

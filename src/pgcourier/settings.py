@@ -21,6 +21,10 @@ from pgcourier.errors import ConfigurationError
 from pgcourier.netguard import Network, parse_networks
 
 Seconds = Annotated[float, BeforeValidator(policy.parse_duration)]
+# 32 characters of a random token are beyond guessing over HTTP.
+ADMIN_TOKEN_MIN_LENGTH = 32
+# (No "; " in it: the CLI prints each problem of a message joined by "; " on a line of its own.)
+_MAKE_TOKEN = "python3 -c 'import secrets;print(secrets.token_urlsafe(32))'"
 
 
 class Settings(BaseSettings):
@@ -78,7 +82,9 @@ class Settings(BaseSettings):
     admin_host: str = Field(default="127.0.0.1", min_length=1)
     admin_port: int = Field(default=8787, ge=0, le=65535, description="0 picks a free port.")
     admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token for /api/v1; required to bind beyond loopback."
+        default=None,
+        description=f"Bearer token for /api/v1 (at least {ADMIN_TOKEN_MIN_LENGTH} printable ASCII "
+        "characters); required to bind beyond loopback.",
     )
     metrics_endpoint_labels: bool = Field(
         default=False,
@@ -86,7 +92,8 @@ class Settings(BaseSettings):
     )
     admin_open_operations: bool = Field(
         default=True,
-        description="Serve /health, /ready and /metrics without the token (false: token needed).",
+        description="Serve /health, /ready, /metrics and /openapi.json without the token "
+        "(false: token needed).",
     )
 
     slack_bot_token: SecretStr | None = Field(
@@ -115,6 +122,14 @@ class Settings(BaseSettings):
         parse_networks(value)
         return value
 
+    @field_validator("admin_token")
+    @classmethod
+    def _token_guards_something(cls, value: SecretStr | None) -> SecretStr | None:
+        problem = None if value is None else admin_token_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -133,12 +148,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_open_admin_beyond_loopback(self) -> Settings:
-        if self.admin_enabled and self.admin_token is None and not _is_loopback(self.admin_host):
+        if (
+            self.admin_enabled
+            and self.admin_token_value is None
+            and not is_loopback(self.admin_host)
+        ):
             raise ValueError(
                 f"admin_host {self.admin_host!r} is not loopback: set PGCOURIER_ADMIN_TOKEN "
                 "before serving the admin API beyond this machine"
             )
         return self
+
+    @property
+    def admin_token_value(self) -> str | None:
+        """The admin token, or None when none is set (the validator refuses empty ones, so
+        None is the one way to say "no token")."""
+        return self.admin_token.get_secret_value() if self.admin_token is not None else None
 
     @property
     def retry_delays(self) -> tuple[float, ...]:
@@ -151,8 +176,32 @@ class Settings(BaseSettings):
         return parse_networks(self.allow_networks)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+def admin_token_problem(token: str) -> str | None:
+    """Why ``token`` cannot guard the admin API, or None when it can.
+
+    The one rule for "a token is set": the settings apply it at start and the admin app again
+    when it is built, so an empty token can never pass one check and disable the other.
+    """
+    if not token.strip():
+        return (
+            "is set but empty: unset it to serve the admin API on loopback without a token, "
+            f"or set a token, e.g. from {_MAKE_TOKEN}"
+        )
+    # A bearer token travels in an HTTP header: only visible ASCII can be sent and compared
+    # byte for byte (RFC 6750's b64token is a subset).
+    if not all("!" <= char <= "~" for char in token):
+        return f"must be printable ASCII without spaces, e.g. from {_MAKE_TOKEN}"
+    if len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        return (
+            f"is too short to resist guessing: use at least {ADMIN_TOKEN_MIN_LENGTH} "
+            f"characters, e.g. from {_MAKE_TOKEN}"
+        )
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

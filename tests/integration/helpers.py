@@ -78,7 +78,8 @@ class Receiver:
         return Counter(r.webhook_id for r in reqs)
 
 
-TOKEN = "t0ken-for-tests"
+# As long as the server demands (32 characters or more).
+TOKEN = "t0ken-for-tests-t0ken-for-tests-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

@@ -16,7 +16,7 @@ from pgcourier.admin.context import AdminContext
 from pgcourier.errors import ConfigurationError
 from pgcourier.metrics import Metrics
 from pgcourier.settings import load_settings
-from tests.integration.helpers import Receiver, add_endpoint, statuses, wait_until
+from tests.integration.helpers import TOKEN, Receiver, add_endpoint, statuses, wait_until
 
 
 @dataclass
@@ -121,6 +121,6 @@ async def test_pending_gauges_count_work_not_yet_done(aiohttp_client: Any, pool,
 def test_admin_beyond_loopback_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="PGCOURIER_ADMIN_TOKEN"):
         load_settings(admin_host="0.0.0.0")
-    assert load_settings(admin_host="0.0.0.0", admin_token="s3cret").admin_port == 8787
+    assert load_settings(admin_host="0.0.0.0", admin_token=TOKEN).admin_port == 8787
     assert load_settings(admin_host="::1").admin_host == "::1"
     assert load_settings(admin_host="0.0.0.0", admin_enabled=False).admin_enabled is False

@@ -104,5 +104,25 @@ async def test_queries_and_ids_never_500(client, params, ident) -> None:
     for path in (f"/api/v1/events/{ident}", f"/api/v1/endpoints/{ident}"):
         await assert_clean(await client.get(path))
     await assert_clean(
-        await client.patch("/api/v1/endpoints/" + ident, data=json.dumps({"enabled": True}))
+        await client.patch(
+            "/api/v1/endpoints/" + ident,
+            data=json.dumps({"enabled": True}),
+            headers={"Content-Type": "application/json"},
+        )
     )
+
+
+header_values = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40
+) | st.sampled_from(["", "[", "[::1", "http://[::1", "null", "localhost:", "127.0.0.1:x"])
+
+
+@FUZZ
+@given(host=header_values, origin=header_values, content_type=header_values, auth=header_values)
+async def test_arbitrary_guard_headers_never_500(client, host, origin, content_type, auth) -> None:
+    # The headers the Host/Origin, content-type and token checks parse, with any value.
+    headers = {"Host": host, "Origin": origin, "Content-Type": content_type, "Authorization": auth}
+    response = await client.post("/api/v1/events", data=b"{}", headers=headers)
+    await assert_clean(response)
+    assert response.status != 201  # never a write: an empty event_type is refused
+    await assert_clean(await client.get("/metrics", headers=headers))

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,10 +24,12 @@ from tests.integration.test_cli import cli_env
 
 
 @asynccontextmanager
-async def pgcourier_process(command: str, dsn: str, **extra: str) -> AsyncIterator[str]:
+async def pgcourier_process(
+    command: str, dsn: str, *, token: str | None = TOKEN, **extra: str
+) -> AsyncIterator[str]:
     """Run ``pgcourier <command>`` with the admin server on a free port; yield its base URL.
     On exit: SIGTERM, and the process must exit 0."""
-    env = cli_env(dsn, PGCOURIER_ADMIN_TOKEN=TOKEN, **extra)
+    env = cli_env(dsn, **({"PGCOURIER_ADMIN_TOKEN": token} if token is not None else {}), **extra)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -62,8 +65,12 @@ async def _get(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> Any:
         return await response.json()
 
 
+# What the README's curl session sends: -H "$AUTH" -H "$JSON" -d '...'.
+JSON = {"Content-Type": "application/json"}
+
+
 async def _post(http: aiohttp.ClientSession, url: str, body: Any, status: int = 200) -> Any:
-    async with http.post(url, headers=AUTH, json=body) as response:
+    async with http.post(url, headers={**AUTH, **JSON}, data=json.dumps(body)) as response:
         assert response.status == status, await response.text()
         return await response.json()
 
@@ -152,6 +159,36 @@ async def test_admin_command_serves_the_api_without_a_relay(dsn: str) -> None:
         page = await _get(http, f"{base}/api/v1/events")
         # Nothing relays here: the event waits in the outbox for a relay.
         assert page["data"][0]["fanned_out_at"] is None
+        # curl -d without -H "$JSON" sends a form: refused, and nothing is written.
+        form = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+        body = json.dumps({"event_type": "a.b", "payload": {}})
+        async with http.post(f"{base}/api/v1/events", headers=form, data=body) as response:
+            assert response.status == 415
+        assert len((await _get(http, f"{base}/api/v1/events"))["data"]) == 1
+
+
+def test_the_readme_session_declares_its_json_bodies() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    session = readme.split("### An operator's session", 1)[1].split("\n## ", 1)[0]
+    assert 'export JSON="Content-Type: application/json"' in session
+    posts = [line for line in session.splitlines() if line.startswith("curl") and " -d " in line]
+    assert len(posts) == 4
+    assert all('-H "$JSON"' in line for line in posts), posts
+
+
+async def test_a_token_less_admin_serves_only_loopback_names(dsn: str) -> None:
+    async with pgcourier_process("admin", dsn, token=None) as base, aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/api/v1/endpoints") as response:
+            assert response.status == 200  # no token: open to this machine's own tools
+        rebound = {"Host": "evil.example:8787"}
+        async with http.get(f"{base}/api/v1/endpoints", headers=rebound) as response:
+            assert response.status == 403
+        foreign = {**JSON, "Origin": "https://evil.example"}
+        body = json.dumps({"url": "https://evil.example/all", "event_types": ["*"]})
+        async with http.post(f"{base}/api/v1/endpoints", headers=foreign, data=body) as response:
+            assert response.status == 403
+        async with http.get(f"{base}/api/v1/endpoints") as response:
+            assert (await response.json()) == {"data": []}
 
 
 @pytest.mark.parametrize("open_operations", [True, False])

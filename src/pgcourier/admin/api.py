@@ -6,7 +6,8 @@ Every body is validated by a pydantic model that forbids unknown fields; every f
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -15,9 +16,9 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from pgcourier import __version__, ops, patterns
+from pgcourier import __version__, db, ops, patterns
 from pgcourier.admin.context import CONTEXT
-from pgcourier.errors import InvalidInput
+from pgcourier.errors import DatabaseUnavailable, InvalidInput, PgCourierError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 MAX_ID = ops.MAX_ID
@@ -215,8 +216,22 @@ def _limit(request: web.Request) -> int:
     return limit
 
 
-def _conn(request: web.Request) -> Any:
-    return request.app[CONTEXT].pool.acquire()
+@contextlib.asynccontextmanager
+async def _conn(request: web.Request) -> AsyncIterator[Any]:
+    """A pooled connection. Not getting one (refused, wrong password, no such database) is the
+    database being unavailable: a 503, never a 500."""
+    pool = request.app[CONTEXT].pool
+    try:
+        with db.translate_errors():
+            conn = await pool.acquire()
+    except PgCourierError as exc:
+        if isinstance(exc, DatabaseUnavailable):
+            raise
+        raise DatabaseUnavailable(str(exc)) from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
 
 
 async def create_endpoint(request: web.Request) -> web.Response:

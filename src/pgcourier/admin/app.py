@@ -1,17 +1,22 @@
 """aiohttp app factory for the admin server.
 
 State lives under a typed ``web.AppKey``. Open routes: ``/health`` (the process answers),
-``/ready`` (database reachable, schema current, LISTEN connection up; 503 naming what is not)
-and ``/metrics`` (Prometheus text format from the app's own registry). ``/api/v1`` routes live in
-:mod:`pgcourier.admin.api` behind a bearer token.
+``/ready`` (database reachable, schema current, LISTEN connection up; 503 naming what is not),
+``/metrics`` (Prometheus text format from the app's own registry) and ``/openapi.json``.
+``/api/v1`` routes live in :mod:`pgcourier.admin.api` behind a bearer token.
+
+Defences, one middleware each: without a token, only this machine's own clients are served
+(Host and Origin must be loopback names); with one, the bearer token; always, bodies must be
+declared JSON, so that no HTML form or ``text/plain`` fetch from another site can write.
 """
 
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -20,6 +25,7 @@ from pgcourier import db
 from pgcourier.admin import api
 from pgcourier.admin.context import CONTEXT, AdminContext
 from pgcourier.errors import DatabaseUnavailable, InvalidInput, NotFound, PgCourierError
+from pgcourier.settings import is_loopback
 
 log = structlog.get_logger("pgcourier.admin")
 
@@ -57,7 +63,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
                 response.headers[name] = exc.headers[name]
         return response
     except DatabaseUnavailable as exc:
-        return error_response(503, "unavailable", f"database unavailable: {exc}")
+        # The driver's message names the database's host, port and user: for the log only.
+        log.warning("admin request: database unavailable", path=request.path, error=str(exc))
+        return error_response(503, "unavailable", "database unavailable")
     except PgCourierError as exc:
         log.error("admin request failed", path=request.path, error=str(exc))
         return error_response(500, "internal", "internal error")
@@ -66,7 +74,67 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal", "internal error")
 
 
-OPERATIONS = frozenset({"/health", "/ready", "/metrics"})
+OPERATIONS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
+
+
+def _loopback_authority(authority: str) -> bool:
+    """Whether a Host header (or an origin's host[:port]) names this machine's loopback."""
+    if authority.startswith("["):  # [::1] or [::1]:8787
+        name, bracket, port = authority[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return False
+        port = port[1:]
+    else:
+        name, _, port = authority.partition(":")
+    return (not port or port.isdigit()) and is_loopback(name)
+
+
+def _loopback_origin(origin: str) -> bool:
+    # "null" (sandboxed frames, file: pages) and anything with user info are foreign.
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and "@" not in parts.netloc
+        and parts.path == ""
+        and _loopback_authority(parts.netloc)
+    )
+
+
+@web.middleware
+async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Without a token, serve only this machine's own tools and pages.
+
+    The server then binds loopback, but a browser on this machine is a way in: a page can POST
+    to 127.0.0.1 (CSRF, seen in the Origin header) or rebind its own name to 127.0.0.1 and then
+    read and write as a same-origin page (DNS rebinding, seen in the Host header). With a token
+    neither works: a browser cannot add the Authorization header cross-site without a CORS
+    preflight, which this server never grants.
+
+    /health is left out: it only says "ok", changes nothing, and probes call it by any name.
+    """
+    if request.app[CONTEXT].has_token or request.path == "/health":
+        return await handler(request)
+    # Browsers always send Host; a request without one is a tool on this machine.
+    host = request.headers.get(hdrs.HOST)
+    if host is not None and not _loopback_authority(host):
+        return error_response(
+            403,
+            "forbidden",
+            "without PGCOURIER_ADMIN_TOKEN only localhost, 127.0.0.1 or [::1] may be used as Host",
+            "host",
+        )
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is not None and not _loopback_origin(origin):
+        return error_response(
+            403,
+            "forbidden",
+            "without PGCOURIER_ADMIN_TOKEN requests from other sites are refused",
+            "origin",
+        )
+    return await handler(request)
 
 
 @web.middleware
@@ -74,17 +142,45 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     """/api/v1 needs ``Authorization: Bearer <PGCOURIER_ADMIN_TOKEN>`` when a token is set (and
     so do the operations routes when they are not configured open)."""
     ctx = request.app[CONTEXT]
-    token = ctx.token
     guarded = request.path.startswith("/api/") or (
         not ctx.open_operations and request.path in OPERATIONS
     )
-    if token is not None and guarded:
-        offered = request.headers.get("Authorization", "")
+    if ctx.token is not None and guarded:
+        offered = request.headers.get(hdrs.AUTHORIZATION, "")
         scheme, _, value = offered.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), token.encode()
+        value = value.strip()
+        # aiohttp hands bytes that are not UTF-8 over as surrogate escapes, which cannot be
+        # encoded; the token is ASCII (see the settings), so anything else is simply wrong.
+        if (
+            scheme.lower() != "bearer"
+            or not value.isascii()
+            or not hmac.compare_digest(value, ctx.token)
         ):
             return error_response(401, "unauthorized", "missing or wrong bearer token")
+    return await handler(request)
+
+
+BODY_METHODS = frozenset({"POST", "PATCH", "PUT"})
+
+
+@web.middleware
+async def json_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body must say it is JSON (UTF-8), token or not.
+
+    The body would parse as JSON whatever its declared type, and a page on another site can
+    send text/plain or a form without a CORS preflight: requiring application/json means any
+    cross-site write needs a preflight, which this server never grants. Requests without a
+    body (e.g. a replay with the defaults) need no content type.
+    """
+    if request.method in BODY_METHODS and request.body_exists:
+        charset = (request.charset or "utf-8").lower()
+        if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
+            return error_response(
+                415,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+                "content-type",
+            )
     return await handler(request)
 
 
@@ -104,7 +200,10 @@ async def ready(request: web.Request) -> web.Response:
                 f"schema at version {version}, needs {db.LATEST_VERSION}: run pgcourier migrate"
             )
     except PgCourierError as exc:
-        reasons.append(f"database unreachable: {exc}")
+        # A probe's answer may be seen by more people than the log: the driver's message
+        # (host, port, user) goes to the log only.
+        log.warning("readiness: database unreachable", error=str(exc))
+        reasons.append("database unreachable")
     if ctx.listener is not None and not ctx.listener.connected:
         reasons.append("LISTEN connection down (reconnecting)")
     if reasons:
@@ -137,7 +236,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 def create_app(context: AdminContext) -> web.Application:
     """The admin application, ready for ``web.AppRunner`` or ``aiohttp_client``."""
-    app = web.Application(client_max_size=context.max_body, middlewares=[json_errors, bearer_auth])
+    app = web.Application(
+        client_max_size=context.max_body,
+        middlewares=[json_errors, loopback_only, bearer_auth, json_bodies],
+    )
     app[CONTEXT] = context
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

@@ -9,6 +9,7 @@ import asyncpg
 from aiohttp import web
 
 from pgcourier.metrics import Metrics
+from pgcourier.settings import admin_token_problem
 
 
 class ListenerState(Protocol):
@@ -21,7 +22,8 @@ class ListenerState(Protocol):
 @dataclass(frozen=True)
 class AdminContext:
     """The pool, the metrics, the listener, and the bearer token guarding /api/v1 (None: the
-    server only binds loopback and the API is open to local callers)."""
+    server only binds loopback, the API is open to local callers, and requests from other
+    sites or under other host names are refused)."""
 
     pool: asyncpg.Pool
     metrics: Metrics
@@ -29,8 +31,20 @@ class AdminContext:
     token: str | None = None
     # Largest request body accepted (413 beyond): room for the largest payload allowed.
     max_body: int = 1024 * 1024
-    # False: /health, /ready and /metrics need the token too.
+    # False: /health, /ready, /metrics and /openapi.json need the token too.
     open_operations: bool = True
+
+    def __post_init__(self) -> None:
+        # The settings already refuse such tokens; checking here too means no other way of
+        # building the app can make an empty token mean "no authentication".
+        problem = None if self.token is None else admin_token_problem(self.token)
+        if problem:
+            raise ValueError(f"PGCOURIER_ADMIN_TOKEN {problem}")
+
+    @property
+    def has_token(self) -> bool:
+        """Whether requests must carry the bearer token (the one test for it)."""
+        return self.token is not None
 
 
 CONTEXT = web.AppKey("context", AdminContext)
