@@ -359,7 +359,9 @@ async def test_bulk_replay_refuses_ids_with_filters(api) -> None:
 
 async def test_oversized_bodies_get_a_json_413(api) -> None:
     response = await api.post(
-        "/api/v1/events", headers=AUTH, data=io.BytesIO(b"{" + b" " * (2 * 1024 * 1024) + b"}")
+        "/api/v1/events",
+        headers={**AUTH, "Content-Type": "application/json"},
+        data=io.BytesIO(b"{" + b" " * (2 * 1024 * 1024) + b"}"),
     )
     assert response.status == 413
     assert (await response.json())["error"]["code"] == "request_entity_too_large"
