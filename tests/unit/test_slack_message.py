@@ -66,7 +66,7 @@ def test_templates_substitute_fields_and_render_missing_ones_empty() -> None:
 
 
 def test_long_text_is_cut_to_slack_limits() -> None:
-    huge = {"title": "t" * 1000, "description": "d" * 10_000}
+    huge: dict[str, Any] = {"title": "t" * 1000, "description": "d" * 10_000}
     huge.update({f"k{i}": i for i in range(35)})
     message = build_message({**EVENT, "data": huge})
     header = message["blocks"][0]["text"]["text"]
