@@ -49,6 +49,12 @@ _quiet = logging.getLogger("pgcourier.slack_sdk")
 _quiet.setLevel(logging.WARNING)
 
 
+def _storable(text: str) -> str:
+    """``text`` without NUL, which a Postgres text column refuses (the attempt would not be
+    recorded at all)."""
+    return text.replace("\x00", "\ufffd")
+
+
 class SlackTransport:
     """Posts jobs of Slack endpoints; one ``AsyncWebClient`` per token, on the relay's session."""
 
@@ -120,8 +126,10 @@ class SlackTransport:
                 started_at=started_at,
                 duration=time.perf_counter() - t0,
                 status=status,
-                error=f"slack: {error}",
-                response_body=(json.dumps(data) if data else str(exc.response.data))[:4096],
+                error=_storable(f"slack: {error}"),
+                response_body=_storable(
+                    (json.dumps(data) if data else str(exc.response.data))[:4096]
+                ),
                 retry_after=retry_after,
                 permanent=f"Slack said {error}" if error in PERMANENT_ERRORS else None,
             )
@@ -141,7 +149,7 @@ class SlackTransport:
             started_at=started_at,
             duration=time.perf_counter() - t0,
             status=response.status_code,
-            response_body=f"ok ts={response.get('ts')}",
+            response_body=_storable(f"ok ts={response.get('ts')}"),
         )
 
 

@@ -1,8 +1,4 @@
-"""Slack calls never go through a proxy from the environment (issue 15.8).
-
-slack-sdk reads HTTPS_PROXY/HTTP_PROXY itself, so without an explicit "no proxy" its calls
-would leave through the proxy while the SSRF guard only saw the proxy's address.
-"""
+"""The Slack transport against hostile surroundings: proxy variables, odd answers."""
 
 from __future__ import annotations
 
@@ -32,6 +28,8 @@ async def fake_slack(aiohttp_server: Any) -> FakeSlack:
 async def test_slack_ignores_proxy_variables(
     dsn: str, conn: asyncpg.Connection, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Issue 15.8: slack-sdk reads HTTPS_PROXY/HTTP_PROXY itself, so without an explicit "no
+    # proxy" its calls left through the proxy while the SSRF guard only saw the proxy's address.
     connections: list[bytes] = []
 
     async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -55,3 +53,18 @@ async def test_slack_ignores_proxy_variables(
     assert connections == []
     assert len(fake_slack.posts) == 1
     assert fake_slack.posts[0]["channel"] == "#ops"
+
+
+async def test_a_nul_in_slacks_answer_is_still_recorded(
+    dsn: str, conn: asyncpg.Connection, fake_slack: FakeSlack
+) -> None:
+    # Postgres text refuses NUL: kept as is, the attempt could not be written at all.
+    fake_slack.script = ["weird\x00error"]
+    await ops.create_endpoint(conn, kind="slack", slack_channel="#ops", event_types=["*"])
+    event_id = await ops.enqueue(conn, "request_submitted", REQUEST)
+    async with running(slack_settings(dsn, fake_slack), dsn):
+        await wait_until(lambda: len(fake_slack.posts) == 2)
+        await wait_until(lambda: ops.event_attempts(conn, str(event_id)))
+    attempts = await ops.event_attempts(conn, str(event_id))
+    assert attempts[0]["error"] == "slack: weird\ufffderror"
+    assert "\x00" not in attempts[0]["response_body"]
