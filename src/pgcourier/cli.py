@@ -2,6 +2,10 @@
 
 Results go to stdout (JSON where it is data); logs go to stderr. Every failure a user can cause
 ends with a non-zero exit and one readable line, never a traceback.
+
+Text output shows control characters escaped (``\\x1b``): response bodies and errors come from
+receivers, and raw escape sequences would reach the operator's terminal (clear it, retitle it,
+hide lines). JSON output is escaped by ``json.dumps`` already.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
@@ -50,11 +55,27 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def _print_json(value: Any) -> None:
+    # ensure_ascii (the default) writes every control character, C1 included, as \uXXXX.
     print(json.dumps(value, indent=2, default=str))
 
 
+# C0 (newline and tab too: one value, one line), DEL, C1 (0x9b is a one-byte CSI), and the
+# Unicode line separators and bidirectional overrides that make text read other than it is.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\u202e``)."""
+
+    def escaped(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROL.sub(escaped, text)
+
+
 def _cell(value: Any, width: int = 40) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = printable(value if isinstance(value, str) else json.dumps(value, default=str))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -81,7 +102,7 @@ def render_text(value: Any) -> str:
             lines.append(f"{key}:")
             lines += ["  " + line for line in _table(item).splitlines()]
         else:
-            lines.append(f"{key}: {_cell(item, width=10_000)}")
+            lines.append(f"{printable(str(key))}: {_cell(item, width=10_000)}")
     return "\n".join(lines)
 
 
@@ -354,6 +375,57 @@ def _seconds(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
 
 
+# -- secrets from files ------------------------------------------------------------------------
+# A secret given as an argument is visible to every user in `ps` and lands in shell history;
+# --secret-file / --slack-token-file read it from a file or, with "-", from stdin instead.
+_SECRET_FILES = (("secret_file", "secret"), ("slack_token_file", "slack_token"))
+_SECRET_FILE_LIMIT = 64 * 1024  # far above any secret; /dev/zero must not fill the memory
+
+
+def _add_secret_option(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
+    """``--NAME`` and ``--NAME-file PATH``, one or the other."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(f"--{name}", help=f"{help_text} (visible in ps: prefer --{name}-file)")
+    group.add_argument(
+        f"--{name}-file", metavar="PATH", help=f"read --{name} from PATH, or stdin with '-'"
+    )
+
+
+def _read_secret(path: str, option: str) -> str:
+    """The one-line secret in ``path`` ('-': stdin), without its trailing newline."""
+    try:
+        if path == "-":
+            if sys.stdin is None:
+                raise ValueError(f"{option}: there is no stdin to read")
+            raw = sys.stdin.buffer.read(_SECRET_FILE_LIMIT + 1)
+        else:
+            with open(path, "rb") as file:
+                raw = file.read(_SECRET_FILE_LIMIT + 1)
+    except OSError as exc:
+        raise ValueError(f"{option}: cannot read {path!r}: {exc.strerror or exc}") from exc
+    if len(raw) > _SECRET_FILE_LIMIT:
+        raise ValueError(f"{option}: {path!r} is longer than {_SECRET_FILE_LIMIT} bytes")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{option}: {path!r} is not UTF-8 text") from exc
+    # One trailing newline is the file's (echo, editors), not the secret's.
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip():
+        raise ValueError(f"{option}: {path!r} is empty")
+    return text
+
+
+def read_secret_files(args: argparse.Namespace) -> None:
+    """Replace ``--secret-file``/``--slack-token-file`` by the values they name, in ``args``."""
+    given = [(f, d) for f, d in _SECRET_FILES if getattr(args, f, None) is not None]
+    if sum(getattr(args, f) == "-" for f, _ in given) > 1:
+        raise ValueError("only one option can read stdin ('-')")
+    for file_attr, dest in given:
+        option = "--" + file_attr.replace("_", "-")
+        setattr(args, dest, _read_secret(getattr(args, file_attr), option))
+
+
 def _add_dead_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", metavar="ID", help="only this endpoint's dead letters")
     p.add_argument("--type", help="only this event type")
@@ -404,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = endpoint.add_parser("add", help="register an endpoint; prints its secret once")
     add.add_argument("--url", help="the webhook's URL (not needed with --slack-channel)")
     add.add_argument("--slack-channel", help="post to this Slack channel instead, e.g. #requests")
-    add.add_argument("--slack-token", help="this endpoint's Slack bot token (default: the relay's)")
+    _add_secret_option(add, "slack-token", "this endpoint's Slack bot token (default: the relay's)")
     add.add_argument("--template", help="message text with {data.field} placeholders (Slack)")
     add.add_argument(
         "--event",
@@ -414,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="event type pattern, '*' matches any characters (repeatable)",
     )
     add.add_argument("--description", default="")
-    add.add_argument("--secret", help="a whsec_ secret to use instead of a generated one")
+    _add_secret_option(add, "secret", "a whsec_ secret to use instead of a generated one")
     add.add_argument("--timeout", type=float, help="request timeout in seconds (1-300)")
     add.add_argument("--header", type=_header, action="append", default=[], metavar="NAME:VALUE")
     add.add_argument("--disabled", action="store_true", help="register it disabled")
@@ -450,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-in-flight", type=int)
     up.add_argument("--rate-limit", type=_rate, help="requests per second, or 'none'")
     up.add_argument("--slack-channel")
-    up.add_argument("--slack-token")
+    _add_secret_option(up, "slack-token", "this endpoint's Slack bot token")
     up.add_argument("--template", help="'' clears it")
     state = up.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_true", default=None)
@@ -460,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate-secret", help="new secret, printed once; the old one signs too for --grace"
     )
     rot.add_argument("id")
-    rot.add_argument("--secret", help="a whsec_ secret to use instead of a generated one")
+    _add_secret_option(rot, "secret", "a whsec_ secret to use instead of a generated one")
     rot.add_argument(
         "--grace", type=_seconds, default=ops.DEFAULT_GRACE_SECONDS, help="e.g. 24h (default), 0"
     )
@@ -528,10 +600,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(exc: Exception) -> str:
+    """The one line a failure prints: whitespace folded, control characters escaped (messages
+    can quote a database's or a receiver's text)."""
+    return f"pgcourier: error: {printable(' '.join(str(exc).split()))}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pgcourier`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        read_secret_files(args)
+    except ValueError as exc:
+        parser.error(printable(str(exc)))
     try:
         settings = load_settings()
     except ConfigurationError as exc:
@@ -543,8 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args, settings)
         return code
     except PgCourierError as exc:
-        message = " ".join(str(exc).split())  # always one line
-        print(f"pgcourier: error: {message}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -30,7 +30,9 @@ Receivers call :func:`verify`::
     except WebhookVerificationError:
         return web.Response(status=400)
 
-Always verify the exact bytes received; never parse and re-serialise JSON first.
+Always verify the exact bytes received; never parse and re-serialise JSON first. Header values
+pgcourier reads must be ASCII (timestamps plain digits): anything else is a
+:class:`WebhookVerificationError`, never another exception.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets as _secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -47,6 +50,7 @@ from dataclasses import dataclass
 SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE = 300
 SCHEMES = ("standard", "github", "timestamped-hex", "stripe-style")
+_DIGITS = re.compile(r"[0-9]{1,15}")
 
 
 class WebhookVerificationError(Exception):
@@ -144,7 +148,14 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     values = [value for key, value in headers.items() if key.lower() == name]
     if not values:
         raise WebhookVerificationError(f"missing header {name}")
-    return ", ".join(values)
+    joined = ", ".join(values)
+    # pgcourier only ever sends ASCII here. Anything else is forged or mangled, and would
+    # otherwise escape as TypeError (hmac.compare_digest refuses non-ASCII str) or
+    # UnicodeEncodeError (aiohttp hands undecodable bytes over as lone surrogates): a 500 in
+    # the receiver instead of a rejection.
+    if not joined.isascii():
+        raise WebhookVerificationError(f"header {name} holds non-ASCII characters")
+    return joined
 
 
 def _list(value: str) -> list[str]:
@@ -200,10 +211,10 @@ def _verify_stripe_style(
 
 
 def _check_timestamp(raw: str, tolerance: int, now: float | None) -> int:
-    try:
-        ts = int(raw)
-    except ValueError as exc:
-        raise WebhookVerificationError("timestamp is not an integer") from exc
+    # Digits only: int() would also take " 17", "+17" and "1_7", none of which pgcourier sends.
+    if not _DIGITS.fullmatch(raw):
+        raise WebhookVerificationError("timestamp is not an integer")
+    ts = int(raw)
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance:
         raise WebhookVerificationError("timestamp is outside the tolerance window")

@@ -12,6 +12,10 @@ and metrics); only the transport differs. How Slack's answers map onto the deliv
 
 Tokens are never logged: slack-sdk's own logger (which prints request headers at debug level)
 is given a logger that only passes warnings and above.
+
+No proxy, whatever the environment says: slack-sdk reads ``HTTPS_PROXY``/``HTTP_PROXY`` itself
+(not through the session), and the SSRF guard would then only see the proxy's address. Slack
+calls connect directly, like webhooks.
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ _quiet = logging.getLogger("pgcourier.slack_sdk")
 _quiet.setLevel(logging.WARNING)
 
 
+def _storable(text: str) -> str:
+    """``text`` without NUL, which a Postgres text column refuses (the attempt would not be
+    recorded at all)."""
+    return text.replace("\x00", "\ufffd")
+
+
 class SlackTransport:
     """Posts jobs of Slack endpoints; one ``AsyncWebClient`` per token, on the relay's session."""
 
@@ -73,6 +83,10 @@ class SlackTransport:
                 logger=_quiet,
                 retry_handlers=[],  # pgcourier's own schedule decides, not the SDK
             )
+            # The constructor takes a proxy from HTTPS_PROXY/HTTP_PROXY when none is given (an
+            # empty string counts as none), so the only way to say "no proxy" is afterwards;
+            # each request passes client.proxy to aiohttp, where None means a direct connection.
+            client.proxy = None
             self._clients[token] = client
         return client
 
@@ -87,7 +101,16 @@ class SlackTransport:
                 error="slack: no bot token (set PGCOURIER_SLACK_BOT_TOKEN or the endpoint's)",
                 permanent="no Slack bot token",
             )
-        message = build_message(json.loads(job.body()), job.template)
+        try:
+            message = build_message(json.loads(job.body()), job.template)
+        except RecursionError:
+            # Stored before enqueue capped the nesting depth. Not `permanent`: that would
+            # disable the endpoint for one event; the schedule ends it in the dead letters.
+            return AttemptResult(
+                started_at=started_at,
+                duration=time.perf_counter() - t0,
+                error="slack: the event's payload is nested too deeply to build a message from",
+            )
         try:
             response = await self._client(token).chat_postMessage(
                 channel=job.slack_channel or "", **message
@@ -103,8 +126,10 @@ class SlackTransport:
                 started_at=started_at,
                 duration=time.perf_counter() - t0,
                 status=status,
-                error=f"slack: {error}",
-                response_body=(json.dumps(data) if data else str(exc.response.data))[:4096],
+                error=_storable(f"slack: {error}"),
+                response_body=_storable(
+                    (json.dumps(data) if data else str(exc.response.data))[:4096]
+                ),
                 retry_after=retry_after,
                 permanent=f"Slack said {error}" if error in PERMANENT_ERRORS else None,
             )
@@ -124,7 +149,7 @@ class SlackTransport:
             started_at=started_at,
             duration=time.perf_counter() - t0,
             status=response.status_code,
-            response_body=f"ok ts={response.get('ts')}",
+            response_body=_storable(f"ok ts={response.get('ts')}"),
         )
 
 

@@ -6,8 +6,16 @@ types get a compact generic layout. An endpoint may instead set a template: plai
 ``{data.title}``, ``{type}``, ``{id}`` and ``{timestamp}`` are replaced by the event's values.
 Templates are substitution only, never code; a missing field renders as nothing.
 
+Every value taken from the event (payload values and keys, the type, the id, and template
+substitutions) has ``&``, ``<`` and ``>`` escaped as ``&amp;``, ``&lt;`` and ``&gt;``, Slack's
+rule for mrkdwn text: request text is written by end users, and ``<!channel>`` would ping
+everyone and ``<https://evil.example|Approve>`` show a disguised link. A template's own text is
+the operator's and stays as written. The header is ``plain_text``, which Slack does not parse
+for mentions or links, so it is left as is (escaping it would show ``&lt;`` literally).
+
 Text is cut to Slack's limits (header 150 characters, a section 3000, a field 2000, 50 blocks,
-10 fields per section, a message 40000), ending in an ellipsis.
+10 fields per section, a message 40000), ending in an ellipsis; limits count the escaped text,
+and a cut never splits an entity.
 """
 
 from __future__ import annotations
@@ -28,11 +36,32 @@ _TITLE_KEYS = ("title", "subject", "summary", "name")
 _REQUESTER_KEYS = ("requester", "requested_by", "user", "submitted_by", "author")
 _DESCRIPTION_KEYS = ("description", "details", "body", "reason")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
+_ENTITY = re.compile(r"&(?:amp|lt|gt);")
+
+
+def escape(text: str) -> str:
+    """``text`` safe inside mrkdwn: Slack's three control characters as entities."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def truncate(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, the last one an ellipsis when anything was cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` cut to ``limit`` characters, the last one an ellipsis when anything was cut.
+
+    A cut that would fall inside ``&amp;``, ``&lt;`` or ``&gt;`` moves before it: half an
+    entity would show as stray text.
+    """
+    if len(text) <= limit:
+        return text
+    cut = limit - 1
+    for match in _ENTITY.finditer(text, max(0, cut - 4), cut + 4):
+        if match.start() < cut < match.end():
+            cut = match.start()
+    return text[:cut] + "…"
+
+
+def _mrkdwn(value: Any) -> str:
+    """A value from the event, as text for a mrkdwn field (escaped)."""
+    return escape(_plain(value))
 
 
 def _plain(value: Any) -> str:
@@ -55,7 +84,8 @@ def _label(key: str) -> str:
 
 
 def render_template(template: str, event: dict[str, Any]) -> str:
-    """Replace each ``{path}`` (``data.title``, ``type``...) with the event's value there."""
+    """Replace each ``{path}`` (``data.title``, ``type``...) with the event's value there,
+    escaped for mrkdwn; the template's own text is left as written."""
 
     def value(match: re.Match[str]) -> str:
         current: Any = event
@@ -63,7 +93,7 @@ def render_template(template: str, event: dict[str, Any]) -> str:
             if not isinstance(current, dict) or part not in current:
                 return ""
             current = current[part]
-        return _plain(current)
+        return _mrkdwn(current)
 
     return _PLACEHOLDER.sub(value, template)
 
@@ -73,7 +103,7 @@ def _fields(data: dict[str, Any], skip: set[str]) -> list[dict[str, Any]]:
     for key, val in data.items():
         if key in skip or val in (None, "") or isinstance(val, dict | list):
             continue
-        text = f"*{_label(key)}*\n{_plain(val)}"
+        text = f"*{escape(_label(key))}*\n{_mrkdwn(val)}"
         fields.append({"type": "mrkdwn", "text": truncate(text, FIELD_LIMIT)})
     return fields
 
@@ -98,14 +128,17 @@ def build_message(event: dict[str, Any], template: str | None = None) -> dict[st
     context = {
         "type": "context",
         "elements": [
-            {"type": "mrkdwn", "text": truncate(f"`{event_type}` · {event.get('id')}", 300)}
+            {
+                "type": "mrkdwn",
+                "text": truncate(f"`{escape(event_type)}` · {_mrkdwn(event.get('id'))}", 300),
+            }
         ],
     }
     if template is not None:
         text = truncate(render_template(template, event), SECTION_LIMIT)
         simple = [{"type": "section", "text": {"type": "mrkdwn", "text": text or " "}}, context]
         return {
-            "text": truncate(text or event_type, TEXT_LIMIT),
+            "text": truncate(text or escape(event_type), TEXT_LIMIT),
             "blocks": simple,
             "metadata": metadata,
         }
@@ -125,7 +158,7 @@ def build_message(event: dict[str, Any], template: str | None = None) -> dict[st
             fields.append(
                 {
                     "type": "mrkdwn",
-                    "text": truncate(f"*Requester*\n{_plain(requester)}", FIELD_LIMIT),
+                    "text": truncate(f"*Requester*\n{_mrkdwn(requester)}", FIELD_LIMIT),
                 }
             )
         skip = {k for k in (title_key, requester_key, description_key) if k}
@@ -138,27 +171,31 @@ def build_message(event: dict[str, Any], template: str | None = None) -> dict[st
                     "type": "section",
                     "text": {
                         "type": "mrkdwn",
-                        "text": truncate(_plain(description), SECTION_LIMIT),
+                        "text": truncate(_mrkdwn(description), SECTION_LIMIT),
                     },
                 }
             )
         blocks.append(context)
-        fallback = f"New request: {heading}"
+        # The top-level text is mrkdwn too (notifications and clients without blocks).
+        fallback = f"New request: {escape(heading)}"
         if requester is not None:
-            fallback += f" (from {_plain(requester)})"
+            fallback += f" (from {_mrkdwn(requester)})"
         return {"text": truncate(fallback, TEXT_LIMIT), "blocks": blocks, "metadata": metadata}
     # Generic: the type as a heading line, the short values as fields.
     generic: list[dict[str, Any]] = [
         {
             "type": "section",
-            "text": {"type": "mrkdwn", "text": truncate(f"*{event_type}*", SECTION_LIMIT)},
+            "text": {
+                "type": "mrkdwn",
+                "text": truncate(f"*{escape(event_type)}*", SECTION_LIMIT),
+            },
         }
     ]
     for group in _chunks(_fields(data, set()), FIELDS_PER_SECTION)[:10]:
         generic.append({"type": "section", "fields": group})
     generic.append(context)
     return {
-        "text": truncate(f"{event_type} event", TEXT_LIMIT),
+        "text": truncate(f"{escape(event_type)} event", TEXT_LIMIT),
         "blocks": generic,
         "metadata": metadata,
     }

@@ -38,12 +38,16 @@ def headers(msg_id: str, ts: int, signature: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("secret", "msg_id", "ts", "body", "expected"), VECTORS)
-def test_sign_reproduces_the_vectors(secret, msg_id, ts, body, expected) -> None:
+def test_sign_reproduces_the_vectors(
+    secret: str, msg_id: str, ts: int, body: bytes, expected: str
+) -> None:
     assert sign(secret, msg_id, ts, body) == expected
 
 
 @pytest.mark.parametrize(("secret", "msg_id", "ts", "body", "expected"), VECTORS)
-def test_verify_accepts_the_vectors(secret, msg_id, ts, body, expected) -> None:
+def test_verify_accepts_the_vectors(
+    secret: str, msg_id: str, ts: int, body: bytes, expected: str
+) -> None:
     verify("standard", headers(msg_id, ts, expected), body, secret, now=ts)
 
 

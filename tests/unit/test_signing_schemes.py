@@ -149,3 +149,76 @@ async def test_receiver_decorator(aiohttp_client: Any) -> None:
     assert response.status == 401
     assert "signature rejected" in (await response.json())["error"]
     assert seen == [BODY]
+
+
+# Forged or mangled headers: non-ASCII text, and undecodable bytes (aiohttp hands those over as
+# lone surrogates). hmac.compare_digest raises TypeError on non-ASCII str, and encoding a
+# surrogate raises UnicodeEncodeError: both must be a verification error, never a crash.
+_STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+_GOOD = {
+    scheme: sign_headers(scheme, [_STANDARD_SECRET], "evt_1", "a.b", BODY, timestamp=TS)
+    for scheme in SCHEMES
+}
+_SIGNATURE_HEADER = {
+    "standard": "webhook-signature",
+    "github": "x-hub-signature-256",
+    "timestamped-hex": "x-webhook-signature",
+    "stripe-style": "x-webhook-signature",
+}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("junk", ["é", "\udcff", "\uff46"])  # \uff46: a full-width f
+def test_non_ascii_signature_headers_are_rejected_not_crashed(scheme: str, junk: str) -> None:
+    headers = dict(_GOOD[scheme])
+    name = _SIGNATURE_HEADER[scheme]
+    headers[name] = headers[name][:-1] + junk  # same length, one foreign character
+    with pytest.raises(WebhookVerificationError, match="non-ASCII"):
+        verify(scheme, headers, BODY, _STANDARD_SECRET, now=TS)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "name"),
+    [
+        ("standard", "webhook-id"),
+        ("standard", "webhook-timestamp"),
+        ("timestamped-hex", "x-webhook-timestamp"),
+    ],
+)
+def test_non_ascii_ids_and_timestamps_are_rejected(scheme: str, name: str) -> None:
+    headers = dict(_GOOD[scheme])
+    headers[name] += "\udcff"
+    with pytest.raises(WebhookVerificationError, match="non-ASCII"):
+        verify(scheme, headers, BODY, _STANDARD_SECRET, now=TS)
+
+
+@pytest.mark.parametrize("stamp", ["١٦١٤٢٦٥٣٣٠", f" {TS}", f"+{TS}", f"{TS:_}"])
+def test_timestamps_are_plain_ascii_digits(stamp: str) -> None:
+    # int() accepts all of these; a signature over a different spelling must not verify.
+    headers = {**_GOOD["timestamped-hex"], "x-webhook-timestamp": stamp}
+    with pytest.raises(WebhookVerificationError):
+        verify("timestamped-hex", headers, BODY, _STANDARD_SECRET, now=TS)
+    standard = {**_GOOD["standard"], "webhook-timestamp": stamp}
+    with pytest.raises(WebhookVerificationError):
+        verify("standard", standard, BODY, _STANDARD_SECRET, now=TS)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+async def test_receiver_answers_401_to_non_ascii_signatures(
+    scheme: str, aiohttp_client: Any
+) -> None:
+    @verified(scheme, secrets=[_STANDARD_SECRET])
+    async def hook(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    client = await aiohttp_client(app)
+    good = sign_headers(scheme, [_STANDARD_SECRET], "evt_1", "a.b", BODY)
+    assert (await client.post("/hook", data=BODY, headers=good)).status == 204
+    name = _SIGNATURE_HEADER[scheme]
+    # Raw UTF-8 bytes on the wire, as a hostile sender would put them.
+    forged = {**good, name: (good[name][:-1] + "é").encode().decode("latin-1")}
+    response = await client.post("/hook", data=BODY, headers=forged)
+    assert response.status == 401
+    assert "non-ASCII" in (await response.json())["error"]

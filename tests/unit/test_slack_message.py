@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import pytest
+
 from pgcourier.slack_message import (
+    FIELD_LIMIT,
     FIELDS_PER_SECTION,
     HEADER_LIMIT,
     SECTION_LIMIT,
     build_message,
+    escape,
     render_template,
     truncate,
 )
@@ -59,7 +66,7 @@ def test_templates_substitute_fields_and_render_missing_ones_empty() -> None:
 
 
 def test_long_text_is_cut_to_slack_limits() -> None:
-    huge = {"title": "t" * 1000, "description": "d" * 10_000}
+    huge: dict[str, Any] = {"title": "t" * 1000, "description": "d" * 10_000}
     huge.update({f"k{i}": i for i in range(35)})
     message = build_message({**EVENT, "data": huge})
     header = message["blocks"][0]["text"]["text"]
@@ -76,3 +83,100 @@ def test_long_text_is_cut_to_slack_limits() -> None:
 def test_truncate() -> None:
     assert truncate("abc", 3) == "abc"
     assert truncate("abcd", 3) == "ab…"
+
+
+# Issue 15.5: end users write request text; Slack parses <...> and &...; in mrkdwn.
+PING = "<!channel>"
+LINK = "<https://evil.example|Approve>"
+HOSTILE = {
+    "title": f"{PING} urgent",
+    "requested_by": LINK,
+    "description": f"see {LINK} &amp; {PING}",
+    "<!here>": "&lt;b&gt;",
+}
+
+
+def _mrkdwn_texts(message: dict[str, Any]) -> list[str]:
+    """Every mrkdwn string in a message: the top-level text and each mrkdwn text object."""
+    texts = [message["text"]]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "mrkdwn":
+                texts.append(node["text"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(message["blocks"])
+    return texts
+
+
+def test_escape() -> None:
+    assert escape("a & b <c> &amp;") == "a &amp; b &lt;c&gt; &amp;amp;"
+
+
+def test_request_values_cannot_ping_or_link() -> None:
+    message = build_message({**EVENT, "data": HOSTILE})
+    texts = _mrkdwn_texts(message)
+    assert len(texts) >= 5
+    for text in texts:
+        assert "<" not in text
+        assert ">" not in text
+    header, fields, description, _context = message["blocks"]
+    # plain_text is not parsed by Slack: left as written, or users would read "&lt;".
+    assert header["text"] == {"type": "plain_text", "text": "<!channel> urgent"}
+    assert [f["text"] for f in fields["fields"]] == [
+        "*Requester*\n&lt;https://evil.example|Approve&gt;",
+        "*&lt;!here&gt;*\n&amp;lt;b&amp;gt;",
+    ]
+    assert description["text"]["text"] == (
+        "see &lt;https://evil.example|Approve&gt; &amp;amp; &lt;!channel&gt;"
+    )
+    assert message["text"] == (
+        "New request: &lt;!channel&gt; urgent (from &lt;https://evil.example|Approve&gt;)"
+    )
+
+
+def test_generic_layout_and_context_escape_type_id_keys_and_values() -> None:
+    event = {"id": "<!here>", "type": "a<b>&c", "data": {"k&": "<@U123>"}}
+    texts = _mrkdwn_texts(build_message(event))
+    assert all("<" not in t and ">" not in t for t in texts)
+    assert "*a&lt;b&gt;&amp;c*" in texts
+    assert "*K&amp;*\n&lt;@U123&gt;" in texts
+    assert "`a&lt;b&gt;&amp;c` · &lt;!here&gt;" in texts
+
+
+def test_templates_escape_substituted_values_only() -> None:
+    event = {**EVENT, "data": {"title": LINK, "nested": {"x": PING}}}
+    template = "<!here> {data.title} & {data.nested}"  # the operator's own mention stays
+    expected = "<!here> &lt;https://evil.example|Approve&gt; & " + escape(
+        json.dumps({"x": PING}, ensure_ascii=False)
+    )
+    assert render_template(template, event) == expected
+    message = build_message(event, template=template)
+    assert message["text"] == expected
+    assert message["blocks"][0]["text"]["text"] == expected
+
+
+@pytest.mark.parametrize("shift", range(6))
+def test_a_cut_never_splits_an_entity(shift: int) -> None:
+    # Put "&amp;" at every position around the cut point of a field.
+    text = "x" * (FIELD_LIMIT - 12 + shift) + "&" * 20
+    message = build_message({**EVENT, "type": "order.paid", "data": {"v": text}})
+    [field] = message["blocks"][1]["fields"]
+    cut = field["text"]
+    assert len(cut) <= FIELD_LIMIT
+    assert cut.endswith("…")
+    body = cut.removesuffix("…").split("\n", 1)[1]
+    # Only whole entities before the ellipsis.
+    assert body.lstrip("x").replace("&amp;", "") == ""
+    assert len(cut) >= FIELD_LIMIT - 4  # and no more was dropped than the entity
+
+
+def test_truncate_keeps_entities_whole() -> None:
+    assert truncate("ab&amp;cd", 5) == "ab…"
+    assert truncate("ab&lt;cd", 7) == "ab&lt;…"
+    assert truncate("abc&gt;", 4) == "abc…"
