@@ -33,7 +33,19 @@ async def enqueue(
 
 
 def event_record(row: asyncpg.Record) -> dict[str, Any]:
-    return {**plain(row), "payload": json.loads(row["payload"])}
+    """A row holding ``payload`` (JSON text) as JSON-ready values, the payload parsed.
+
+    Rows stored before migration 0005 capped nesting at 64 levels may be nested deeper than
+    Python's parser (or json.dumps in the adapters) can follow; such a payload is passed on as its
+    stored JSON text, a string, flagged with ``payload_as_text`` so that a client can tell it from
+    a payload that is a string, and every view of the event keeps working.
+    """
+    out = plain(row)
+    try:
+        out["payload"] = json.loads(row["payload"])
+    except RecursionError:
+        out["payload_as_text"] = True
+    return out
 
 
 async def list_events(
