@@ -1,4 +1,4 @@
--- 0005: payloads cannot be nested past what readers parse.
+-- 0005: payloads cannot be nested past what readers parse; producers need no more than enqueue.
 --
 -- * Nesting depth. A payload nested thousands of levels deep fits the size limit (3,000 levels is
 --   6 KB), but Python's json module and most other readers stop near 1,000 levels, so such an
@@ -6,9 +6,30 @@
 --   now refused past 64 levels of objects and arrays, the payload object itself being level 1.
 --   The check is a jsonpath walk that stops at level 64 (strict mode, so arrays are levels too and
 --   nothing is visited twice); measured at about half the cost of the size check beside it.
+--
+-- * Least privilege. courier.enqueue and the two outbox triggers run as their owner (the role that
+--   ran `pgcourier migrate`, i.e. the relay's), so a producer role needs only EXECUTE on enqueue,
+--   or INSERT on the outbox's four input columns, and can read nothing: not the endpoints' secrets
+--   and tokens, not other events. The README gives the role to create (role names are
+--   cluster-wide, so this migration creates none).
+--   The triggers are definers too, rather than the producer being granted what they touch
+--   (SELECT on courier.config, SELECT and UPDATE on courier.relays): a producer could otherwise
+--   flip relays' idle flags and read their hosts and pids. A definer's search_path is fixed to
+--   pg_catalog then pg_temp, as the Postgres manual advises, so no schema a caller controls can
+--   shadow an operator or function inside; every courier name inside is schema-qualified. (A
+--   definer with a SET clause costs about 1 microsecond more per call, measured: noise beside an
+--   INSERT.)
+--   EXECUTE on every courier function is taken from PUBLIC (Postgres grants it by default): a
+--   definer function open to every role with USAGE on the schema would let any such role add
+--   events, and a producer role should be able to call enqueue and nothing else. The owner keeps
+--   everything; a role other than the owner that called courier functions before this migration
+--   needs an explicit GRANT EXECUTE (a producer: the role in the README).
 
 CREATE OR REPLACE FUNCTION courier.outbox_validate() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     limit_bytes integer;
     size_bytes integer;
@@ -55,3 +76,13 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- The bodies of these two already name every object with its schema (see 0001); only who they
+-- run as and the search_path they run with change.
+ALTER FUNCTION courier.outbox_wake() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION courier.enqueue(text, jsonb, text, text)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA courier FROM PUBLIC;
+-- And on the functions later migrations create (when the same role runs them, as it should).
+ALTER DEFAULT PRIVILEGES IN SCHEMA courier REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
