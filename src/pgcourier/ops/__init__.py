@@ -7,6 +7,7 @@ sizes and cursors), and one module per resource (:mod:`.endpoints`, :mod:`.event
 
 from pgcourier.ops.dead_letters import DeadFilter, discard_dead, get_dead, list_dead, replay_dead
 from pgcourier.ops.endpoints import (
+    HEADER_MASK,
     UPDATABLE,
     create_endpoint,
     delete_endpoint,
@@ -53,6 +54,7 @@ from pgcourier.ops.validation import (
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
+    "HEADER_MASK",
     "HEADER_NAME",
     "KINDS",
     "MAX_GRACE_SECONDS",

@@ -29,16 +29,42 @@ from pgcourier.ops.validation import (
 )
 from pgcourier.signing import generate_secret
 
+# What every custom header value reads as once stored: receivers' credentials go in headers, so
+# they are shown like secrets, only in the response to the request that set them. One fixed
+# mask for every value, so that not even a value's length shows.
+HEADER_MASK = "********"
 
-def _endpoint(row: asyncpg.Record) -> dict[str, Any]:
-    return {**plain(row), "headers": json.loads(row["headers"])}
+
+def _endpoint(row: asyncpg.Record, *, reveal: bool = False) -> dict[str, Any]:
+    headers: dict[str, str] = json.loads(row["headers"])
+    if not reveal:
+        headers = dict.fromkeys(headers, HEADER_MASK)
+    return {**plain(row), "headers": headers}
 
 
-async def _read_endpoint(conn: asyncpg.Connection, eid: UUID) -> dict[str, Any]:
+async def _read_endpoint(
+    conn: asyncpg.Connection, eid: UUID, *, reveal: bool = False
+) -> dict[str, Any]:
     row = await conn.fetchrow(QUERIES["get_endpoint"], eid)
     if row is None:
         raise NotFound(f"no endpoint {eid}")
-    return _endpoint(row)
+    return _endpoint(row, reveal=reveal)
+
+
+def _unmask(sent: dict[str, str], stored: dict[str, str]) -> dict[str, str]:
+    """Headers as sent in a change, where a value equal to the mask keeps the stored value: a
+    client may send back what it read (GET, edit one field, PATCH) without erasing them."""
+    kept = dict(sent)
+    for name, value in sent.items():
+        if value == HEADER_MASK:
+            if name not in stored:
+                raise InvalidInput(
+                    f"header {name!r} has the mask {HEADER_MASK!r} as its value but no stored "
+                    "value to keep; send its value",
+                    field="headers",
+                )
+            kept[name] = stored[name]
+    return kept
 
 
 async def manage_default_slack(
@@ -87,7 +113,7 @@ async def create_endpoint(
     validate_scheme(signature_scheme)
     secret = validate_secret(secret, signature_scheme)
     validate_timeout(timeout_seconds)
-    headers = validate_headers(headers or {})
+    headers = _unmask(validate_headers(headers or {}), {})
     statuses = validate_permanent_statuses(permanent_statuses or [])
     validate_limits(max_in_flight, rate_limit)
     with translate_errors():
@@ -111,7 +137,8 @@ async def create_endpoint(
                 template,
             )
             created = await _read_endpoint(conn, eid)
-    return {**created, "secret": secret}
+    # The caller sent these values: they are shown back this once, as the secret is.
+    return {**created, "headers": headers, "secret": secret}
 
 
 async def list_endpoints(conn: asyncpg.Connection) -> list[dict[str, Any]]:
@@ -166,8 +193,9 @@ async def update_endpoint(
         changes["event_types"] = validate_event_types(changes["event_types"])
     if "timeout_seconds" in changes:
         validate_timeout(changes["timeout_seconds"])
+    sent_headers: dict[str, str] | None = None
     if "headers" in changes:
-        validate_headers(changes["headers"] or {})
+        sent_headers = dict(validate_headers(changes["headers"] or {}))
     if "signature_scheme" in changes:
         validate_scheme(changes["signature_scheme"])
     if "permanent_statuses" in changes:
@@ -178,7 +206,9 @@ async def update_endpoint(
         async with conn.transaction():
             if await conn.fetchval(QUERIES["lock_endpoint"], eid) is None:
                 raise NotFound(f"no endpoint {endpoint_id}")
-            current = await _read_endpoint(conn, eid)
+            current = await _read_endpoint(conn, eid, reveal=True)
+            if "headers" in changes:
+                changes["headers"] = _unmask(changes["headers"] or {}, current["headers"])
             merged = {**current, **changes}
             validate_limits(merged["max_in_flight"], merged["rate_limit"])
             validate_slack(merged["kind"], merged["slack_channel"], token, merged["template"])
@@ -202,7 +232,10 @@ async def update_endpoint(
             )
             if merged["enabled"] and not current["enabled"]:
                 await conn.execute(QUERIES["wake_relays"])
-            return await _read_endpoint(conn, eid)
+            updated = await _read_endpoint(conn, eid)
+    if sent_headers is not None:  # what the caller sent is shown back (masks stay masks)
+        updated["headers"] = sent_headers
+    return updated
 
 
 async def set_endpoint_enabled(
