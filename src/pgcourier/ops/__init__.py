@@ -20,8 +20,15 @@ from pgcourier.ops.endpoints import (
     set_endpoint_enabled,
     update_endpoint,
 )
-from pgcourier.ops.events import enqueue, event_attempts, get_event, list_events
-from pgcourier.ops.paging import MAX_ID, MAX_PAGE, decode_cursor, encode_cursor
+from pgcourier.ops.events import enqueue, event_attempts, get_event, list_attempts, list_events
+from pgcourier.ops.paging import (
+    BATCH_SIZE,
+    MAX_ID,
+    MAX_PAGE,
+    PAGE_BYTES,
+    decode_cursor,
+    encode_cursor,
+)
 from pgcourier.ops.validation import (
     DEFAULT_GRACE_SECONDS,
     HEADER_NAME,
@@ -53,6 +60,7 @@ from pgcourier.ops.validation import (
 )
 
 __all__ = [
+    "BATCH_SIZE",
     "DEFAULT_GRACE_SECONDS",
     "HEADER_MASK",
     "HEADER_NAME",
@@ -61,6 +69,7 @@ __all__ = [
     "MAX_ID",
     "MAX_PAGE",
     "MAX_URL",
+    "PAGE_BYTES",
     "RAW_SECRET_PATTERN",
     "RESERVED_HEADERS",
     "RESERVED_HEADER_PREFIXES",
@@ -81,6 +90,7 @@ __all__ = [
     "get_dead",
     "get_endpoint",
     "get_event",
+    "list_attempts",
     "list_dead",
     "list_endpoints",
     "list_events",

@@ -13,7 +13,16 @@ import asyncpg
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.errors import InvalidInput, NotFound
 from pgcourier.ops.events import event_record
-from pgcourier.ops.paging import MAX_ID, check_limit, decode_dead_cursor, encode_cursor
+from pgcourier.ops.paging import (
+    BATCH_SIZE,
+    MAX_ID,
+    PAGE_BYTES,
+    batches,
+    check_limit,
+    decode_dead_cursor,
+    encode_cursor,
+    fetch_page,
+)
 from pgcourier.ops.validation import parse_uuid, plain, validate_event_type
 
 
@@ -44,18 +53,24 @@ async def list_dead(
     *,
     cursor: str | None = None,
     limit: int = 100,
+    max_bytes: int = PAGE_BYTES,
 ) -> dict[str, Any]:
-    """A page of dead letters, newest first, with the cursor of the next page (None at the end)."""
+    """A page of dead letters, newest first, with the cursor of the next page (None at the end);
+    the page ends early once its errors and URLs hold ``max_bytes``."""
     check_limit(limit)
     after = decode_dead_cursor(cursor) if cursor else (None, None)
     with translate_errors():
-        rows = await conn.fetch(
-            QUERIES["list_dead"], *(where or DeadFilter()).args(), *after, limit + 1
+        page, more = await fetch_page(
+            conn,
+            QUERIES["list_dead"],
+            *(where or DeadFilter()).args(),
+            *after,
+            limit + 1,
+            limit=limit,
+            max_bytes=max_bytes,
+            size=lambda row: len(row["last_error"] or "") + len(row["url"] or ""),
         )
-    page = rows[:limit]
-    following = (
-        encode_cursor(page[-1]["dead_at"], str(page[-1]["id"])) if len(rows) > limit else None
-    )
+    following = encode_cursor(page[-1]["dead_at"], str(page[-1]["id"])) if more else None
     return {"data": [plain(r) for r in page], "next_cursor": following}
 
 
@@ -87,21 +102,30 @@ async def discard_dead(conn: asyncpg.Connection, dead_id: str | int) -> int:
 
 
 async def replay_dead(
-    conn: asyncpg.Connection, ids: list[int] | None, where: DeadFilter | None = None
+    conn: asyncpg.Connection,
+    ids: list[int] | None,
+    where: DeadFilter | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
 ) -> list[int]:
     """Queue dead deliveries again: the given ids, or else every one matching ``where``
     (all when None); return the ids queued.
 
     The event keeps its id, so receivers see the same ``webhook-id`` and can deduplicate.
     Replaying a delivery that is no longer dead does nothing, so replaying twice queues once.
+    The deliveries are queued ``batch_size`` at a time, each batch its own statement and
+    transaction (a savepoint inside the caller's), so a replay of millions holds no lock on them
+    all at once; relays are woken after each batch and start on it while the next is queued.
     """
     with translate_errors():
-        async with conn.transaction():
-            if ids is None:
-                args = (where or DeadFilter()).args()
-                rows = await conn.fetch(QUERIES["replay_matching_dead"], *args)
-            else:
-                rows = await conn.fetch(QUERIES["replay_dead"], ids)
-            if rows:
-                await conn.execute(QUERIES["wake_relays"])
-    return [r["id"] for r in rows]
+        if ids is None:
+            args = (where or DeadFilter()).args()
+            ids = [r["id"] for r in await conn.fetch(QUERIES["matching_dead_ids"], *args)]
+        queued: list[int] = []
+        for batch in batches(ids, batch_size):
+            async with conn.transaction():
+                rows = await conn.fetch(QUERIES["replay_dead"], batch)
+                if rows:
+                    await conn.execute(QUERIES["wake_relays"])
+            queued.extend(r["id"] for r in rows)
+    return queued

@@ -11,6 +11,7 @@ import asyncpg
 
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.errors import InvalidInput, NotFound
+from pgcourier.ops.paging import BATCH_SIZE, batches
 from pgcourier.ops.validation import (
     DEFAULT_GRACE_SECONDS,
     MAX_GRACE_SECONDS,
@@ -314,14 +315,27 @@ async def endpoint_stats(
 
 
 async def recover_endpoint(
-    conn: asyncpg.Connection, endpoint_id: str, *, since: datetime
+    conn: asyncpg.Connection,
+    endpoint_id: str,
+    *,
+    since: datetime,
+    batch_size: int = BATCH_SIZE,
 ) -> list[int]:
     """Re-queue an endpoint's failed deliveries since ``since`` (dead ones and ones waiting for a
-    retry); return their ids. Their webhook-id stays the event id."""
+    retry); return their ids. Their webhook-id stays the event id.
+
+    As :func:`pgcourier.ops.replay_dead`: the ids are listed first, then changed ``batch_size``
+    at a time, each batch re-checked and committed on its own, the relays woken after each.
+    """
     await get_endpoint(conn, endpoint_id)
+    eid = UUID(endpoint_id)
     with translate_errors():
-        async with conn.transaction():
-            rows = await conn.fetch(QUERIES["recover_endpoint"], UUID(endpoint_id), since)
-            if rows:
-                await conn.execute(QUERIES["wake_relays"])
-    return [r["id"] for r in rows]
+        ids = [r["id"] for r in await conn.fetch(QUERIES["recoverable_deliveries"], eid, since)]
+        recovered: list[int] = []
+        for batch in batches(ids, batch_size):
+            async with conn.transaction():
+                rows = await conn.fetch(QUERIES["recover_deliveries"], batch, eid, since)
+                if rows:
+                    await conn.execute(QUERIES["wake_relays"])
+            recovered.extend(r["id"] for r in rows)
+    return recovered

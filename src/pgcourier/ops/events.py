@@ -11,7 +11,15 @@ import asyncpg
 
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.errors import InvalidInput, NotFound
-from pgcourier.ops.paging import check_limit, decode_cursor, encode_cursor
+from pgcourier.ops.paging import (
+    PAGE_BYTES,
+    check_limit,
+    decode_cursor,
+    decode_id_cursor,
+    encode_cursor,
+    encode_id_cursor,
+    fetch_page,
+)
 from pgcourier.ops.validation import parse_uuid, plain, validate_event_type
 
 
@@ -56,8 +64,12 @@ async def list_events(
     until: datetime | None = None,
     cursor: str | None = None,
     limit: int = 100,
+    max_bytes: int = PAGE_BYTES,
 ) -> dict[str, Any]:
-    """A page of events, newest first, with the cursor of the next page (None at the end)."""
+    """A page of events, newest first, with the cursor of the next page (None at the end).
+
+    The page ends early once its payloads hold ``max_bytes`` (see :data:`PAGE_BYTES`).
+    """
     check_limit(limit)
     if event_type is not None:
         validate_event_type(event_type, field="type")
@@ -65,13 +77,20 @@ async def list_events(
         raise InvalidInput("since must be earlier than until", field="since")
     after = decode_cursor(cursor) if cursor else (None, None)
     with translate_errors():
-        rows = await conn.fetch(
-            QUERIES["list_events"], event_type, since, until, after[0], after[1], limit + 1
+        page, more = await fetch_page(
+            conn,
+            QUERIES["list_events"],
+            event_type,
+            since,
+            until,
+            after[0],
+            after[1],
+            limit + 1,
+            limit=limit,
+            max_bytes=max_bytes,
+            size=lambda row: len(row["payload"]),
         )
-    page = rows[:limit]
-    following = (
-        encode_cursor(page[-1]["created_at"], str(page[-1]["id"])) if len(rows) > limit else None
-    )
+    following = encode_cursor(page[-1]["created_at"], str(page[-1]["id"])) if more else None
     return {"data": [event_record(r) for r in page], "next_cursor": following}
 
 
@@ -93,8 +112,45 @@ async def get_event(conn: asyncpg.Connection, event_id: str) -> dict[str, Any]:
 
 
 async def event_attempts(conn: asyncpg.Connection, event_id: str) -> list[dict[str, Any]]:
-    """Every attempt made for one event, oldest first (:class:`NotFound` if no such event)."""
+    """Every attempt made for one event, oldest first (:class:`NotFound` if no such event).
+
+    Unbounded (each attempt may hold a response body of up to 1 MiB): adapters should list
+    with :func:`list_attempts`, a page at a time.
+    """
     row = await _require_event(conn, event_id)
     with translate_errors():
-        rows = await conn.fetch(QUERIES["event_attempts"], row["id"])
+        rows = await conn.fetch(QUERIES["event_attempts"], row["id"], None, None)
     return [plain(r) for r in rows]
+
+
+def _attempt_size(row: asyncpg.Record) -> int:
+    return len(row["response_body"] or "") + len(row["error"] or "")
+
+
+async def list_attempts(
+    conn: asyncpg.Connection,
+    event_id: str,
+    *,
+    cursor: str | None = None,
+    limit: int = 100,
+    max_bytes: int = PAGE_BYTES,
+) -> dict[str, Any]:
+    """A page of the attempts made for one event, oldest first, with the cursor of the next
+    page (None at the end); the page ends early once its response bodies and errors hold
+    ``max_bytes``. :class:`NotFound` if no such event."""
+    check_limit(limit)
+    after = decode_id_cursor(cursor) if cursor else None
+    row = await _require_event(conn, event_id)
+    with translate_errors():
+        page, more = await fetch_page(
+            conn,
+            QUERIES["event_attempts"],
+            row["id"],
+            after,
+            limit + 1,
+            limit=limit,
+            max_bytes=max_bytes,
+            size=_attempt_size,
+        )
+    following = encode_id_cursor(page[-1]["id"]) if more else None
+    return {"data": [plain(r) for r in page], "next_cursor": following}
