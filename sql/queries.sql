@@ -236,16 +236,28 @@ WHERE a.endpoint_id = $1 AND a.outcome <> 'delivered'
 ORDER BY a.started_at DESC
 LIMIT 1;
 
--- recover_endpoint --
--- Re-queue endpoint $1's failed deliveries since $2: dead ones get a fresh retry schedule, ones
--- waiting for a retry become due now. Leased ones are in flight and left alone. Returns the ids.
-UPDATE courier.deliveries
-SET status = 'pending', next_attempt_at = now(), dead_at = NULL,
-    schedule_base = CASE WHEN status = 'dead' THEN attempts ELSE schedule_base END
+-- recoverable_deliveries --
+-- Endpoint $1's failed deliveries since $2: dead ones, and ones waiting for a retry (leased ones
+-- are in flight and left alone). Only their ids: recover_deliveries changes them in batches.
+SELECT id
+FROM courier.deliveries
 WHERE endpoint_id = $1
   AND ((status = 'dead' AND dead_at >= $2)
        OR (status = 'pending' AND lease_token IS NULL AND attempts > schedule_base
            AND last_attempt_at >= $2))
+ORDER BY id;
+
+-- recover_deliveries --
+-- Re-queue deliveries $1 of endpoint $2 that still match recoverable_deliveries (since $3): dead
+-- ones get a fresh retry schedule, ones waiting for a retry become due now. Rows that changed
+-- since they were listed (delivered, leased, already recovered) are left alone. Returns the ids.
+UPDATE courier.deliveries
+SET status = 'pending', next_attempt_at = now(), dead_at = NULL,
+    schedule_base = CASE WHEN status = 'dead' THEN attempts ELSE schedule_base END
+WHERE id = ANY($1::bigint[]) AND endpoint_id = $2
+  AND ((status = 'dead' AND dead_at >= $3)
+       OR (status = 'pending' AND lease_token IS NULL AND attempts > schedule_base
+           AND last_attempt_at >= $3))
 RETURNING id;
 
 -- list_dead --
@@ -290,19 +302,18 @@ SET status = 'pending', next_attempt_at = now(), schedule_base = attempts, dead_
 WHERE id = ANY($1::bigint[]) AND status = 'dead'
 RETURNING id;
 
--- replay_matching_dead --
--- Put every dead delivery matching the filters back in line (see replay_dead): endpoint $1,
--- event type $2, dead at or after $3 and before $4, each NULL for any.
-UPDATE courier.deliveries AS d
-SET status = 'pending', next_attempt_at = now(), schedule_base = d.attempts, dead_at = NULL,
-    lease_token = NULL
-FROM courier.outbox AS o
-WHERE d.status = 'dead' AND o.id = d.event_id
+-- matching_dead_ids --
+-- The ids of every dead delivery matching the filters: endpoint $1, event type $2, dead at or
+-- after $3 and before $4, each NULL for any. replay_dead then queues them in batches.
+SELECT d.id
+FROM courier.deliveries AS d
+JOIN courier.outbox AS o ON o.id = d.event_id
+WHERE d.status = 'dead'
   AND ($1::uuid IS NULL OR d.endpoint_id = $1)
   AND ($2::text IS NULL OR o.event_type = $2)
   AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
   AND ($4::timestamptz IS NULL OR d.dead_at < $4)
-RETURNING d.id;
+ORDER BY d.id;
 
 -- bootstrap_migrations --
 -- Run by the migrator under its advisory lock, before reading which migrations are applied.
@@ -364,8 +375,11 @@ WHERE d.event_id = $1
 ORDER BY d.id;
 
 -- event_attempts --
+-- Attempts made for event $1, oldest first, after attempt id $2 (NULL: from the first), $3 at
+-- most. Walks attempts_event.
 SELECT id, delivery_id, endpoint_id, attempt, started_at, duration_ms, status_code,
        response_body, error, outcome
 FROM courier.attempts
-WHERE event_id = $1
-ORDER BY id;
+WHERE event_id = $1 AND ($2::bigint IS NULL OR id > $2)
+ORDER BY id
+LIMIT $3;

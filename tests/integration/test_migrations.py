@@ -85,3 +85,23 @@ pattern_lists = st.lists(
 async def test_sql_and_python_pattern_matching_agree(conn, patterns, event_type) -> None:
     in_sql = await conn.fetchval("SELECT courier.event_type_matches($1, $2)", patterns, event_type)
     assert in_sql is matches(patterns, event_type)
+
+
+async def test_0005_upgrades_a_database_holding_deep_events(
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The depth cap applies to new rows only: events stored before it stay, and stay readable."""
+    deep = '{"a": ' * 100 + "1" + "}" * 100
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        with monkeypatch.context() as before:
+            before.setattr(db, "MIGRATIONS", db.MIGRATIONS[:4])
+            before.setattr(db, "LATEST_VERSION", 4)
+            assert await db.migrate(conn) == [1, 2, 3, 4]
+        old = await conn.fetchval("SELECT courier.enqueue('a.b', $1::jsonb)", deep)
+        assert await db.migrate(conn) == [5]
+        with pytest.raises(asyncpg.InvalidParameterValueError, match="deeper than 64 levels"):
+            await conn.execute("SELECT courier.enqueue('a.b', $1::jsonb)", deep)
+        assert await conn.fetchval("SELECT payload::text FROM courier.outbox WHERE id = $1", old)
+    finally:
+        await conn.close()
