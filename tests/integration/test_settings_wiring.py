@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import signal
 import socket
@@ -344,6 +345,15 @@ async def test_defaults_reach_the_relay(empty_dsn: str, site: Callable[[str], st
             async with http.get(f"{relay.base_url}/metrics") as response:
                 assert response.status == 200
                 return metric(await response.text(), "pgcourier_wakeups_total", source="notify")
+
+        # Request bodies up to 1 MiB, although twice the default payload limit is less.
+        body = json.dumps({"event_type": "pad.ded", "payload": {}}).encode()
+        async with http.post(
+            f"{relay.base_url}/api/v1/events",
+            data=io.BytesIO(body + b" " * (1024 * 1024 - len(body))),
+            headers=JSON_BODY,
+        ) as response:
+            assert response.status == 201, await response.text()
 
         await wait_until(idle)
         before = await notify_wakeups()
