@@ -192,6 +192,13 @@ def translate_errors() -> Iterator[None]:
         raise PgCourierError(f"database error {sqlstate}: {exc}") from exc
     except (OSError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(str(exc)) from exc
+    except asyncpg.InternalClientError as exc:
+        # asyncpg's own state machine refusing a connection that a server restart or a cancelled
+        # operation left half-way ("cannot switch to state 15; another operation is in
+        # progress", "release() called on a free connection holder"). It derives from plain
+        # Exception, so without this it escaped every handler and ended the relay. The pool
+        # replaces the connection; the caller retries like after any outage.
+        raise DatabaseUnavailable(f"connection in a broken state: {exc}") from exc
     except TimeoutError as exc:  # asyncpg's command_timeout, or a connect that never completes
         raise DatabaseUnavailable("the database did not answer in time") from exc
 

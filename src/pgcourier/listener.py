@@ -30,7 +30,10 @@ class Listener:
         *,
         keepalive_interval: float = 5.0,
         keepalive_timeout: float = 5.0,
-        max_backoff: float = 10.0,
+        # Short: after an outage the relay must hear NOTIFY again within seconds of the server
+        # accepting connections, not at the end of a long backoff (one attempt a second costs
+        # the server nothing).
+        max_backoff: float = 1.0,
     ) -> None:
         self._dsn = dsn
         self._on_notify = on_notify
@@ -60,7 +63,10 @@ class Listener:
                 log.info("listening", channel=NOTIFY_CHANNEL, reconnects=self.reconnects)
                 self._on_notify()
                 await self._keep_alive(conn, stop, lost)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
+                # Whatever the driver raises (OSError, PostgresError, InterfaceError, its
+                # InternalClientError after a restart...), the answer is the same: reconnect. An
+                # exception escaping here would end the relay process.
                 if not stop.is_set():
                     log.warning("listener connection lost", error=f"{type(exc).__name__}: {exc}")
             finally:
