@@ -66,7 +66,7 @@ async def test_demo_prints_only_pgcourier_output(tmp_path: Path) -> None:
     assert any(line["event"] == "relay started" for line in lines)
 
 
-async def _relay_backends(conn: asyncpg.Connection, database: str) -> list[int]:
+async def _backends(conn: asyncpg.Connection, database: str) -> list[int]:
     rows = await conn.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
         database,
@@ -74,14 +74,77 @@ async def _relay_backends(conn: asyncpg.Connection, database: str) -> list[int]:
     return [row["pid"] for row in rows]
 
 
-@pytest.mark.slow
-async def test_asyncpg_reconnect_failures_are_json(dsn: str, server_dsn: str) -> None:
-    """The issue's case: a server that drops the relay's connections and refuses new ones.
+async def cut_off(server_dsn: str, database: str, *, backends: int, seconds: float) -> None:
+    """Once ``backends`` sessions are on ``database``: end them and refuse new ones a while.
 
-    asyncpg then logs "Failed to restore the pool connection floor; retrying" with a traceback
-    from its pool's maintenance task. Whatever else the relay does meanwhile, every line it
-    writes must be JSON.
+    ALLOW_CONNECTIONS false refuses superusers too, unlike a connection limit.
     """
+    admin = await asyncpg.connect(server_dsn)
+    try:
+
+        async def connected() -> bool:
+            return len(await _backends(admin, database)) >= backends
+
+        await wait_until(connected, timeout=20)
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+            await asyncio.sleep(seconds)
+        finally:
+            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+    finally:
+        await admin.close()
+
+
+# A process logging as the CLI configures it, holding an asyncpg pool of two while it runs.
+POOL_HOLDER = """
+import asyncio, sys
+import asyncpg
+from pgcourier.logs import configure_logging
+
+async def main() -> None:
+    pool = await asyncpg.create_pool(sys.argv[1], min_size=2, max_size=2)
+    await asyncio.sleep(float(sys.argv[2]))
+    await pool.close()
+
+configure_logging("info", "auto")
+asyncio.run(main())
+"""
+
+
+async def test_asyncpg_pool_floor_retries_are_json(dsn: str, server_dsn: str) -> None:
+    """The issue's case: asyncpg's own "Failed to restore the pool connection floor; retrying",
+    logged with a traceback from its pool's maintenance task when the server refuses it."""
+    database = urlsplit(dsn).path.lstrip("/")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        POOL_HOLDER,
+        dsn,
+        "6",
+        env=user_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    # asyncpg retries after 1 s, then 2 s: 3.5 s gives two failures.
+    await cut_off(server_dsn, database, backends=2, seconds=3.5)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    floor = [line for line in json_lines(err.decode()) if line.get("logger") == "asyncpg.pool"]
+    assert floor, f"asyncpg logged nothing; stderr:\n{err.decode()}"
+    assert floor[0]["event"] == "Failed to restore the pool connection floor; retrying"
+    assert floor[0]["level"] == "warning"
+    assert "Traceback" in floor[0]["exception"]
+    assert "is not currently accepting connections" in floor[0]["exception"]
+
+
+@pytest.mark.slow
+async def test_a_relay_cut_off_from_its_database_logs_only_json(dsn: str, server_dsn: str) -> None:
+    """The real relay through the same outage: whatever it does (it retries, or until issue 10
+    item 4 is done it may crash), every line it writes is JSON and tracebacks stay inside."""
     database = urlsplit(dsn).path.lstrip("/")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -92,31 +155,14 @@ async def test_asyncpg_reconnect_failures_are_json(dsn: str, server_dsn: str) ->
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    admin = await asyncpg.connect(server_dsn)
     try:
-
-        async def relay_connected() -> bool:
-            return len(await _relay_backends(admin, database)) >= 2  # pool floor + LISTEN
-
-        await wait_until(relay_connected, timeout=20)
-        # Refuse new connections to this database (superusers too), then cut the relay's.
-        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = $1 AND pid <> pg_backend_pid()",
-            database,
-        )
-        # asyncpg retries after 1 s, then 2 s: give it time for a few lines.
-        await asyncio.sleep(4)
-        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+        await cut_off(server_dsn, database, backends=2, seconds=3.5)  # pool floor + LISTEN
     finally:
-        await admin.close()
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     lines = json_lines(err.decode())
-    floor = [line for line in lines if line.get("logger") == "asyncpg.pool"]
-    assert floor, f"asyncpg logged nothing; stderr:\n{err.decode()}"
-    assert floor[0]["event"] == "Failed to restore the pool connection floor; retrying"
-    assert floor[0]["level"] == "warning"
-    assert "Traceback" in floor[0]["exception"]
+    assert [line for line in lines if line["level"] in ("warning", "error", "critical")], (
+        f"the outage left no trace in the logs:\n{err.decode()}"
+    )
+    assert not any("Traceback" in line["event"] for line in lines)
