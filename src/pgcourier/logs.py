@@ -40,10 +40,14 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     global _handler
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    # format_exc_info renders exc_info as a plain string (no local variables: they may hold
-    # secrets), which the JSON renderer then escapes into the line.
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    # Tracebacks never show local variables: they may hold secrets (endpoint secrets, tokens).
+    # Off a terminal, format_exc_info renders exc_info as a plain string that the JSON renderer
+    # escapes into the line. On one, the console renderer formats it (it warns when it finds it
+    # pre-rendered), plainly: its default, rich's, prints every frame's locals.
+    final: list[structlog.typing.Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        if use_json
+        else [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -53,18 +57,14 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     # pgcourier's own lines stay on structlog's direct path (no stdlib logging in between): the
     # relay writes one line per delivery attempt, and this path is the cheap one.
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, *final],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)

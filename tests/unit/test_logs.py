@@ -147,3 +147,33 @@ def test_configuring_twice_does_not_print_library_lines_twice() -> None:
         """
     )
     assert [line["event"] for line in lines] == ["once"]
+
+
+def test_console_tracebacks_show_no_local_variables() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import logging
+                import structlog
+                from pgcourier.logs import configure_logging
+                configure_logging("info", "console")
+                def deliver(secret):
+                    raise ValueError("refused")
+                try:
+                    deliver("whsec_do_not_print")
+                except ValueError:
+                    logging.getLogger("aiohttp.client").warning("library", exc_info=True)
+                    structlog.get_logger().exception("own")
+                """
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.stderr.count("ValueError: refused") == 2, proc.stderr
+    assert "whsec_do_not_print" not in proc.stderr
