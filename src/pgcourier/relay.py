@@ -368,19 +368,12 @@ class Relay:
             # which grows the next backlog, until leases expire and everything is sent again.
             batch = self._pending[: self.MAX_WRITE_BATCH]
             del self._pending[: self.MAX_WRITE_BATCH]
-            written: list[Completion] = []
-            finished = await self._write(batch, written)
-            for c in written:
-                self._held.pop(c.job.delivery_id, None)
-                if isinstance(c.outcome, policy.Delivered):
-                    self.delivered += 1
-                elif isinstance(c.outcome, policy.Retry):
-                    self._arm_timer(c.outcome.after)
-            if not finished:
+            if not await self._write(batch):
                 # Stopping, past the deadline: their leases are handed back (or expire).
+                unwritten = sum(c.job.delivery_id in self._held for c in batch)
                 log.error(
                     "giving up on completions at shutdown; these deliveries will be sent again",
-                    n=len(batch) - len(written) + len(self._pending),
+                    n=unwritten + len(self._pending),
                 )
                 self._pending.clear()
                 return
@@ -389,11 +382,9 @@ class Relay:
             if self._held_back:
                 self._wake("completion")
 
-    async def _write(
-        self, batch: list[Completion], written: list[Completion], *, salvage: bool = True
-    ) -> bool:
-        """Record ``batch``, adding what was recorded to ``written``; False if a stop's deadline
-        passed first. Each store call is one transaction, so nothing is ever recorded twice."""
+    async def _write(self, batch: list[Completion], *, salvage: bool = True) -> bool:
+        """Record ``batch``; False if a stop's deadline passed first. Each store call is one
+        transaction, so nothing is ever recorded twice."""
         while True:
             try:
                 await self._store.complete(self.id, batch)
@@ -403,12 +394,10 @@ class Relay:
                 # record all it can, down to the one completion at fault.
                 if len(batch) > 1:
                     half = len(batch) // 2
-                    first = await self._write(batch[:half], written, salvage=salvage)
-                    return first and await self._write(batch[half:], written, salvage=salvage)
+                    first = await self._write(batch[:half], salvage=salvage)
+                    return first and await self._write(batch[half:], salvage=salvage)
                 if salvage:
-                    return await self._write(
-                        [self._unstorable(batch[0], exc)], written, salvage=False
-                    )
+                    return await self._write([self._unstorable(batch[0], exc)], salvage=False)
                 # Refused even without anything the receiver sent: a bug. Stop renewing its
                 # lease, so that the delivery is tried again when the lease runs out.
                 log.error(
@@ -426,8 +415,18 @@ class Relay:
                 if not await self._pause_before_retry():
                     return False
                 continue
-            written.extend(batch)
+            self._recorded(batch)
             return True
+
+    def _recorded(self, batch: Sequence[Completion]) -> None:
+        """Forget what was just recorded, at once: a claim may lease a retry again as soon as it
+        is committed, and one still in ``_held`` would be taken for a duplicate and skipped."""
+        for c in batch:
+            self._held.pop(c.job.delivery_id, None)
+            if isinstance(c.outcome, policy.Delivered):
+                self.delivered += 1
+            elif isinstance(c.outcome, policy.Retry):
+                self._arm_timer(c.outcome.after)
 
     def _unstorable(self, c: Completion, exc: InvalidInput) -> Completion:
         """The attempt recorded as a failure without what the database refused, following the

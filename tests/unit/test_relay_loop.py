@@ -350,6 +350,34 @@ async def test_a_batch_refused_for_its_content_is_split_and_the_rest_recorded() 
     assert relay.delivered == 9
 
 
+class SlowRetryingStore(PostgresLikeStore):
+    """Each write takes a while, and a retry is due again as soon as it is recorded."""
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        await asyncio.sleep(0.02)
+        await super().complete(relay_id, batch)
+        for c in batch:
+            if isinstance(c.outcome, Retry):
+                self.queue.append(dataclasses.replace(c.job, attempts=c.job.attempt))
+
+
+async def test_a_retry_claimed_while_its_batch_is_being_split_is_not_lost() -> None:
+    """Halving a refused batch takes several writes; a retry recorded by the first of them can
+    be claimed again before the last: the relay must not take it for one still in flight."""
+    bad = AttemptResult(
+        started_at=datetime.now(UTC), duration=0.001, status=500, response_body="bad\x00body"
+    )
+    store = SlowRetryingStore([make_job(i) for i in range(4)])
+    transport = ScriptedTransport({0: bad})
+    transport.results.update(
+        {i: dataclasses.replace(bad, response_body="nope") for i in range(1, 4)}
+    )
+    relay = Relay(store=store, transport=transport, config=CONFIG)
+    # Two attempts each: a retry, then dead (the schedule has one retry).
+    await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 8)
+    assert sorted(c.job.delivery_id for c in store.completed) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
 async def test_an_outcome_refused_even_without_its_response_is_let_go() -> None:
     """Nothing more can be taken out: its lease is left to run out (the delivery is then tried
     again), and everything else is still recorded."""
