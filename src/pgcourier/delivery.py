@@ -10,11 +10,13 @@ from typing import Protocol
 import aiohttp
 
 from pgcourier import __version__
-from pgcourier.model import AttemptResult, Job
+from pgcourier.model import ERROR_LIMIT, AttemptResult, Job, storable_text
 from pgcourier.netguard import AddressGuard, Network, RefusedAddress
 from pgcourier.signing import sign_headers
 
 USER_AGENT = f"pgcourier/{__version__}"
+#: The longest status line or header a receiver may send.
+MAX_HEADER_LINE = 8190
 
 
 class Transport(Protocol):
@@ -40,6 +42,11 @@ def new_session(
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"user-agent": USER_AGENT},
         trust_env=False,
+        # A receiver's response head is bounded (aiohttp's defaults, stated here because the
+        # relay depends on them): a 10 MB header fails at 8 KiB as a failed attempt, and since
+        # aiohttp 3.13.4 more than 128 header lines do too (max_headers).
+        max_line_size=MAX_HEADER_LINE,
+        max_field_size=MAX_HEADER_LINE,
     )
 
 
@@ -81,6 +88,11 @@ class WebhookTransport:
         timeout = self._timeout_for(job)
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
+        # Everything below the request line comes from the receiver and may be hostile: any
+        # text taken from it goes through storable_text (the database refuses NUL, and one
+        # refused batch of outcomes used to hold every endpoint's, issue 15), and aiohttp's
+        # limits bound what is read (8190-byte header lines, 128 headers, the request timeout).
+        status = None  # set once the response head arrived
         try:
             async with self._session.post(
                 job.url,
@@ -89,14 +101,13 @@ class WebhookTransport:
                 timeout=timeout,
                 allow_redirects=False,
             ) as response:
-                # Read at most the limit: a huge or endless body must not stall the relay. The
-                # connection is then closed instead of reused, which is the right price.
-                raw = await response.content.read(self._body_limit) if self._body_limit else b""
+                status = response.status
+                raw = await _read_at_most(response.content, self._body_limit)
                 return AttemptResult(
                     started_at=started_at,
                     duration=time.perf_counter() - t0,
-                    status=response.status,
-                    response_body=raw.decode("utf-8", errors="replace"),
+                    status=status,
+                    response_body=storable_text(raw, self._body_limit),
                     retry_after=response.headers.get("Retry-After"),
                 )
         except TimeoutError:
@@ -104,8 +115,38 @@ class WebhookTransport:
         except aiohttp.ClientConnectorError as exc:
             refused = exc.os_error if isinstance(exc.os_error, RefusedAddress) else None
             error = str(refused) if refused else f"{type(exc).__name__}: {exc}"
+        except aiohttp.ServerDisconnectedError:
+            # Its text is the repr of whatever part of the response had been parsed.
+            error = "connection closed by the receiver before the whole response arrived"
+        except aiohttp.ClientPayloadError as exc:  # e.g. the connection closed mid-body
+            error = f"invalid response body after HTTP {status}: {exc}"
+        except aiohttp.ClientResponseError as exc:
+            # Raised by the response parser (a garbage status line, a header over the limits):
+            # its "400" is aiohttp's own, not a status the receiver sent.
+            error = f"invalid HTTP response: {exc.message}"
         except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except (OSError, ValueError) as exc:  # e.g. an unresolvable or malformed URL
             error = f"{type(exc).__name__}: {exc}"
-        return AttemptResult(started_at=started_at, duration=time.perf_counter() - t0, error=error)
+        return AttemptResult(
+            started_at=started_at,
+            duration=time.perf_counter() - t0,
+            error=storable_text(error, ERROR_LIMIT, one_line=True),
+        )
+
+
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes when longer (a huge or endless body must not stall
+    the relay; the connection is then closed instead of reused, which is the right price).
+
+    One ``read(n)`` returns what has arrived so far, not n bytes: read until the limit or the
+    end, so that a body cut short by a closed connection raises ClientPayloadError instead of
+    passing for a complete response.
+    """
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)

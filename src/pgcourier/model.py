@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
 from pgcourier.policy import Outcome
+
+#: The longest error text kept for an attempt. Errors can quote what a receiver sent (aiohttp
+#: shows the start of a bad status line or header), and an error is read as one log line.
+ERROR_LIMIT = 1024
+
+# What a Postgres ``text`` value cannot hold (NUL), and what asyncpg cannot encode to UTF-8 (lone
+# surrogates: aiohttp decodes header bytes that are not UTF-8 with "surrogateescape").
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str | bytes, limit: int, *, one_line: bool = False) -> str:
+    """Receiver-controlled text made fit for the database and the log, whatever bytes it holds.
+
+    Bytes are decoded as UTF-8; invalid sequences, NUL and lone surrogates become U+FFFD (visible,
+    unlike a silent deletion). ``one_line`` folds every run of whitespace, line breaks included,
+    into one space. At most ``limit`` characters are kept; text cut short ends with "...".
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    text = _UNSTORABLE.sub("\ufffd", text)
+    if one_line:
+        text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..." if limit > 3 else text[:limit]
+    return text
 
 
 @dataclass(frozen=True, slots=True)

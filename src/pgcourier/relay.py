@@ -11,13 +11,15 @@ Concurrency model (one relay process):
 
 All of them live in one TaskGroup owned by :meth:`Relay.run`; stopping drains in-flight deliveries
 (up to ``shutdown_timeout``), writes their outcomes, hands back leases on whatever is left, and
-returns. Anything a killed relay held comes back on its own when its leases run out.
+returns, within ``shutdown_timeout`` plus ``2 * SHUTDOWN_GRACE`` whatever the database and the
+receivers do. Anything a killed relay held comes back on its own when its leases run out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import traceback
 import uuid
@@ -30,9 +32,9 @@ import structlog
 
 from pgcourier import policy
 from pgcourier.delivery import Transport
-from pgcourier.errors import PgCourierError
+from pgcourier.errors import InvalidInput, PgCourierError
 from pgcourier.metrics import Metrics
-from pgcourier.model import AttemptResult, Completion, Job
+from pgcourier.model import ERROR_LIMIT, AttemptResult, Completion, Job, storable_text
 from pgcourier.store import RelayStore
 
 log = structlog.get_logger("pgcourier.relay")
@@ -61,6 +63,9 @@ class Relay:
     MAX_WRITE_BATCH = 500
     #: Seconds between looks at due work that endpoints' limits or ordering keys hold back.
     HELD_BACK_RECHECK = 0.05
+    #: Seconds a stop allows past ``shutdown_timeout`` for the last write of outcomes, and again
+    #: for handing back leases and deregistering.
+    SHUTDOWN_GRACE = 1.0
 
     def __init__(
         self,
@@ -94,11 +99,11 @@ class Relay:
         self._min_claim = max(1, config.max_in_flight // 4)
         self._pending: list[Completion] = []
         self._pending_ready = asyncio.Event()
-        # Held while a batch of outcomes is being written, so that draining never hands back a
-        # lease whose outcome is in the middle of being recorded.
-        self._flush_lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()
         self._closing = asyncio.Event()
+        # Set when a stop begins (loop time): past it, nothing is retried any more.
+        self._deadline: float | None = None
+        self._background: list[asyncio.Task[None]] = []
         # Whether our row in courier.relays says idle, as far as we know. A NOTIFY means some
         # producer flipped it to busy; _notifications lets _mark_idle see one that lands while
         # its own UPDATE is in flight.
@@ -169,8 +174,10 @@ class Relay:
         log.info("relay started", relay_id=str(self.id))
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._completer(), name="pgcourier-completer")
-                group.create_task(self._lease_keeper(), name="pgcourier-lease-keeper")
+                self._background = [
+                    group.create_task(self._completer(), name="pgcourier-completer"),
+                    group.create_task(self._lease_keeper(), name="pgcourier-lease-keeper"),
+                ]
                 self._workers = [
                     asyncio.create_task(self._worker(), name=f"pgcourier-worker-{i}")
                     for i in range(self._config.max_in_flight)
@@ -179,12 +186,14 @@ class Relay:
                     await self._claim_loop(stop)
                 finally:
                     await self._drain()
-                    self._closing.set()
         finally:
             if self._timer is not None:
                 self._timer.cancel()
-            with contextlib.suppress(PgCourierError):
-                await self._store.deregister(self.id)
+            # Best effort, bounded: leases left behind expire, and a dead relay's row is reaped.
+            with contextlib.suppress(PgCourierError, TimeoutError):
+                async with asyncio.timeout(self.SHUTDOWN_GRACE):
+                    await self._release_leftover()
+                    await self._store.deregister(self.id)
             log.info("relay stopped", relay_id=str(self.id))
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
@@ -289,22 +298,7 @@ class Relay:
             self._active -= 1
             if self._prefetch - self._active >= self._min_claim:
                 self._slot_freed.set()
-        outcome = policy.decide(
-            status=result.status,
-            error=result.error,
-            attempts_in_schedule=job.attempt - job.schedule_base,
-            schedule=self._config.retry_schedule,
-            jitter=self._config.retry_jitter,
-            rng=self._rng,
-            permanent_statuses=job.permanent_statuses,
-            retry_after=(
-                policy.parse_retry_after(result.retry_after, now=datetime.now(UTC))
-                if result.retry_after is not None
-                else None  # the usual case: no clock read on the hot path
-            ),
-            retry_after_cap=self._config.retry_after_cap,
-            permanent=result.permanent,
-        )
+        outcome = self._decide(job, result)
         fields: dict[str, Any] = {
             "event_id": str(job.event_id),
             "endpoint_id": str(job.endpoint_id),
@@ -326,6 +320,20 @@ class Relay:
             self._observe(job, result, outcome)
         self._pending.append(Completion(job, result, outcome))
         self._pending_ready.set()
+
+    def _decide(self, job: Job, result: AttemptResult) -> policy.Outcome:
+        return policy.decide(
+            status=result.status,
+            error=result.error,
+            attempts_in_schedule=job.attempt - job.schedule_base,
+            schedule=self._config.retry_schedule,
+            jitter=self._config.retry_jitter,
+            rng=self._rng,
+            permanent_statuses=job.permanent_statuses,
+            retry_after=_retry_after_seconds(result.retry_after),
+            retry_after_cap=self._config.retry_after_cap,
+            permanent=result.permanent,
+        )
 
     def _observe(self, job: Job, result: AttemptResult, outcome: policy.Outcome) -> None:
         assert self._metrics is not None
@@ -354,50 +362,101 @@ class Relay:
             await asyncio.sleep(self._config.completion_flush_interval)
             await self._flush()
 
-    async def _flush(self, *, give_up_after: float | None = None) -> None:
-        async with self._flush_lock:
-            await self._flush_locked(give_up_after)
-
-    async def _flush_locked(self, give_up_after: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = None if give_up_after is None else loop.time() + give_up_after
+    async def _flush(self) -> None:
         while self._pending:
             # Bounded batches: a backlog written as one statement gets slower than linearly,
             # which grows the next backlog, until leases expire and everything is sent again.
-            # Each batch is its own transaction and is retried on its own, so a failure never
-            # records an attempt twice.
             batch = self._pending[: self.MAX_WRITE_BATCH]
             del self._pending[: self.MAX_WRITE_BATCH]
-            while True:
-                try:
-                    await self._store.complete(self.id, batch)
-                    break
-                except PgCourierError as exc:
-                    # Never drop an outcome while running: keep the batch and try again. If this
-                    # outlasts the lease, another relay may deliver again (at-least-once, same
-                    # webhook-id).
-                    log.warning(
-                        "writing completions failed; retrying", error=str(exc), n=len(batch)
-                    )
-                    if deadline is not None and loop.time() >= deadline:
-                        log.error(
-                            "giving up on completions at shutdown; these deliveries will be "
-                            "sent again",
-                            n=len(batch) + len(self._pending),
-                        )
-                        self._pending.clear()
-                        return
-                    await asyncio.sleep(self._config.db_retry_interval)
-            for c in batch:
-                self._held.pop(c.job.delivery_id, None)
-                if isinstance(c.outcome, policy.Delivered):
-                    self.delivered += 1
-                elif isinstance(c.outcome, policy.Retry):
-                    self._arm_timer(c.outcome.after)
+            if not await self._write(batch):
+                # Stopping, past the deadline: their leases are handed back (or expire).
+                unwritten = sum(c.job.delivery_id in self._held for c in batch)
+                log.error(
+                    "giving up on completions at shutdown; these deliveries will be sent again",
+                    n=unwritten + len(self._pending),
+                )
+                self._pending.clear()
+                return
             # Finished work frees room under endpoints' concurrency limits and lets the next
             # delivery of an ordering key go: if due work was held back, look again now.
             if self._held_back:
                 self._wake("completion")
+
+    async def _write(self, batch: list[Completion], *, salvage: bool = True) -> bool:
+        """Record ``batch``; False if a stop's deadline passed first. Each store call is one
+        transaction, so nothing is ever recorded twice."""
+        while True:
+            try:
+                await self._store.complete(self.id, batch)
+            except InvalidInput as exc:
+                # The database refuses the content (SQLSTATE class 22/23): the same batch would
+                # be refused forever, holding every endpoint's outcomes (issue 15). Halve it to
+                # record all it can, down to the one completion at fault.
+                if len(batch) > 1:
+                    half = len(batch) // 2
+                    first = await self._write(batch[:half], salvage=salvage)
+                    return first and await self._write(batch[half:], salvage=salvage)
+                if salvage:
+                    return await self._write([self._unstorable(batch[0], exc)], salvage=False)
+                # Refused even without anything the receiver sent: a bug. Stop renewing its
+                # lease, so that the delivery is tried again when the lease runs out.
+                log.error(
+                    "the database refuses this outcome; the delivery will be sent again",
+                    delivery_id=batch[0].job.delivery_id,
+                    error=str(exc),
+                )
+                self._held.pop(batch[0].job.delivery_id, None)
+                return True
+            except PgCourierError as exc:
+                # The database is unreachable or failing: keep the batch and try again. If this
+                # outlasts the lease, another relay may deliver again (at-least-once, same
+                # webhook-id).
+                log.warning("writing completions failed; retrying", error=str(exc), n=len(batch))
+                if not await self._pause_before_retry():
+                    return False
+                continue
+            self._recorded(batch)
+            return True
+
+    def _recorded(self, batch: Sequence[Completion]) -> None:
+        """Forget what was just recorded, at once: a claim may lease a retry again as soon as it
+        is committed, and one still in ``_held`` would be taken for a duplicate and skipped."""
+        for c in batch:
+            self._held.pop(c.job.delivery_id, None)
+            if isinstance(c.outcome, policy.Delivered):
+                self.delivered += 1
+            elif isinstance(c.outcome, policy.Retry):
+                self._arm_timer(c.outcome.after)
+
+    def _unstorable(self, c: Completion, exc: InvalidInput) -> Completion:
+        """The attempt recorded as a failure without what the database refused, following the
+        retry schedule like any failure."""
+        error = storable_text(f"response not storable: {exc.message}", ERROR_LIMIT, one_line=True)
+        permanent = c.result.permanent
+        result = dataclasses.replace(
+            c.result,
+            error=error,
+            response_body=None,
+            permanent=None if permanent is None else storable_text(permanent, ERROR_LIMIT),
+        )
+        log.warning(
+            "attempt recorded without its response",
+            delivery_id=c.job.delivery_id,
+            endpoint_id=str(c.job.endpoint_id),
+            error=error,
+        )
+        return Completion(c.job, result, self._decide(c.job, result))
+
+    async def _pause_before_retry(self) -> bool:
+        """Wait before writing again; False once a stop's deadline has passed."""
+        if self._deadline is None:
+            await asyncio.sleep(self._config.db_retry_interval)
+            return True
+        left = self._deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(self._config.db_retry_interval, left))
+        return True
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -424,7 +483,10 @@ class Relay:
                 log.warning("lease renewal failed", error=str(exc))
 
     async def _drain(self) -> None:
-        """Stop: let in-flight deliveries finish (bounded), write outcomes, release the rest."""
+        """Stop: let in-flight deliveries finish and write their outcomes, within the shutdown
+        timeout (plus a grace for the last write) whatever the database or receivers do."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self._config.shutdown_timeout
         # Jobs still queued were never sent: hand them back at once rather than start them now.
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -438,16 +500,35 @@ class Relay:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        await self._flush(give_up_after=self._config.shutdown_timeout)
+        # The completer writes what is pending and returns; it stops retrying at the deadline.
+        # A write still running after the grace is abandoned: it is one transaction, so it is
+        # recorded whole or not at all, and handing back leases afterwards only touches those
+        # still ours.
+        self._closing.set()
+        left = self._deadline - loop.time() + self.SHUTDOWN_GRACE
+        _, late = await asyncio.wait(self._background, timeout=max(left, 0.0))
+        for task in late:
+            log.error("abandoning a task at shutdown", task=task.get_name())
+            task.cancel()
+        if self._pending:
+            log.error(
+                "giving up on completions at shutdown; these deliveries will be sent again",
+                n=len(self._pending),
+            )
+            self._pending.clear()
+
+    async def _release_leftover(self) -> None:
+        """Hand back the leases of deliveries whose outcome was not written."""
         leftover = list(self._held)
-        if leftover:
-            try:
-                await self._store.release(self.id, leftover)
-                log.info("released leases", n=len(leftover))
-            except PgCourierError as exc:
-                log.warning("could not release leases; they will expire", error=str(exc))
-            for i in leftover:
-                self._held.pop(i, None)
+        if not leftover:
+            return
+        try:
+            await self._store.release(self.id, leftover)
+            log.info("released leases", n=len(leftover))
+        except PgCourierError as exc:
+            log.warning("could not release leases; they will expire", error=str(exc))
+        for i in leftover:
+            self._held.pop(i, None)
 
     async def _retrying(self, what: str, call: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -457,6 +538,20 @@ class Relay:
             except PgCourierError as exc:
                 log.warning(f"{what} failed; retrying", error=str(exc))
                 await _first(stop.wait(), asyncio.sleep(self._config.db_retry_interval))
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """The wait a response's Retry-After asks for; None when absent or unreadable.
+
+    The header is the receiver's to fill, and parse_retry_after raises on some of what it may
+    send (5,000 digits, "\u00b2"): that must cost the hint, never the worker reading it.
+    """
+    if value is None:
+        return None  # the usual case: no clock read on the hot path
+    try:
+        return policy.parse_retry_after(value, now=datetime.now(UTC))
+    except (ValueError, OverflowError):
+        return None
 
 
 async def _first(*aws: Any) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from pgcourier.errors import DatabaseUnavailable
+import pytest
+
+from pgcourier.errors import DatabaseUnavailable, InvalidInput
 from pgcourier.model import AttemptResult, Completion, Job
 from pgcourier.policy import Delivered, Retry
 from pgcourier.relay import Relay, RelayConfig
@@ -110,7 +112,9 @@ CONFIG = RelayConfig(
 )
 
 
-async def run_until(relay: Relay, stop: asyncio.Event, condition, timeout: float = 5) -> None:
+async def run_until(
+    relay: Relay, stop: asyncio.Event, condition: Callable[[], object], timeout: float = 5
+) -> None:
     task = asyncio.create_task(relay.run(stop))
     try:
         async with asyncio.timeout(timeout):
@@ -283,3 +287,166 @@ async def test_completions_are_written_in_bounded_batches() -> None:
     await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 3000, timeout=10)
     assert max(store.sizes) <= relay.MAX_WRITE_BATCH
     assert sorted(c.job.delivery_id for c in store.completed) == list(range(3000))
+
+
+# -- a receiver must never stall the relay (issue 15) ------------------------------------------
+
+NUL_REFUSED = 'invalid byte sequence for encoding "UTF8": 0x00'
+
+
+class PostgresLikeStore(FakeStore):
+    """Refuses, as Postgres does, any batch holding a NUL byte; or any batch holding one of
+    ``refuse_ids``, whatever it holds."""
+
+    def __init__(self, jobs: Sequence[Job], refuse_ids: Sequence[int] = ()) -> None:
+        super().__init__(jobs)
+        self.refuse_ids = set(refuse_ids)
+        self.refused = 0
+        self.writing = asyncio.Event()
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        self.writing.set()
+        if any("\x00" in (c.result.response_body or "") for c in batch):
+            self.refused += 1
+            raise InvalidInput(NUL_REFUSED)
+        if any(c.job.delivery_id in self.refuse_ids for c in batch):
+            self.refused += 1
+            raise InvalidInput("value too long for type character varying(10)")
+        await super().complete(relay_id, batch)
+
+
+class ScriptedTransport(FakeTransport):
+    """Answers 200 "ok", except for the deliveries given their own result."""
+
+    def __init__(self, results: dict[int, AttemptResult]) -> None:
+        super().__init__()
+        self.results = results
+
+    async def send(self, job: Job) -> AttemptResult:
+        self.started.set()
+        await asyncio.sleep(0)
+        return self.results.get(job.delivery_id) or AttemptResult(
+            started_at=datetime.now(UTC), duration=0.001, status=200, response_body="ok"
+        )
+
+
+async def test_a_batch_refused_for_its_content_is_split_and_the_rest_recorded() -> None:
+    bad = AttemptResult(
+        started_at=datetime.now(UTC), duration=0.001, status=200, response_body="bad\x00body"
+    )
+    store = PostgresLikeStore([make_job(i) for i in range(10)])
+    relay = Relay(store=store, transport=ScriptedTransport({3: bad}), config=CONFIG)
+    await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 10)
+    # Everything recorded once: the refused batches were never retried as they were.
+    assert sorted(c.job.delivery_id for c in store.completed) == list(range(10))
+    assert store.refused >= 1
+    by_id = {c.job.delivery_id: c for c in store.completed}
+    salvaged = by_id.pop(3)
+    assert salvaged.result.response_body is None
+    assert salvaged.result.error == f"response not storable: {NUL_REFUSED}"
+    assert salvaged.result.status == 200
+    assert salvaged.outcome == Retry(60.0)  # a failure like any other, on the retry schedule
+    assert all(isinstance(c.outcome, Delivered) for c in by_id.values())
+    assert relay.delivered == 9
+
+
+class SlowRetryingStore(PostgresLikeStore):
+    """Each write takes a while, and a retry is due again as soon as it is recorded."""
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        await asyncio.sleep(0.02)
+        await super().complete(relay_id, batch)
+        for c in batch:
+            if isinstance(c.outcome, Retry):
+                self.queue.append(dataclasses.replace(c.job, attempts=c.job.attempt))
+
+
+async def test_a_retry_claimed_while_its_batch_is_being_split_is_not_lost() -> None:
+    """Halving a refused batch takes several writes; a retry recorded by the first of them can
+    be claimed again before the last: the relay must not take it for one still in flight."""
+    bad = AttemptResult(
+        started_at=datetime.now(UTC), duration=0.001, status=500, response_body="bad\x00body"
+    )
+    store = SlowRetryingStore([make_job(i) for i in range(4)])
+    transport = ScriptedTransport({0: bad})
+    transport.results.update(
+        {i: dataclasses.replace(bad, response_body="nope") for i in range(1, 4)}
+    )
+    relay = Relay(store=store, transport=transport, config=CONFIG)
+    # Two attempts each: a retry, then dead (the schedule has one retry).
+    await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 8)
+    assert sorted(c.job.delivery_id for c in store.completed) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+async def test_an_outcome_refused_even_without_its_response_is_let_go() -> None:
+    """Nothing more can be taken out: its lease is left to run out (the delivery is then tried
+    again), and everything else is still recorded."""
+    store = PostgresLikeStore([make_job(i) for i in range(6)], refuse_ids=[4])
+    relay = Relay(store=store, transport=ScriptedTransport({}), config=CONFIG)
+    stop = asyncio.Event()
+    await run_until(relay, stop, lambda: len(store.completed) == 5)
+    assert sorted(c.job.delivery_id for c in store.completed) == [0, 1, 2, 3, 5]
+    assert store.released == []  # no longer held: neither renewed nor handed back
+
+
+async def test_a_hostile_retry_after_costs_the_hint_not_the_worker() -> None:
+    """parse_retry_after raises on these; the worker must survive and the outcome be written."""
+    store = FakeStore([make_job(i) for i in range(3)])
+    results = {
+        i: AttemptResult(
+            started_at=datetime.now(UTC), duration=0.001, status=503, retry_after=value
+        )
+        for i, value in enumerate(["9" * 5000, "9" * 400, "\u00b2"])
+    }
+    relay = Relay(store=store, transport=ScriptedTransport(results), config=CONFIG)
+    await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 3)
+    assert [c.outcome for c in store.completed] == [Retry(60.0)] * 3
+
+
+class RefusingStore(PostgresLikeStore):
+    """Refuses every write for its content."""
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        self.writing.set()
+        self.refused += 1
+        raise InvalidInput(NUL_REFUSED)
+
+
+class UnavailableStore(PostgresLikeStore):
+    """The database is gone for every write."""
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        self.writing.set()
+        raise DatabaseUnavailable("connection refused")
+
+
+class HangingStore(PostgresLikeStore):
+    """A write that never returns."""
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        self.writing.set()
+        await asyncio.sleep(3600)
+
+
+@pytest.mark.parametrize("store_class", [RefusingStore, UnavailableStore, HangingStore])
+async def test_stop_keeps_its_deadline_whatever_the_completer_is_doing(
+    store_class: type[PostgresLikeStore],
+) -> None:
+    config = dataclasses.replace(CONFIG, shutdown_timeout=0.5)
+    bound = config.shutdown_timeout + 2 * Relay.SHUTDOWN_GRACE
+    store = store_class([make_job(i) for i in range(5)])
+    relay = Relay(store=store, transport=ScriptedTransport({}), config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await asyncio.wait_for(store.writing.wait(), 5)
+    stop.set()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(task, bound + 1)
+    assert loop.time() - started < bound
+    assert store.completed == []
+    assert not store.registered  # deregistered
+    # Outcomes not written: their leases are handed back for another try, except the ones the
+    # database refused outright, which were let go (their leases run out).
+    expected = [] if store_class is RefusingStore else list(range(5))
+    assert sorted(store.released) == expected
