@@ -44,8 +44,8 @@ async def pgcourier(
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    # communicate() has reaped the process; wait() returns its exit code as an int.
+    return await proc.wait(), out.decode(), err.decode()
 
 
 async def start_relay_process(dsn: str, **extra: str) -> asyncio.subprocess.Process:
@@ -200,6 +200,31 @@ async def test_enqueue_dlq_list_and_replay(conn, dsn: str, receiver: Receiver, r
         await receiver.wait_count(2)
         await wait_until(lambda: _delivered_all(conn))
     assert receiver.ids() == {event_id: 2}
+
+
+async def test_dlq_replay_of_one_id_restarts_the_retry_schedule(
+    conn, dsn: str, receiver: Receiver, relay
+) -> None:
+    await add_endpoint(conn, receiver.url("/down"))
+    receiver.default = 500
+    event_id = await ops.enqueue(conn, "a.b", {})
+    async with relay(retry_schedule="50ms,50ms"):
+        await wait_until(lambda: _dead(conn))
+        [dead] = (await ops.list_dead(conn))["data"]
+        code, out, _ = await pgcourier("dlq", "replay", str(dead["id"]), dsn=dsn)
+        assert (code, json.loads(out)) == (0, {"replayed": [dead["id"]], "count": 1})
+        await wait_until(lambda: _dead(conn))
+    # Three attempts before the replay and three after: the schedule started over. Kept, the
+    # replayed delivery would be dead after one attempt (its schedule already spent).
+    attempts = await ops.event_attempts(conn, str(event_id))
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [
+        (1, "retry"),
+        (2, "retry"),
+        (3, "dead"),
+        (4, "retry"),
+        (5, "retry"),
+        (6, "dead"),
+    ]
 
 
 async def _dead(conn: asyncpg.Connection) -> bool:
