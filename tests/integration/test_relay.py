@@ -237,10 +237,36 @@ async def test_notify_wakes_an_idle_relay_without_waiting_for_the_poll(
         started = loop.time()
         await ops.enqueue(conn, "order.paid", {})
         await receiver.wait_count(1, timeout=5)
-        assert loop.time() - started < 5  # the poll would take 60 s
+        assert loop.time() - started < 1.0  # the poll would take 60 s
         # Either NOTIFY woke it, or the event landed during the claim a relay makes right after
         # flagging itself idle (by design); never the poll.
         assert rt.relay.wakeups["poll"] == 0
+
+
+async def test_a_long_transaction_wakes_a_relay_that_went_idle_before_its_commit(
+    conn, dsn: str, receiver: Receiver, relay
+) -> None:
+    # The wake-up check runs at COMMIT (a deferred trigger). Run at INSERT it would read the
+    # relays' flags too early: here no relay is idle when the event is inserted, one is by the
+    # commit, and only a check at commit time wakes it (else it waits for its 60 s poll).
+    await add_endpoint(conn, receiver.url("/hook"))
+    producer = await asyncpg.connect(dsn)
+    try:
+        transaction = producer.transaction()
+        await transaction.start()
+        await producer.execute("SELECT courier.enqueue('order.paid', '{}'::jsonb)")
+        async with relay(poll_interval=60) as rt:
+            await wait_until(lambda: rt.listener.connected)
+            await wait_until(lambda: conn.fetchval("SELECT bool_and(idle) FROM courier.relays"))
+            await asyncio.sleep(0.3)  # past its last claim before sleeping
+            loop = asyncio.get_running_loop()
+            committed = loop.time()
+            await transaction.commit()
+            await receiver.wait_count(1, timeout=5)
+            assert loop.time() - committed < 1.0
+            assert rt.relay.wakeups["notify"] >= 1
+    finally:
+        await producer.close()
 
 
 async def test_producers_notify_only_when_a_relay_is_idle(conn, dsn: str) -> None:
