@@ -5,7 +5,6 @@ Each test drives the real app over real Postgres, and real deliveries where the 
 
 from __future__ import annotations
 
-import asyncio
 import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -381,7 +380,6 @@ async def test_replay_of_a_recovered_endpoint_delivers_everything(
             "count"
         ] == 3
         await wait_until(lambda: _settled(conn, 3))
-    await asyncio.sleep(0)
     assert len(receiver.requests) == 6
 
 
