@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from pgcourier import ops
@@ -206,12 +208,37 @@ async def test_event_detail_and_attempts_after_real_delivery(api, conn, receiver
     assert (await api.get(f"/api/v1/events/{missing}/attempts", headers=AUTH)).status == 404
 
 
+# The API as the README describes it, written out by hand: the document and the router are both
+# built from one route table, so comparing them with each other alone could not catch a route
+# missing from, or misspelt in, that table.
+EXPECTED_ROUTES = {
+    ("POST", "/api/v1/endpoints"),
+    ("GET", "/api/v1/endpoints"),
+    ("GET", "/api/v1/endpoints/{id}"),
+    ("PATCH", "/api/v1/endpoints/{id}"),
+    ("DELETE", "/api/v1/endpoints/{id}"),
+    ("POST", "/api/v1/endpoints/{id}/rotate-secret"),
+    ("GET", "/api/v1/endpoints/{id}/stats"),
+    ("POST", "/api/v1/endpoints/{id}/recover"),
+    ("POST", "/api/v1/events"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/events/{id}"),
+    ("GET", "/api/v1/events/{id}/attempts"),
+    ("GET", "/api/v1/dead-letters"),
+    ("POST", "/api/v1/dead-letters/replay"),
+    ("GET", "/api/v1/dead-letters/{id}"),
+    ("DELETE", "/api/v1/dead-letters/{id}"),
+    ("POST", "/api/v1/dead-letters/{id}/replay"),
+}
+
+
 async def test_openapi_document_matches_the_routes(api) -> None:
     response = await api.get("/openapi.json")  # open, like /health
     assert response.status == 200
     doc = await response.json()
     assert doc["openapi"].startswith("3.1")
     documented = {(method.upper(), path) for path, ops_ in doc["paths"].items() for method in ops_}
+    assert documented == EXPECTED_ROUTES
     served = {
         (route.method, route.resource.canonical)
         for route in api.app.router.routes()
@@ -219,7 +246,18 @@ async def test_openapi_document_matches_the_routes(api) -> None:
         and route.resource.canonical.startswith("/api/v1")
         and route.method != "HEAD"
     }
-    assert documented == served
+    assert served == EXPECTED_ROUTES
+    # And each one reaches a handler: an answer of the handler's (2xx, or a 4xx naming what is
+    # wrong or missing), never the router's bare 404 or 405.
+    for method, path in sorted(EXPECTED_ROUTES):
+        sample = "12345" if path.startswith("/api/v1/dead-letters/") else str(uuid.uuid4())
+        body = {} if method in ("POST", "PATCH") else None
+        response = await api.request(method, path.replace("{id}", sample), headers=AUTH, json=body)
+        answer = await response.json()
+        assert response.status != 405, (method, path)
+        assert response.status < 500, (method, path, answer)
+        if response.status == 404:
+            assert answer["error"]["message"] != "Not Found", (method, path)
     create = doc["components"]["schemas"]["EndpointCreate"]
     assert create["additionalProperties"] is False
     assert set(create["required"]) == {"event_types"}  # url is required of webhooks only
