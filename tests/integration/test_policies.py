@@ -55,8 +55,8 @@ class Scripted:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         path = request.path
-        event_id = request.headers.get("webhook-id") or request.headers.get(
-            "x-webhook-event-id", ""
+        event_id = (
+            request.headers.get("webhook-id") or request.headers.get("x-webhook-event-id") or ""
         )
         headers = {k.lower(): v for k, v in request.headers.items()}
         self.hits.append(Hit(path, time.monotonic(), headers, body, event_id))
@@ -134,7 +134,7 @@ async def relays(dsn: str) -> AsyncIterator[Any]:
 
 
 async def test_410_dead_letters_and_disables_the_endpoint_until_re_enabled(
-    conn, rx: Scripted, relays
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
 ) -> None:
     ep = await endpoint(conn, rx.url("/gone"))
     rx.script["/gone"] = [(410, {}, 0.0)]
@@ -159,7 +159,9 @@ async def _status_of(conn: asyncpg.Connection, event_id: object, status: str) ->
     return row is not None and row["status"] == status
 
 
-async def test_permanent_statuses_dead_letter_at_once(conn, rx: Scripted, relays) -> None:
+async def test_permanent_statuses_dead_letter_at_once(
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
+) -> None:
     await endpoint(conn, rx.url("/strict"), permanent_statuses=[400, 404])
     await endpoint(conn, rx.url("/lenient"))
     for path in ("/strict", "/lenient"):
@@ -183,7 +185,7 @@ async def _count(conn: asyncpg.Connection, status: str, n: int) -> bool:
 
 
 async def test_retry_after_holds_the_delivery_and_the_whole_endpoint(
-    conn, rx: Scripted, relays
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
 ) -> None:
     ep = await endpoint(conn, rx.url("/busy"))
     rx.script["/busy"] = [(429, {"Retry-After": "2"}, 0.0)]
@@ -214,7 +216,7 @@ async def _paused(conn: asyncpg.Connection, eid: str) -> bool:
 
 
 async def test_a_huge_or_endless_response_body_is_read_only_up_to_the_limit(
-    conn, rx: Scripted, relays
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
 ) -> None:
     await endpoint(conn, rx.url("/endless"))
     event = await ops.enqueue(conn, "a.b", {})
@@ -226,7 +228,9 @@ async def test_a_huge_or_endless_response_body_is_read_only_up_to_the_limit(
     assert attempt["response_body"] == "x" * 4096
 
 
-async def test_endpoints_failing_continuously_are_disabled(conn, rx: Scripted, relays) -> None:
+async def test_endpoints_failing_continuously_are_disabled(
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
+) -> None:
     ep = await endpoint(conn, rx.url("/down"))
     rx.defaults["/down"] = (500, {}, 0.0)
     for i in range(3):
@@ -247,7 +251,7 @@ async def _endpoint_field(conn: asyncpg.Connection, eid: str, name: str, value: 
 
 
 async def test_circuit_opens_shared_by_two_relays_probes_then_closes(
-    conn, rx: Scripted, relays
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
 ) -> None:
     ep = await endpoint(conn, rx.url("/flaky"), max_in_flight=1)
     rx.defaults["/flaky"] = (500, {}, 0.0)
@@ -291,7 +295,9 @@ async def _scrape(port: int) -> str:
 # -- limits ---------------------------------------------------------------------------------
 
 
-async def test_concurrency_limit_holds_across_two_relays(conn, rx: Scripted, relays) -> None:
+async def test_concurrency_limit_holds_across_two_relays(
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
+) -> None:
     await endpoint(conn, rx.url("/slow"), max_in_flight=2)
     rx.defaults["/slow"] = (200, {}, 0.3)
     for i in range(8):
@@ -301,7 +307,9 @@ async def test_concurrency_limit_holds_across_two_relays(conn, rx: Scripted, rel
     assert rx.peak["/slow"] == 2
 
 
-async def test_a_slow_endpoint_does_not_hold_up_another(conn, rx: Scripted, relays) -> None:
+async def test_a_slow_endpoint_does_not_hold_up_another(
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
+) -> None:
     await ops.create_endpoint(conn, url=rx.url("/slow"), event_types=["slow.*"])
     await ops.create_endpoint(conn, url=rx.url("/fast"), event_types=["fast.*"])
     rx.defaults["/slow"] = (200, {}, 2.0)
@@ -315,7 +323,9 @@ async def test_a_slow_endpoint_does_not_hold_up_another(conn, rx: Scripted, rela
     assert rx.on("/fast")[0].at - sent < 1.0  # not behind the slow endpoint's backlog
 
 
-async def test_rate_limit_spaces_requests(conn, rx: Scripted, relays) -> None:
+async def test_rate_limit_spaces_requests(
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
+) -> None:
     rate, n = 5, 20
     await endpoint(conn, rx.url("/metered"), rate_limit=rate)
     for i in range(n):
@@ -338,7 +348,7 @@ async def test_rate_limit_spaces_requests(conn, rx: Scripted, relays) -> None:
 
 
 async def test_ordering_keys_hold_commit_order_under_two_relays_and_failures(
-    conn, rx: Scripted, relays
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
 ) -> None:
     await endpoint(conn, rx.url("/ordered"), max_in_flight=50)
     events: dict[str, list[str]] = defaultdict(list)
@@ -373,7 +383,9 @@ async def test_ordering_keys_hold_commit_order_under_two_relays_and_failures(
             assert first[later] >= done_at[earlier]
 
 
-async def test_events_without_a_key_stay_parallel(conn, rx: Scripted, relays) -> None:
+async def test_events_without_a_key_stay_parallel(
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
+) -> None:
     await endpoint(conn, rx.url("/par"), max_in_flight=10)
     rx.defaults["/par"] = (200, {}, 0.3)
     for i in range(10):
@@ -386,7 +398,9 @@ async def test_events_without_a_key_stay_parallel(conn, rx: Scripted, relays) ->
 # -- SSRF guard -----------------------------------------------------------------------------
 
 
-async def test_ssrf_guard_refuses_a_name_resolving_to_loopback(conn, rx: Scripted, relays) -> None:
+async def test_ssrf_guard_refuses_a_name_resolving_to_loopback(
+    conn: asyncpg.Connection, rx: Scripted, relays: Any
+) -> None:
     port = rx.base_url.rsplit(":", 1)[1]
     await endpoint(conn, f"http://localhost:{port}/internal")
     event = await ops.enqueue(conn, "a.b", {})
@@ -398,7 +412,9 @@ async def test_ssrf_guard_refuses_a_name_resolving_to_loopback(conn, rx: Scripte
     assert "loopback address" in attempt["error"]
 
 
-async def test_ssrf_guard_refuses_literal_private_and_metadata_addresses(conn, relays) -> None:
+async def test_ssrf_guard_refuses_literal_private_and_metadata_addresses(
+    conn: asyncpg.Connection, relays: Any
+) -> None:
     await endpoint(conn, "http://169.254.169.254/latest/meta-data/")
     event = await ops.enqueue(conn, "a.b", {})
     await relays(1, allow_networks="127.0.0.0/8", retry_schedule="")
@@ -408,7 +424,9 @@ async def test_ssrf_guard_refuses_literal_private_and_metadata_addresses(conn, r
 
 
 @pytest.mark.parametrize("status", [302, 307])
-async def test_redirects_are_never_followed(conn, rx: Scripted, relays, status: int) -> None:
+async def test_redirects_are_never_followed(
+    conn: asyncpg.Connection, rx: Scripted, relays: Any, status: int
+) -> None:
     # A redirect could send the signed body to a host the SSRF guard never saw named: the
     # endpoint's URL is the only one ever contacted. (A 307 would be followed with the POST and its
     # body; a 302 with a GET, which the receiver also records.)
@@ -427,7 +445,7 @@ async def test_redirects_are_never_followed(conn, rx: Scripted, relays, status: 
 
 @pytest.mark.parametrize("scheme", ["github", "timestamped-hex", "stripe-style"])
 async def test_each_scheme_signs_what_goes_on_the_wire(
-    conn, rx: Scripted, relays, scheme: str
+    conn: asyncpg.Connection, rx: Scripted, relays: Any, scheme: str
 ) -> None:
     secret = "It's a Secret to Everybody"
     ep = await endpoint(conn, rx.url(f"/{scheme}"), signature_scheme=scheme, secret=secret)
