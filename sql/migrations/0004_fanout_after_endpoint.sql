@@ -32,6 +32,12 @@ BEGIN
     -- (a relay finding it held skips fan-out this time: another relay is doing it). Per-key
     -- order rests on it: a key's deliveries are created, and numbered, in the order its events
     -- became visible, and no later one can commit before an earlier one exists.
+    -- Which lock does what: the advisory lock alone keeps relays apart here. FOR UPDATE SKIP
+    -- LOCKED on the event rows adds nothing against other relays (none gets this far without
+    -- that lock); it only meets transactions outside pgcourier that lock an event row, e.g. an
+    -- insert into an application table with a foreign key to courier.outbox (FOR KEY SHARE),
+    -- and skipping such a row lets a later event of its key be fanned out, and sent, first
+    -- (tests/integration/test_claim_races.py, the xfail test on a locked event row).
     IF p_fan_out > 0 AND pg_try_advisory_xact_lock(1668247919, 0) THEN
         WITH events AS (
             SELECT o.id, o.seq, o.event_type, o.ordering_key, o.created_at
@@ -57,6 +63,11 @@ BEGIN
 
     -- 2. Endpoints with due work that may take more, locked. (This statement sees the
     -- deliveries just created: they are this transaction's own.)
+    -- The per-endpoint advisory lock is what holds each endpoint's limits across relays: step 3
+    -- counts what the endpoint has in flight, its rate tokens and whether its circuit's one probe
+    -- is out, and that count is right only if no other claim for the endpoint sits between its
+    -- own count and its commit. Taken with try: a relay finding it held leaves the endpoint to
+    -- the claim holding it (test_claim_races.py: claims started at one moment, many rounds).
     SELECT array_agg(c.id) INTO locked
     FROM (
         SELECT ep.id
@@ -80,6 +91,11 @@ BEGIN
     END IF;
 
     -- 3. A new statement, so a fresh snapshot: what each locked endpoint holds now.
+    -- FOR UPDATE SKIP LOCKED on the deliveries: not against other claims (the endpoint's lock
+    -- keeps them off these rows), but so that the rows leased are the rows checked, and so that
+    -- a due row another writer holds (a completion moving a key's followers, a deletion
+    -- discarding an endpoint's deliveries) is left for the next claim rather than waited for
+    -- while this one holds its endpoint locks (test_claim_races.py, the locked delivery row).
     RETURN QUERY
     WITH room AS (
         SELECT ep.id AS endpoint_id,

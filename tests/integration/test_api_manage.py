@@ -5,7 +5,6 @@ Each test drives the real app over real Postgres, and real deliveries where the 
 
 from __future__ import annotations
 
-import asyncio
 import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,7 +41,7 @@ async def _make_dead(conn: asyncpg.Connection, endpoint_id: str, n: int, when: s
     return ids
 
 
-async def test_patch_changes_only_the_fields_given(api) -> None:
+async def test_patch_changes_only_the_fields_given(api: Any) -> None:
     created = await _json(
         await api.post(
             "/api/v1/endpoints",
@@ -98,7 +97,9 @@ async def test_patch_changes_only_the_fields_given(api) -> None:
         ({"secret": "nope"}, "body"),  # not updatable: rotate-secret does that
     ],
 )
-async def test_bad_updates_name_the_field_and_change_nothing(api, conn, body, field) -> None:
+async def test_bad_updates_name_the_field_and_change_nothing(
+    api: Any, conn: asyncpg.Connection, body: Any, field: Any
+) -> None:
     endpoint = await add_endpoint(conn, "https://a.example/h")
     before = await conn.fetchrow("SELECT * FROM courier.endpoints")
     response = await api.patch(f"/api/v1/endpoints/{endpoint['id']}", headers=AUTH, json=body)
@@ -108,7 +109,7 @@ async def test_bad_updates_name_the_field_and_change_nothing(api, conn, body, fi
     assert await conn.fetchrow("SELECT * FROM courier.endpoints") == before
 
 
-async def test_the_database_refuses_bad_headers_from_any_writer(conn) -> None:
+async def test_the_database_refuses_bad_headers_from_any_writer(conn: asyncpg.Connection) -> None:
     endpoint = await add_endpoint(conn, "https://a.example/h")
     for headers in ('{"Webhook-Id": "x"}', '{"X-A": "a\\nb"}', '{"X-A": 1}', "[]"):
         with pytest.raises(asyncpg.CheckViolationError, match="endpoint_headers_valid"):
@@ -119,7 +120,9 @@ async def test_the_database_refuses_bad_headers_from_any_writer(conn) -> None:
             )
 
 
-async def test_delete_discards_open_deliveries_and_hides_the_endpoint(api, conn) -> None:
+async def test_delete_discards_open_deliveries_and_hides_the_endpoint(
+    api: Any, conn: asyncpg.Connection
+) -> None:
     gone = await add_endpoint(conn, "https://gone.example/h")
     kept = await add_endpoint(conn, "https://kept.example/h")
     await _make_dead(conn, gone["id"], 2, "now()")
@@ -140,7 +143,9 @@ async def test_delete_discards_open_deliveries_and_hides_the_endpoint(api, conn)
     assert replayed["count"] == 1
 
 
-async def test_sweep_discards_what_a_racing_fan_out_created(conn, relay) -> None:
+async def test_sweep_discards_what_a_racing_fan_out_created(
+    conn: asyncpg.Connection, relay: Any
+) -> None:
     endpoint = await add_endpoint(conn, "https://gone.example/h")
     await ops.delete_endpoint(conn, endpoint["id"])
     # As if a fan-out whose snapshot still saw the endpoint committed just after the delete:
@@ -160,7 +165,7 @@ async def _status_is(conn: asyncpg.Connection, status: str) -> bool:
 
 
 async def test_rotation_signs_with_both_secrets_during_the_grace_period(
-    api, conn, receiver: Receiver, relay
+    api: Any, conn: asyncpg.Connection, receiver: Receiver, relay: Any
 ) -> None:
     endpoint = await add_endpoint(conn, receiver.url("/hook"))
     old = endpoint["secret"]
@@ -199,7 +204,7 @@ async def test_rotation_signs_with_both_secrets_during_the_grace_period(
             verify("standard", second.headers, second.body, stale)
 
 
-async def test_rotate_secret_refuses_bad_input(api, conn) -> None:
+async def test_rotate_secret_refuses_bad_input(api: Any, conn: asyncpg.Connection) -> None:
     endpoint = await add_endpoint(conn, "https://a.example/h")
     path = f"/api/v1/endpoints/{endpoint['id']}/rotate-secret"
     for body, field in (
@@ -214,7 +219,7 @@ async def test_rotate_secret_refuses_bad_input(api, conn) -> None:
 
 
 async def test_custom_headers_and_per_endpoint_timeout_are_used(
-    api, conn, receiver: Receiver, relay
+    api: Any, conn: asyncpg.Connection, receiver: Receiver, relay: Any
 ) -> None:
     await _json(
         await api.post(
@@ -242,7 +247,9 @@ async def test_custom_headers_and_per_endpoint_timeout_are_used(
     assert attempt["error"] == "timeout after 1s"
 
 
-async def test_stats_after_real_deliveries(api, conn, receiver: Receiver, relay) -> None:
+async def test_stats_after_real_deliveries(
+    api: Any, conn: asyncpg.Connection, receiver: Receiver, relay: Any
+) -> None:
     endpoint = await add_endpoint(conn, receiver.url("/hook"))
     receiver.script["/hook"] = [500, 500]
     async with relay(retry_schedule="50ms"):
@@ -268,7 +275,7 @@ async def _settled(conn: asyncpg.Connection, n: int) -> bool:
     return bool(await statuses(conn) == {"delivered": n})
 
 
-async def test_recover_requeues_failures_since_a_time(api, conn) -> None:
+async def test_recover_requeues_failures_since_a_time(api: Any, conn: asyncpg.Connection) -> None:
     endpoint = await add_endpoint(conn, "https://a.example/h")
     other = await add_endpoint(conn, "https://b.example/h")
     old = await _make_dead(conn, endpoint["id"], 1, "now() - interval '2 days'")
@@ -290,7 +297,9 @@ async def test_recover_requeues_failures_since_a_time(api, conn) -> None:
         ] == field
 
 
-async def test_dead_letter_filters_cursor_detail_and_discard(api, conn) -> None:
+async def test_dead_letter_filters_cursor_detail_and_discard(
+    api: Any, conn: asyncpg.Connection
+) -> None:
     a = await add_endpoint(conn, "https://a.example/h")
     b = await add_endpoint(conn, "https://b.example/h")
     a_ids = await _make_dead(conn, a["id"], 5, "clock_timestamp()")
@@ -344,20 +353,20 @@ async def test_dead_letter_filters_cursor_detail_and_discard(api, conn) -> None:
         ("limit=1001", "limit"),
     ],
 )
-async def test_bad_dead_letter_filters_name_the_field(api, query, field) -> None:
+async def test_bad_dead_letter_filters_name_the_field(api: Any, query: Any, field: Any) -> None:
     response = await api.get(f"/api/v1/dead-letters?{query}", headers=AUTH)
     assert response.status == 422
     assert (await response.json())["error"]["field"] == field
 
 
-async def test_bulk_replay_refuses_ids_with_filters(api) -> None:
+async def test_bulk_replay_refuses_ids_with_filters(api: Any) -> None:
     body = {"ids": [1], "event_type": "a"}
     response = await api.post("/api/v1/dead-letters/replay", headers=AUTH, json=body)
     assert response.status == 422
     assert (await response.json())["error"]["field"] == "ids"
 
 
-async def test_oversized_bodies_get_a_json_413(api) -> None:
+async def test_oversized_bodies_get_a_json_413(api: Any) -> None:
     response = await api.post(
         "/api/v1/events",
         headers={**AUTH, "Content-Type": "application/json"},
@@ -368,7 +377,7 @@ async def test_oversized_bodies_get_a_json_413(api) -> None:
 
 
 async def test_replay_of_a_recovered_endpoint_delivers_everything(
-    api, conn, receiver: Receiver, relay
+    api: Any, conn: asyncpg.Connection, receiver: Receiver, relay: Any
 ) -> None:
     endpoint = await add_endpoint(conn, receiver.url("/hook"))
     receiver.default = 500
@@ -383,7 +392,6 @@ async def test_replay_of_a_recovered_endpoint_delivers_everything(
             "count"
         ] == 3
         await wait_until(lambda: _settled(conn, 3))
-    await asyncio.sleep(0)
     assert len(receiver.requests) == 6
 
 

@@ -44,8 +44,8 @@ async def pgcourier(
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    # communicate() has reaped the process; wait() returns its exit code as an int.
+    return await proc.wait(), out.decode(), err.decode()
 
 
 async def start_relay_process(dsn: str, **extra: str) -> asyncio.subprocess.Process:
@@ -136,7 +136,7 @@ async def test_endpoint_add_prints_id_and_secret_once(dsn: str) -> None:
         (["frobnicate"], "invalid choice"),
     ],
 )
-async def test_bad_input_is_one_line_and_changes_nothing(dsn: str, args, message) -> None:
+async def test_bad_input_is_one_line_and_changes_nothing(dsn: str, args: Any, message: Any) -> None:
     code, out, err = await pgcourier(*args, dsn=dsn)
     assert code != 0
     assert out == ""
@@ -180,7 +180,9 @@ async def test_migrate_is_idempotent(empty_dsn: str) -> None:
     assert json.loads(out)["applied"] == []
 
 
-async def test_enqueue_dlq_list_and_replay(conn, dsn: str, receiver: Receiver, relay) -> None:
+async def test_enqueue_dlq_list_and_replay(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Any
+) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     receiver.script["/hook"] = [500]
     code, out, _ = await pgcourier("enqueue", "order.paid", '{"n": 1}', dsn=dsn)
@@ -202,6 +204,31 @@ async def test_enqueue_dlq_list_and_replay(conn, dsn: str, receiver: Receiver, r
     assert receiver.ids() == {event_id: 2}
 
 
+async def test_dlq_replay_of_one_id_restarts_the_retry_schedule(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Any
+) -> None:
+    await add_endpoint(conn, receiver.url("/down"))
+    receiver.default = 500
+    event_id = await ops.enqueue(conn, "a.b", {})
+    async with relay(retry_schedule="50ms,50ms"):
+        await wait_until(lambda: _dead(conn))
+        [dead] = (await ops.list_dead(conn))["data"]
+        code, out, _ = await pgcourier("dlq", "replay", str(dead["id"]), dsn=dsn)
+        assert (code, json.loads(out)) == (0, {"replayed": [dead["id"]], "count": 1})
+        await wait_until(lambda: _dead(conn))
+    # Three attempts before the replay and three after: the schedule started over. Kept, the
+    # replayed delivery would be dead after one attempt (its schedule already spent).
+    attempts = await ops.event_attempts(conn, str(event_id))
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [
+        (1, "retry"),
+        (2, "retry"),
+        (3, "dead"),
+        (4, "retry"),
+        (5, "retry"),
+        (6, "dead"),
+    ]
+
+
 async def _dead(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("SELECT count(*) FROM courier.dead_letters"))
 
@@ -211,7 +238,7 @@ async def _delivered_all(conn: asyncpg.Connection) -> bool:
 
 
 async def test_sigterm_drains_in_flight_deliveries_and_exits_zero(
-    conn, dsn: str, receiver: Receiver
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver
 ) -> None:
     await add_endpoint(conn, receiver.url("/slow"))
     receiver.delay["/slow"] = 1.0
@@ -232,7 +259,7 @@ async def test_sigterm_drains_in_flight_deliveries_and_exits_zero(
 
 
 async def test_sigterm_releases_leases_when_the_drain_times_out(
-    conn, dsn: str, receiver: Receiver
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver
 ) -> None:
     await add_endpoint(conn, receiver.url("/stuck"))
     receiver.delay["/stuck"] = 8
@@ -258,7 +285,9 @@ async def test_sigterm_releases_leases_when_the_drain_times_out(
     assert dict(row) == {"status": "pending", "lease_token": None, "due": True}
 
 
-async def test_kill_9_mid_delivery_loses_nothing(conn, dsn: str, receiver: Receiver) -> None:
+async def test_kill_9_mid_delivery_loses_nothing(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver
+) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     receiver.delay["/hook"] = 0.8
     ids = {str(await ops.enqueue(conn, "order.paid", {"i": i})) for i in range(5)}
@@ -301,7 +330,9 @@ async def test_demo_passes() -> None:
     assert out.count("verified") >= 3
 
 
-async def test_events_and_endpoint_show_commands(conn, dsn: str, receiver: Receiver, relay) -> None:
+async def test_events_and_endpoint_show_commands(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Any
+) -> None:
     endpoint = await add_endpoint(conn, receiver.url("/hook"))
     event_id = str(await ops.enqueue(conn, "order.paid", {"n": 1}))
     await ops.enqueue(conn, "user.created", {"n": 2})
@@ -380,7 +411,7 @@ async def test_endpoint_policy_options(dsn: str) -> None:
     assert json.loads(out)["signature_scheme"] == "github"
 
 
-async def test_readme_endpoint_and_dlq_commands(conn, dsn: str) -> None:
+async def test_readme_endpoint_and_dlq_commands(conn: asyncpg.Connection, dsn: str) -> None:
     """The README's endpoint and dead-letter commands, each run as a user runs it."""
 
     async def ok(*args: str) -> Any:

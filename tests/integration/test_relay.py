@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -21,7 +22,9 @@ from tests.integration.helpers import (
 )
 
 
-async def test_committed_event_is_delivered_signed(conn, receiver: Receiver, relay) -> None:
+async def test_committed_event_is_delivered_signed(
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
+) -> None:
     endpoint = await add_endpoint(conn, receiver.url("/hook"), ["order.*"])
     async with conn.transaction():
         await conn.execute("CREATE TABLE orders (id int primary key, status text)")
@@ -49,7 +52,9 @@ async def test_committed_event_is_delivered_signed(conn, receiver: Receiver, rel
     assert attempt["duration_ms"] > 0
 
 
-async def test_rolled_back_event_is_never_sent(conn, receiver: Receiver, relay) -> None:
+async def test_rolled_back_event_is_never_sent(
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
+) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     tx = conn.transaction()
     await tx.start()
@@ -65,7 +70,7 @@ async def test_rolled_back_event_is_never_sent(conn, receiver: Receiver, relay) 
 
 
 async def test_plain_insert_works_and_defaults_fill_the_rest(
-    conn, receiver: Receiver, relay
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
 ) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     await conn.execute(
@@ -76,7 +81,9 @@ async def test_plain_insert_works_and_defaults_fill_the_rest(
     assert receiver.requests[0].json["data"] == {"id": 7}
 
 
-async def test_idempotency_key_dedupes(conn, receiver: Receiver, relay) -> None:
+async def test_idempotency_key_dedupes(
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
+) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     first = await ops.enqueue(conn, "order.paid", {"n": 1}, idempotency_key="pay-42")
     second = await ops.enqueue(conn, "order.paid", {"n": 2}, idempotency_key="pay-42")
@@ -89,7 +96,9 @@ async def test_idempotency_key_dedupes(conn, receiver: Receiver, relay) -> None:
     assert sorted(r.json["data"]["n"] for r in receiver.requests) == [1, 3]
 
 
-async def test_fan_out_with_one_failing_endpoint(conn, receiver: Receiver, relay) -> None:
+async def test_fan_out_with_one_failing_endpoint(
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
+) -> None:
     good_a = await add_endpoint(conn, receiver.url("/a"), ["order.*"])
     good_b = await add_endpoint(conn, receiver.url("/b"), ["order.paid"])
     await add_endpoint(conn, receiver.url("/broken"), ["*"])
@@ -117,10 +126,12 @@ async def test_fan_out_with_one_failing_endpoint(conn, receiver: Receiver, relay
 
 
 async def _count_dead(conn: asyncpg.Connection, n: int) -> bool:
-    return await conn.fetchval("SELECT count(*) FROM courier.deliveries WHERE status = 'dead'") == n
+    return bool(
+        await conn.fetchval("SELECT count(*) FROM courier.deliveries WHERE status = 'dead'") == n
+    )
 
 
-async def test_retry_then_success(conn, receiver: Receiver, relay) -> None:
+async def test_retry_then_success(conn: asyncpg.Connection, receiver: Receiver, relay: Any) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     receiver.script["/hook"] = [503, 500]
     event_id = await ops.enqueue(conn, "order.paid", {})
@@ -141,13 +152,13 @@ async def test_retry_then_success(conn, receiver: Receiver, relay) -> None:
 
 
 async def _delivered(conn: asyncpg.Connection, n: int) -> bool:
-    return (
+    return bool(
         await conn.fetchval("SELECT count(*) FROM courier.deliveries WHERE status='delivered'") == n
     )
 
 
 async def test_exhaustion_dead_letter_replay_same_webhook_id(
-    conn, receiver: Receiver, relay
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
 ) -> None:
     endpoint = await add_endpoint(conn, receiver.url("/hook"))
     receiver.script["/hook"] = [500, 500, 500]
@@ -175,7 +186,9 @@ async def test_exhaustion_dead_letter_replay_same_webhook_id(
     assert await conn.fetchval("SELECT count(*) FROM courier.dead_letters") == 0
 
 
-async def test_replay_restarts_the_retry_schedule(conn, receiver: Receiver, relay) -> None:
+async def test_replay_restarts_the_retry_schedule(
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
+) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     receiver.default = 500
     await ops.enqueue(conn, "order.paid", {})
@@ -188,7 +201,7 @@ async def test_replay_restarts_the_retry_schedule(conn, receiver: Receiver, rela
 
 
 async def test_expired_lease_is_reclaimed_by_another_relay(
-    conn, dsn: str, receiver: Receiver, relay
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Any
 ) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     ids = {str(await ops.enqueue(conn, "order.paid", {"i": i})) for i in range(3)}
@@ -208,7 +221,9 @@ async def test_expired_lease_is_reclaimed_by_another_relay(
     assert receiver.ids() == {i: 1 for i in ids}
 
 
-async def test_two_relays_deliver_2000_events_exactly_once(conn, receiver: Receiver, relay) -> None:
+async def test_two_relays_deliver_2000_events_exactly_once(
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
+) -> None:
     # Room at the endpoint for both relays' full pipelines, so that both take part.
     await ops.create_endpoint(conn, url=receiver.url("/hook"), event_types=["*"], max_in_flight=200)
     await conn.execute(
@@ -228,7 +243,7 @@ async def test_two_relays_deliver_2000_events_exactly_once(conn, receiver: Recei
 
 
 async def test_notify_wakes_an_idle_relay_without_waiting_for_the_poll(
-    conn, receiver: Receiver, relay
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
 ) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     async with relay(poll_interval=60) as rt:
@@ -237,13 +252,41 @@ async def test_notify_wakes_an_idle_relay_without_waiting_for_the_poll(
         started = loop.time()
         await ops.enqueue(conn, "order.paid", {})
         await receiver.wait_count(1, timeout=5)
-        assert loop.time() - started < 5  # the poll would take 60 s
+        assert loop.time() - started < 1.0  # the poll would take 60 s
         # Either NOTIFY woke it, or the event landed during the claim a relay makes right after
         # flagging itself idle (by design); never the poll.
         assert rt.relay.wakeups["poll"] == 0
 
 
-async def test_producers_notify_only_when_a_relay_is_idle(conn, dsn: str) -> None:
+async def test_a_long_transaction_wakes_a_relay_that_went_idle_before_its_commit(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Any
+) -> None:
+    # The wake-up check runs at COMMIT (a deferred trigger). Run at INSERT it would read the
+    # relays' flags too early: here no relay is idle when the event is inserted, one is by the
+    # commit, and only a check at commit time wakes it (else it waits for its 60 s poll).
+    await add_endpoint(conn, receiver.url("/hook"))
+    producer = await asyncpg.connect(dsn)
+    try:
+        transaction = producer.transaction()
+        await transaction.start()
+        await producer.execute("SELECT courier.enqueue('order.paid', '{}'::jsonb)")
+        async with relay(poll_interval=60) as rt:
+            await wait_until(lambda: rt.listener.connected)
+            await wait_until(lambda: conn.fetchval("SELECT bool_and(idle) FROM courier.relays"))
+            await asyncio.sleep(0.3)  # past its last claim before sleeping
+            loop = asyncio.get_running_loop()
+            committed = loop.time()
+            await transaction.commit()
+            await receiver.wait_count(1, timeout=5)
+            assert loop.time() - committed < 1.0
+            assert rt.relay.wakeups["notify"] >= 1
+    finally:
+        await producer.close()
+
+
+async def test_producers_notify_only_when_a_relay_is_idle(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
     listener = await asyncpg.connect(dsn)
     got: list[str] = []
     await listener.add_listener("courier_outbox", lambda *args: got.append(args[2]))
@@ -273,7 +316,7 @@ async def test_producers_notify_only_when_a_relay_is_idle(conn, dsn: str) -> Non
 
 
 async def test_relay_survives_its_listen_connection_being_killed(
-    conn, receiver: Receiver, relay
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
 ) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     async with relay(poll_interval=60) as rt:
@@ -288,7 +331,7 @@ async def test_relay_survives_its_listen_connection_being_killed(
 
 
 async def test_disabled_endpoint_holds_deliveries_until_enabled(
-    conn, receiver: Receiver, relay
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
 ) -> None:
     endpoint = await add_endpoint(conn, receiver.url("/hook"))
     receiver.script["/hook"] = [500]
@@ -304,7 +347,7 @@ async def test_disabled_endpoint_holds_deliveries_until_enabled(
 
 
 async def test_timeouts_and_connection_errors_are_recorded_failures(
-    conn, receiver: Receiver, relay
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
 ) -> None:
     await add_endpoint(conn, receiver.url("/slow"))
     await add_endpoint(conn, "http://127.0.0.1:9/nothing-listens-here")
@@ -341,7 +384,9 @@ async def test_timeouts_and_connection_errors_are_recorded_failures(
         ),
     ],
 )
-async def test_bad_enqueue_input_is_refused_clearly(conn, sql: str, message: str) -> None:
+async def test_bad_enqueue_input_is_refused_clearly(
+    conn: asyncpg.Connection, sql: str, message: str
+) -> None:
     with pytest.raises(asyncpg.PostgresError, match="courier: ") as info:
         await conn.execute(sql)
     assert message in str(info.value)
@@ -349,7 +394,7 @@ async def test_bad_enqueue_input_is_refused_clearly(conn, sql: str, message: str
     assert await conn.fetchval("SELECT count(*) FROM courier.outbox") == 0
 
 
-async def test_payload_limit_follows_the_setting(conn, dsn: str) -> None:
+async def test_payload_limit_follows_the_setting(conn: asyncpg.Connection, dsn: str) -> None:
     from pgcourier.runtime import prepare_schema
     from pgcourier.settings import Settings
 
@@ -360,7 +405,9 @@ async def test_payload_limit_follows_the_setting(conn, dsn: str) -> None:
     assert info.value.field == "payload"
 
 
-async def test_body_is_the_stored_json_unchanged(conn, receiver: Receiver, relay) -> None:
+async def test_body_is_the_stored_json_unchanged(
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any
+) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
     payload = {"unicode": "żółw 🐢", "nested": {"list": [1, 2.5, None, True]}, "big": 2**62}
     await ops.enqueue(conn, "a.b", payload)

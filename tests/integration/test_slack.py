@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -274,7 +273,6 @@ async def test_slack_endpoints_through_the_api(api: Any, conn: asyncpg.Connectio
         assert response.status == 422
         assert (await response.json())["error"]["field"] == field_name
     assert await conn.fetchval("SELECT count(*) FROM courier.endpoints") == 1
-    await asyncio.sleep(0)
 
 
 async def test_connection_errors_are_retried_then_dead_lettered(

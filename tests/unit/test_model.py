@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -36,7 +37,34 @@ def test_body_wraps_the_payload_text_verbatim() -> None:
         "timestamp": "2026-01-02T03:04:05.000006Z",
         "data": {"b": 1, "a": [1.5, "ż"]},
     }
-    assert j.body() == body
+
+
+def test_every_attempt_and_every_endpoint_get_the_same_bytes() -> None:
+    # The body is the event's, not the delivery's: a retry (attempts 4, after a replay), another
+    # endpoint with its own scheme, secrets and headers, all sign and send the same bytes.
+    created = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    first = job('{"n": 1}', created)
+    later = dataclasses.replace(
+        first,
+        delivery_id=99,
+        endpoint_id=uuid.uuid4(),
+        attempts=4,
+        schedule_base=3,
+        url="http://y",
+        secrets=("whsec_y", "whsec_x"),
+        headers={"X-Other": "1"},
+        signature_scheme="github",
+        ordering_key="k",
+    )
+    assert later.body() == first.body()
+    # ...while a different event (id, type, time or payload) gets different bytes.
+    for change in (
+        {"event_id": uuid.UUID(int=8)},
+        {"event_type": "other"},
+        {"created_at": created + timedelta(microseconds=1)},
+        {"payload": '{"n": 2}'},
+    ):
+        assert dataclasses.replace(first, **change).body() != first.body(), change
 
 
 def test_timestamp_is_rendered_in_utc() -> None:
