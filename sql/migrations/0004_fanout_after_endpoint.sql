@@ -26,18 +26,20 @@ DECLARE
     locked uuid[];
 BEGIN
     -- 1. Fan out up to p_fan_out events not yet fanned out: one delivery per endpoint whose
-    -- patterns match and that existed when the event was created, due at once. Disabled endpoints get theirs too, held until enabled again
-    -- (nothing is lost while an endpoint is paused); deleted ones get nothing.
+    -- patterns match and that existed when the event was created, due at once. Disabled
+    -- endpoints get theirs too, held until enabled again (nothing is lost while an endpoint is
+    -- paused); deleted ones get nothing.
     -- Fan-out is serialised across relays by a transaction-level advisory lock taken with try
     -- (a relay finding it held skips fan-out this time: another relay is doing it). Per-key
     -- order rests on it: a key's deliveries are created, and numbered, in the order its events
     -- became visible, and no later one can commit before an earlier one exists.
-    -- Which lock does what: the advisory lock alone keeps relays apart here. FOR UPDATE SKIP
-    -- LOCKED on the event rows adds nothing against other relays (none gets this far without
-    -- that lock); it only meets transactions outside pgcourier that lock an event row, e.g. an
-    -- insert into an application table with a foreign key to courier.outbox (FOR KEY SHARE),
-    -- and skipping such a row lets a later event of its key be fanned out, and sent, first
-    -- (tests/integration/test_claim_races.py, the xfail test on a locked event row).
+    -- Which lock does what: the advisory lock alone keeps relays apart here, so the event rows
+    -- are read without a row lock. (0003 read them FOR UPDATE SKIP LOCKED, which added nothing
+    -- against other relays and skipped rows locked by transactions outside pgcourier -- e.g. an
+    -- insert into an application table with a foreign key to courier.outbox holds FOR KEY
+    -- SHARE -- so a later event of the same key could be fanned out, and sent, first:
+    -- tests/integration/test_claim_races.py.) The marking UPDATE takes FOR NO KEY UPDATE, which
+    -- such key-share locks do not block; any other lock only delays fan-out.
     IF p_fan_out > 0 AND pg_try_advisory_xact_lock(1668247919, 0) THEN
         WITH events AS (
             SELECT o.id, o.seq, o.event_type, o.ordering_key, o.created_at
@@ -45,7 +47,6 @@ BEGIN
             WHERE o.fanned_out_at IS NULL
             ORDER BY o.seq
             LIMIT p_fan_out
-            FOR UPDATE SKIP LOCKED
         ), marked AS (
             UPDATE courier.outbox AS o
             SET fanned_out_at = now()

@@ -100,11 +100,6 @@ async def test_a_claim_skips_due_deliveries_another_transaction_has_locked(
     assert sorted(r["id"] for r in claimed) == ids[1:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fan-out skips an event whose row another transaction has locked (FOR UPDATE SKIP "
-    "LOCKED in courier.claim, 0004) and fans out the next event of the same key first",
-)
 async def test_a_locked_event_row_does_not_let_a_later_event_of_its_key_go_first(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
