@@ -27,7 +27,7 @@ HEADER_VALUE = "api-key-7f3e9d21c4"
 RELAY_SLACK_TOKEN = "xoxb-1111-2222-relay-bot-token"
 ENDPOINT_SLACK_TOKEN = "xoxb-3333-4444-endpoint-token"
 REVOKED_SLACK_TOKEN = "xoxb-5555-6666-revoked-token"
-ADMIN_TOKEN = "admin-token-5b8e2f90d1"
+ADMIN_TOKEN = "admin-token-5b8e2f90d1-long-enough-for-the-rule"
 
 SECRETS = {
     "whsec secret": WHSEC,
