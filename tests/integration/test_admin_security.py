@@ -139,14 +139,38 @@ async def test_json_bodies_are_accepted(open_api: Any, content_type: str) -> Non
     assert response.status == 201, await response.text()
 
 
-async def test_routes_that_need_no_body_work_without_one(open_api: Any) -> None:
+async def test_routes_that_need_no_body_take_none_when_declared_json(open_api: Any) -> None:
     created = await (await open_api.post("/api/v1/endpoints", json=ENDPOINT)).json()
-    # No body at all: no content type needed (the defaults apply).
-    response = await open_api.post(f"/api/v1/endpoints/{created['id']}/rotate-secret")
+    # No body at all: the defaults apply.
+    rotate = f"/api/v1/endpoints/{created['id']}/rotate-secret"
+    response = await open_api.post(rotate, headers=JSON)
     assert response.status == 200, await response.text()
-    response = await open_api.post("/api/v1/dead-letters/replay")
+    response = await open_api.post("/api/v1/dead-letters/replay", headers=JSON)
     assert (response.status, (await response.json())["count"]) == (200, 0)
-    assert (await open_api.post("/api/v1/dead-letters/1/replay")).status == 404
+    assert (await open_api.post("/api/v1/dead-letters/1/replay", headers=JSON)).status == 404
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/dead-letters/replay", "/api/v1/endpoints/{id}/rotate-secret"]
+)
+async def test_without_a_token_a_bodiless_write_must_declare_json_too(
+    open_api: Any, conn: asyncpg.Connection, path: str
+) -> None:
+    """A cross-site fetch() POST with no body needs no preflight: "replay everything" and
+    "rotate this secret" must not be reachable that way, whatever the browser sends as Origin."""
+    created = await (await open_api.post("/api/v1/endpoints", json=ENDPOINT)).json()
+    before = await conn.fetchval("SELECT secret FROM courier.endpoints")
+    response = await open_api.post(path.replace("{id}", created["id"]))
+    await _error(response, 415, "content-type")
+    assert await conn.fetchval("SELECT secret FROM courier.endpoints") == before
+
+
+async def test_with_a_token_a_bodiless_write_needs_no_content_type(
+    aiohttp_client: Any, pool: asyncpg.Pool
+) -> None:
+    api = await aiohttp_client(create_app(AdminContext(pool, Metrics(), token=TOKEN)))
+    response = await api.post("/api/v1/dead-letters/replay", headers=AUTH)
+    assert (response.status, (await response.json())["count"]) == (200, 0)
 
 
 async def test_an_oversized_json_body_still_gets_a_json_413(open_api: Any) -> None:

@@ -145,7 +145,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     guarded = request.path.startswith("/api/") or (
         not ctx.open_operations and request.path in OPERATIONS
     )
-    if ctx.token is not None and guarded:
+    if ctx.has_token and guarded:
         offered = request.headers.get(hdrs.AUTHORIZATION, "")
         scheme, _, value = offered.partition(" ")
         value = value.strip()
@@ -169,10 +169,15 @@ async def json_bodies(request: web.Request, handler: Handler) -> web.StreamRespo
 
     The body would parse as JSON whatever its declared type, and a page on another site can
     send text/plain or a form without a CORS preflight: requiring application/json means any
-    cross-site write needs a preflight, which this server never grants. Requests without a
-    body (e.g. a replay with the defaults) need no content type.
+    cross-site write needs a preflight, which this server never grants. With a token, requests
+    without a body (e.g. a replay with the defaults) need no content type: the bearer header
+    already forces a preflight. Without one they do, on the API: a bodiless cross-site POST
+    needs no preflight either, and "replay every dead letter" or "rotate this secret" take no
+    body (the Origin check refuses such requests too; this does not rely on browsers sending it).
     """
-    if request.method in BODY_METHODS and request.body_exists:
+    ctx = request.app[CONTEXT]
+    bodiless_write = not ctx.has_token and request.path.startswith("/api/")
+    if request.method in BODY_METHODS and (request.body_exists or bodiless_write):
         charset = (request.charset or "utf-8").lower()
         if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
             return error_response(
