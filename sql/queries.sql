@@ -325,6 +325,12 @@ CREATE TABLE IF NOT EXISTS courier.migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- revoke_public_execute --
+-- Run at the end of every migrate(): a function is executable by PUBLIC when created, and no
+-- default privilege can change that per schema, so each new one is closed here
+-- (producers get EXECUTE on courier.enqueue by an explicit GRANT: README, least privilege).
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA courier FROM PUBLIC;
+
 -- record_migration --
 INSERT INTO courier.migrations (version, name, checksum) VALUES ($1, $2, $3);
 

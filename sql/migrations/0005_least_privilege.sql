@@ -83,6 +83,7 @@ ALTER FUNCTION courier.outbox_wake() SECURITY DEFINER SET search_path = pg_catal
 ALTER FUNCTION courier.enqueue(text, jsonb, text, text)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+-- Functions are executable by PUBLIC when created. The migrator repeats this statement at the end
+-- of every run (pgcourier.db.migrate), so functions that later migrations add are covered too:
+-- ALTER DEFAULT PRIVILEGES ... IN SCHEMA cannot revoke a built-in default privilege, it only adds.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA courier FROM PUBLIC;
--- And on the functions later migrations create (when the same role runs them, as it should).
-ALTER DEFAULT PRIVILEGES IN SCHEMA courier REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;

@@ -26,6 +26,9 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Key for pg_advisory_lock while migrating: any constant works as long as every pgcourier agrees.
 MIGRATION_LOCK_KEY = 0x70_67_63_6F_75_72  # "pgcour"
 NOTIFY_CHANNEL = "courier_outbox"
+# From this migration on (0005, least privilege) only roles granted EXECUTE may call courier's
+# functions; every migrate() re-applies that, so functions later migrations add are closed too.
+PRIVILEGES_FROM = 5
 
 
 class Queries(dict[str, str]):
@@ -154,6 +157,10 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
                     migration.checksum,
                 )
             done.append(migration.version)
+        if LATEST_VERSION >= PRIVILEGES_FROM:
+            # Every run, not only when something was applied: cheap, idempotent, and it also
+            # closes functions a migration of an older pgcourier left open.
+            await conn.execute(QUERIES["revoke_public_execute"])
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)

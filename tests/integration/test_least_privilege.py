@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pgcourier import ops
+from pgcourier import db, ops
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -116,3 +116,25 @@ async def test_definer_functions_run_with_a_fixed_search_path(conn: asyncpg.Conn
     )
     assert [r["proname"] for r in rows] == ["enqueue", "outbox_validate", "outbox_wake"]
     assert all(r["proconfig"] == ["search_path=pg_catalog, pg_temp"] for r in rows)
+
+
+async def test_migrate_closes_every_courier_function_but_what_was_granted(
+    producer: asyncpg.Connection,
+) -> None:
+    """Generic, so that a function a later migration adds is covered without naming it here."""
+    await producer.execute("RESET ROLE")
+    # What a later migration would do: a new function is executable by PUBLIC when created.
+    await producer.execute(
+        "CREATE FUNCTION courier.added_later() RETURNS int LANGUAGE sql RETURN 1"
+    )
+    await db.migrate(producer)
+    callable_by = await producer.fetch(
+        "SELECT p.oid::regprocedure::text AS f, "
+        "has_function_privilege('public', p.oid, 'EXECUTE') AS public, "
+        "has_function_privilege('courier_producer', p.oid, 'EXECUTE') AS producer "
+        "FROM pg_proc AS p WHERE p.pronamespace = 'courier'::regnamespace"
+    )
+    assert [r["f"] for r in callable_by if r["public"]] == []
+    assert [r["f"] for r in callable_by if r["producer"]] == [
+        "courier.enqueue(text,jsonb,text,text)"
+    ]

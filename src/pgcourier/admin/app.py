@@ -145,7 +145,8 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     guarded = request.path.startswith("/api/") or (
         not ctx.open_operations and request.path in OPERATIONS
     )
-    if ctx.has_token and guarded:
+    token = ctx.token if ctx.has_token else None  # the one rule for "a token is set"
+    if token is not None and guarded:
         offered = request.headers.get(hdrs.AUTHORIZATION, "")
         scheme, _, value = offered.partition(" ")
         value = value.strip()
@@ -154,7 +155,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         if (
             scheme.lower() != "bearer"
             or not value.isascii()
-            or not hmac.compare_digest(value, ctx.token)
+            or not hmac.compare_digest(value, token)
         ):
             return error_response(401, "unauthorized", "missing or wrong bearer token")
     return await handler(request)
