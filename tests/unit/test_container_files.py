@@ -155,9 +155,11 @@ def parse_cli(argv: list[str]) -> Any:
     assert argv[0] in PROJECT["scripts"], f"{argv[0]!r} is no console script of this project"
     stderr = io.StringIO()
     try:
-        with contextlib.redirect_stderr(stderr):
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
             return build_parser().parse_args(argv[1:])
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 0:  # --help, --version: accepted, nothing to run
+            return None
         pytest.fail(f"pgcourier refuses {argv[1:]}: {stderr.getvalue().strip()}")
 
 
@@ -356,6 +358,30 @@ def test_the_stack_starts_in_order() -> None:
     assert relay["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     # The test Postgres (README, Development) stays where the README says.
     assert "127.0.0.1:55432:5432" in SERVICES["postgres"]["ports"]
+
+
+# -- the README ----------------------------------------------------------------------------------
+
+
+def test_the_readme_container_section_matches_the_files() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Container\n", 1)[1].split("\n## ", 1)[0]
+    commands = 0
+    for span in re.findall(r"`([^`\n]+)`", section):
+        words = shlex.split(span)
+        if "pgcourier" not in words or words[:2] == ["docker", "build"]:
+            continue  # not a command, or pgcourier is the image's tag there
+        if words[:3] == ["docker", "compose", "exec"]:
+            assert words[3] in SERVICES, f"{span}: no service {words[3]}"
+        parse_cli(words[words.index("pgcourier") :])
+        commands += 1
+    assert commands >= 3, "the README's Container section lost its commands"
+    # The token recipe is the same everywhere; the address is where the relay is published.
+    recipe = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    assert recipe in section
+    assert recipe in (ROOT / ".env.example").read_text(encoding="utf-8")
+    for host_port in re.findall(r"http://([\d.]+:\d+)", section):
+        assert any(str(p).startswith(host_port + ":") for p in SERVICES["relay"]["ports"])
 
 
 # -- the build context ----------------------------------------------------------------------------
