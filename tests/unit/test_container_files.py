@@ -199,10 +199,9 @@ def test_every_stage_is_a_slim_python_the_project_supports() -> None:
 
 
 def test_the_image_runs_as_a_user_other_than_root() -> None:
+    # The last USER is the one the container runs as; without one it would be root.
     user = IMAGE.last("USER").split(":")[0]
     assert user not in ("", "root", "0"), f"USER {user}"
-    # After the last USER nothing runs as root again (a later USER root would undo it).
-    assert all(args.split(":")[0] not in ("root", "0") for args in IMAGE.all("USER"))
 
 
 def test_the_image_runs_the_relay_through_the_projects_console_script() -> None:
