@@ -102,12 +102,19 @@ class WebhookTransport:
                 allow_redirects=False,
             ) as response:
                 status = response.status
-                raw = await _read_at_most(response.content, self._body_limit)
+                raw, problem = await _read_at_most(response.content, self._body_limit)
+                text = storable_text(raw, self._body_limit)
+                if problem is not None:
+                    # The status is the receiver's answer (Standard Webhooks: a 2xx means it took
+                    # the event) and decides the outcome; a body that stalls or is cut short
+                    # after it only gets noted. Failing a 2xx here would send the event again.
+                    note = storable_text(problem, ERROR_LIMIT, one_line=True)
+                    text = f"{text}\n[pgcourier: response body not read whole: {note}]"
                 return AttemptResult(
                     started_at=started_at,
                     duration=time.perf_counter() - t0,
                     status=status,
-                    response_body=storable_text(raw, self._body_limit),
+                    response_body=text,
                     retry_after=response.headers.get("Retry-After"),
                 )
         except TimeoutError:
@@ -118,8 +125,6 @@ class WebhookTransport:
         except aiohttp.ServerDisconnectedError:
             # Its text is the repr of whatever part of the response had been parsed.
             error = "connection closed by the receiver before the whole response arrived"
-        except aiohttp.ClientPayloadError as exc:  # e.g. the connection closed mid-body
-            error = f"invalid response body after HTTP {status}: {exc}"
         except aiohttp.ClientResponseError as exc:
             # Raised by the response parser (a garbage status line, a header over the limits):
             # its "400" is aiohttp's own, not a status the receiver sent.
@@ -135,18 +140,24 @@ class WebhookTransport:
         )
 
 
-async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> tuple[bytes, str | None]:
     """The body, or its first ``limit`` bytes when longer (a huge or endless body must not stall
-    the relay; the connection is then closed instead of reused, which is the right price).
+    the relay; the connection is then closed instead of reused, which is the right price), and
+    what went wrong reading it, if anything.
 
     One ``read(n)`` returns what has arrived so far, not n bytes: read until the limit or the
-    end, so that a body cut short by a closed connection raises ClientPayloadError instead of
-    passing for a complete response.
+    end, so that a body cut short by a closed connection is noticed instead of passing for a
+    complete response.
     """
     data = bytearray()
-    while len(data) < limit:
-        chunk = await content.read(limit - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
+    try:
+        while len(data) < limit:
+            chunk = await content.read(limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        return bytes(data), "the request timeout ran out while the body was arriving"
+    except aiohttp.ClientError as exc:  # e.g. ClientPayloadError: the connection closed mid-body
+        return bytes(data), f"{type(exc).__name__}: {exc}"
+    return bytes(data), None

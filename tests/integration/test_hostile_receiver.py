@@ -84,6 +84,15 @@ async def closed_mid_body(w: asyncio.StreamWriter) -> None:
     await _send(w, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of it")
 
 
+async def closed_mid_body_500(w: asyncio.StreamWriter) -> None:
+    await _send(w, b"HTTP/1.1 500 Oops\r\nContent-Length: 100\r\n\r\nonly part of it")
+
+
+async def stalled_body(w: asyncio.StreamWriter) -> None:
+    await _send(w, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nslow")
+    await asyncio.sleep(30)  # past the request timeout: the relay hangs up first
+
+
 async def closed_mid_headers(w: asyncio.StreamWriter) -> None:
     await _send(w, b"HTTP/1.1 200 OK\r\nContent-Le")
 
@@ -137,12 +146,29 @@ CASES = [
         True,
         lambda a: a["status_code"] == 200 and a["response_body"] == "\ufffd" * BODY_LIMIT,
     ),
+    # A status decides the outcome even when the body after it breaks: a 2xx is the receiver
+    # saying it took the event, so failing it would only send the event again.
     Case(
         closed_mid_body,
-        False,
+        True,
         lambda a: (
-            a["status_code"] is None
-            and _error_has("invalid response body after HTTP 200", "not complete")(a)
+            a["status_code"] == 200
+            and a["error"] is None
+            and a["response_body"].startswith("only part of it\n[pgcourier: response body not")
+        ),
+    ),
+    Case(
+        closed_mid_body_500,
+        False,
+        lambda a: a["status_code"] == 500 and "not read whole" in a["response_body"],
+    ),
+    Case(
+        stalled_body,
+        True,
+        lambda a: (
+            a["status_code"] == 200
+            and a["response_body"].startswith("slow")
+            and "timeout" in a["response_body"]
         ),
     ),
     Case(closed_mid_headers, False, _error_has("connection closed", "before the whole response")),
