@@ -37,7 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "src")]
 
-from benchlib.cli import main  # noqa: E402
+try:
+    from benchlib.cli import main
+except ModuleNotFoundError as exc:
+    if (exc.name or "").partition(".")[0] != "pgqueuer":
+        raise
+    sys.exit("scripts/bench.py runs PgQueuer beside pgcourier: pip install 'pgqueuer>=1.6'")
 
 if __name__ == "__main__":
     sys.exit(main(__doc__ or ""))
