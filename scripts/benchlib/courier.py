@@ -173,7 +173,8 @@ async def pgbench(dsn: str, clients: int, seconds: int, script: str = PRODUCE) -
     try:
         proc = await asyncio.create_subprocess_exec(
             str(POSTGRES_BIN_PATH / "pgbench"),
-            *("-n", "-c", str(clients), "-j", "2", "-T", str(seconds), "-f", file.name, dsn),
+            *("-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(seconds)),
+            *("-f", file.name, dsn),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
