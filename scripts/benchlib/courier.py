@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from benchlib.procs import check_all
 from pgcourier import ops
 
 
@@ -71,6 +72,7 @@ async def all_recorded(conn: asyncpg.Connection) -> bool:
 async def wait_recorded(conn: asyncpg.Connection, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while not await all_recorded(conn):
+        check_all()
         if time.monotonic() > deadline:
             raise TimeoutError("deliveries were not all recorded in time")
         await asyncio.sleep(0.02)
@@ -92,6 +94,7 @@ async def wait_relay_idle(conn: asyncpg.Connection, timeout: float = 30, n: int 
     deadline = time.monotonic() + timeout
     sql = "SELECT count(*) FILTER (WHERE idle) >= $1 FROM courier.relays"
     while not await conn.fetchval(sql, n):
+        check_all()
         if time.monotonic() > deadline:
             raise TimeoutError("the relay did not become idle")
         await asyncio.sleep(0.05)
@@ -100,6 +103,7 @@ async def wait_relay_idle(conn: asyncpg.Connection, timeout: float = 30, n: int 
 async def wait_until(conn: asyncpg.Connection, sql: str, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not await conn.fetchval(sql):
+        check_all()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
         await asyncio.sleep(0.05)

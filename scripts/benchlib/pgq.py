@@ -18,6 +18,7 @@ from pgqueuer.adapters.persistence import qb
 from pgqueuer.queries import Queries
 
 from benchlib.pgq_consumer import ENTRYPOINT
+from benchlib.procs import check_all
 
 NAMES = qb.QueryQueueBuilder().qualified
 
@@ -68,6 +69,7 @@ async def wait_done(conn: asyncpg.Connection, timeout: float) -> float:
     """Until no job is left in the queue table (PgQueuer deletes a job when it logs it done)."""
     deadline = time.monotonic() + timeout
     while await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {NAMES.queue_table})"):
+        check_all()
         if time.monotonic() > deadline:
             raise TimeoutError("PgQueuer's jobs were not all completed in time")
         await asyncio.sleep(0.02)

@@ -26,6 +26,7 @@ class Watched:
     """A child process, its peak RSS sampled every 50 ms."""
 
     proc: subprocess.Popen[bytes]
+    name: str
     peak_rss: int = 0
     _sampler: asyncio.Task[None] | None = None
 
@@ -46,22 +47,34 @@ class Watched:
         times = ps.cpu_times()
         return float(times.user + times.system)
 
-    def check_alive(self, what: str) -> None:
+    def check_alive(self, what: str | None = None) -> None:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {self.proc.returncode}")
+            raise RuntimeError(f"{what or self.name} exited with status {self.proc.returncode}")
+
+
+# The processes running now. Every wait of the benchmark checks them (check_all), so that one
+# dying makes the run fail at once instead of at the end of a long timeout.
+RUNNING: list[Watched] = []
+
+
+def check_all() -> None:
+    for w in RUNNING:
+        w.check_alive()
 
 
 @contextlib.asynccontextmanager
-async def watched(command: Sequence[str], env: dict[str, str]) -> AsyncIterator[Watched]:
+async def watched(command: Sequence[str], env: dict[str, str], name: str) -> AsyncIterator[Watched]:
     # Its output goes to a file, not a pipe: a relay logging every attempt would fill a pipe
     # and stall. The file's tail is shown when the process died on its own.
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT)
-        w = Watched(proc)
+        w = Watched(proc, name)
         w._sampler = asyncio.create_task(w._sample())
+        RUNNING.append(w)
         try:
             yield w
         finally:
+            RUNNING.remove(w)
             w._sampler.cancel()
             target = proc
             if command[0] == "py-spy":  # stop the relay; py-spy writes its profile when it exits
@@ -76,7 +89,7 @@ async def watched(command: Sequence[str], env: dict[str, str]) -> AsyncIterator[
                 proc.wait()
             if proc.returncode not in (0, -signal.SIGTERM):
                 log.seek(max(0, log.seek(0, 2) - 2000))
-                print(f"{command[-2:]} exited with {proc.returncode}; its last output:")
+                print(f"{name} exited with {proc.returncode}; its last output:")
                 print(log.read().decode(errors="replace"), flush=True)
 
 
@@ -103,14 +116,14 @@ async def relay_process(
     if profile:  # py-spy samples the relay and writes collapsed stacks when it exits
         command = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", profile, "--"]
         command += [python(), "-m", "pgcourier", "run"]
-    async with watched(command, env) as relay:
+    async with watched(command, env, "the relay") as relay:
         yield relay
 
 
 @contextlib.asynccontextmanager
 async def pgq_consumer_process(dsn: str, url: str, loop: str) -> AsyncIterator[Watched]:
     command = [python(), "-m", "benchlib.pgq_consumer", dsn, url, loop]
-    async with watched(command, child_env()) as consumer:
+    async with watched(command, child_env(), "PgQueuer's consumer") as consumer:
         yield consumer
 
 

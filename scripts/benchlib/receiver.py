@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from benchlib import child_env, python
+from benchlib.procs import check_all
 
 SLOW_SECONDS = 2.0
 RETRY_AFTER_SECONDS = 3600
@@ -126,6 +127,7 @@ class ReceiverClient:
     async def wait_count(self, n: int, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
+            check_all()
             s = await self.stats()
             if s["count"] >= n:
                 return s
