@@ -147,7 +147,8 @@ def print_version(label: str, server: dict[str, str], results: Results, quick: b
                 else str(value)
             )
             print(f"{name:<24} {key:<28} {text:>12}")
-    print(f"\n{'side by side':<32} {'pgcourier':>11} {'PgQueuer':>11} {'ratio':>7}")
+    head = f"{'side by side':<32} {'pgcourier':>11} {'PgQueuer':>11} {'ratio':>7}"
+    print(f"\n{head}  (pgcourier / PgQueuer)")
     for text, name, figure in COMPARED:
         ours, theirs = get(results, name, figure), get(results, f"pgqueuer {name}", figure)
         if ours is None and theirs is None:
@@ -157,7 +158,7 @@ def print_version(label: str, server: dict[str, str], results: Results, quick: b
         print(f"{text:<32} {' '.join(cells)} {f'{r:.2f}' if r is not None else '-':>7}")
     print(f"\n{'target':<36} {'value':>10} {'goal':>12}  result")
     for name, value, op, goal, ok in evaluate(results):
-        print(f"{name:<36} {value:>10.2f} {op + f' {goal:.2f}':>12}  {verdict(ok, quick)}")
+        print(f"{name:<36} {number(value):>10} {op + ' ' + number(goal):>12}  {verdict(ok, quick)}")
 
 
 def print_summary(per_version: dict[str, list[Row]], quick: bool) -> bool:
@@ -173,7 +174,7 @@ def print_summary(per_version: dict[str, list[Row]], quick: bool) -> bool:
         ok = all(r[4] for r in found.values())
         all_met = all_met and ok
         if len(versions) > 1:
-            cells = [f"{found[v][1]:>10.2f}" if v in found else f"{'-':>10}" for v in versions]
+            cells = [f"{number(found[v][1]) if v in found else '-':>10}" for v in versions]
             print(f"{label:<36} {' '.join(cells)}  {verdict(ok, quick)}")
     return all_met
 
