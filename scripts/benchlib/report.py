@@ -133,6 +133,7 @@ def machine() -> str:
 
 
 def print_version(label: str, server: dict[str, str], results: Results, quick: bool) -> None:
+    rows = evaluate(results)  # first: it adds the ratios to the ceiling to the results
     print(f"\n=== Postgres {label}: " + ", ".join(f"{k}={v}" for k, v in sorted(server.items())))
     print(f"\n{'measurement':<24} {'figure':<28} {'value':>12}")
     for name, data in results.items():
@@ -147,17 +148,20 @@ def print_version(label: str, server: dict[str, str], results: Results, quick: b
                 else str(value)
             )
             print(f"{name:<24} {key:<28} {text:>12}")
-    head = f"{'side by side':<32} {'pgcourier':>11} {'PgQueuer':>11} {'ratio':>7}"
-    print(f"\n{head}  (pgcourier / PgQueuer)")
+    lines = []
     for text, name, figure in COMPARED:
         ours, theirs = get(results, name, figure), get(results, f"pgqueuer {name}", figure)
         if ours is None and theirs is None:
             continue
         r = ratio(ours, theirs)
         cells = [f"{number(x) if x is not None else '-':>11}" for x in (ours, theirs)]
-        print(f"{text:<32} {' '.join(cells)} {f'{r:.2f}' if r is not None else '-':>7}")
-    print(f"\n{'target':<36} {'value':>10} {'goal':>12}  result")
-    for name, value, op, goal, ok in evaluate(results):
+        lines.append(f"{text:<32} {' '.join(cells)} {f'{r:.2f}' if r is not None else '-':>7}")
+    if lines:
+        head = f"{'side by side':<32} {'pgcourier':>11} {'PgQueuer':>11} {'ratio':>7}"
+        print(f"\n{head}  (pgcourier / PgQueuer)", *lines, sep="\n")
+    if rows:
+        print(f"\n{'target':<36} {'value':>10} {'goal':>12}  result")
+    for name, value, op, goal, ok in rows:
         print(f"{name:<36} {number(value):>10} {op + ' ' + number(goal):>12}  {verdict(ok, quick)}")
 
 
