@@ -37,7 +37,7 @@ FULL = Sizes(
 )
 QUICK = Sizes(
     ceiling_seconds=1,
-    drain_events=2_000,
+    drain_events=1_000,
     fanout_events=200,
     fanout_endpoints=10,
     latency_phases=((IDLE_RATE, 1), (1000, 1)),  # 200 and 2,000: the same code, full run only
