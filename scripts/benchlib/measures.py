@@ -1,0 +1,291 @@
+"""Throughput and cost: ceiling, drain (pgcourier and PgQueuer), fanout, history, processes,
+producers and CPU per 1,000 deliveries. Latency and isolation are in benchlib.latency."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from benchlib import courier, pgq
+from benchlib.procs import CpuMeter, Watched, pgq_consumer_process, relay_process
+from benchlib.receiver import ReceiverClient
+from benchlib.servers import database_name
+from benchlib.sizes import Sizes
+from pgcourier.signing import generate_secret, sign_message
+
+Result = dict[str, Any]
+
+
+@dataclass
+class Bench:
+    dsn: str  # pgcourier's database
+    pgq_dsn: str  # PgQueuer's database, on the same server
+    sizes: Sizes
+    receiver: ReceiverClient
+    log_level: str
+    pgq_loop: str = "uvloop"
+    profile: str | None = None
+    results: dict[str, Result] = field(default_factory=dict)
+
+    async def conn(self, dsn: str | None = None) -> asyncpg.Connection:
+        return await asyncpg.connect(dsn or self.dsn)
+
+    @contextlib.asynccontextmanager
+    async def relay(self, **env: str) -> Any:
+        async with relay_process(self.dsn, self.log_level, self.profile, env) as relay:
+            yield relay
+
+    def consumer(self) -> Any:
+        return pgq_consumer_process(self.pgq_dsn, f"{self.receiver.base}/hook/0", self.pgq_loop)
+
+    async def pgq_ready(self, conn: asyncpg.Connection, consumer: Watched) -> None:
+        """PgQueuer has no readiness signal: one job goes through before measuring."""
+        await self.receiver.reset()
+        await pgq.enqueue_many(conn, 1)
+        try:
+            await self.receiver.wait_count(1, timeout=60)
+        finally:
+            consumer.check_alive("PgQueuer's consumer")
+        await pgq.wait_done(conn, timeout=30)
+
+    # -- ceiling -------------------------------------------------------------------------------
+
+    async def ceiling(self) -> None:
+        secret = generate_secret()
+        body = pgq.envelope("bench.drain", json.dumps({"i": 1, "pad": "x" * 64}))
+        await self.receiver.reset()
+        connector = aiohttp.TCPConnector(limit=64, limit_per_host=0)
+        stop_at = time.monotonic() + self.sizes.ceiling_seconds
+        count = 0
+
+        async def worker(session: aiohttp.ClientSession) -> None:
+            nonlocal count
+            while time.monotonic() < stop_at:
+                headers = sign_message([secret], "msg", body).as_dict()
+                headers["content-type"] = "application/json"
+                async with session.post(
+                    f"{self.receiver.base}/hook/0", data=body, headers=headers
+                ) as r:
+                    await r.read()
+                count += 1
+
+        async with aiohttp.ClientSession(connector=connector) as session:
+            t0 = time.monotonic()
+            await asyncio.gather(*(worker(session) for _ in range(64)))
+            elapsed = time.monotonic() - t0
+        self.results["ceiling"] = {"requests_per_s": count / elapsed, "requests": count}
+
+    # -- drain ---------------------------------------------------------------------------------
+
+    async def _drain(
+        self, n_events: int, n_endpoints: int, name: str, seed_history: int = 0, processes: int = 1
+    ) -> Result:
+        conn = await self.conn()
+        try:
+            await courier.reset_tables(conn)
+            await courier.add_endpoints(conn, self.receiver.base, n_endpoints)
+            if seed_history:
+                await courier.seed(conn, seed_history)
+            await courier.enqueue_many(conn, n_events)
+            await conn.execute("VACUUM ANALYZE courier.outbox")
+            await courier.settle(conn)
+            expected = n_events * n_endpoints
+            await self.receiver.reset()
+            async with contextlib.AsyncExitStack() as stack:
+                relays = [await stack.enter_async_context(self.relay()) for _ in range(processes)]
+                try:
+                    stats = await self.receiver.wait_count(expected, timeout=600)
+                    done = await courier.wait_recorded(conn, timeout=120)
+                finally:
+                    for relay in relays:
+                        relay.check_alive("the relay")
+                rss = max(relay.peak_rss for relay in relays)
+            delivered, attempts = await courier.delivered_counts(conn)
+        finally:
+            await conn.close()
+        elapsed = done - stats["first"]
+        if not seed_history:
+            assert delivered == expected, f"{name}: {delivered} delivered of {expected}"
+            assert attempts >= expected, f"{name}: only {attempts} attempts recorded"
+        return {
+            "deliveries": expected,
+            "deliveries_per_s": expected / elapsed,
+            "seconds": elapsed,
+            "received": stats["count"],
+            "peak_rss_mb": rss / 2**20,
+        }
+
+    async def _pgq_drain(self, n: int) -> Result:
+        conn = await self.conn(self.pgq_dsn)
+        try:
+            await pgq.reset(conn)
+            await pgq.enqueue_many(conn, n)
+            await conn.execute(f"VACUUM ANALYZE {pgq.NAMES.queue_table}")
+            await courier.settle(conn)
+            await self.receiver.reset()
+            async with self.consumer() as consumer:
+                try:
+                    stats = await self.receiver.wait_count(n, timeout=600)
+                    done = await pgq.wait_done(conn, timeout=120)
+                finally:
+                    consumer.check_alive("PgQueuer's consumer")
+                rss = consumer.peak_rss
+            failed = await pgq.failed(conn)
+        finally:
+            await conn.close()
+        assert failed == 0, f"PgQueuer drain: {failed} jobs failed"
+        elapsed = done - stats["first"]
+        return {
+            "deliveries": n,
+            "deliveries_per_s": n / elapsed,
+            "seconds": elapsed,
+            "received": stats["count"],
+            "peak_rss_mb": rss / 2**20,
+        }
+
+    async def drain(self) -> None:
+        r = await self._drain(self.sizes.drain_events, 1, "drain")
+        self.results["drain"] = r
+        self.results["memory"] = {"peak_rss_mb": r["peak_rss_mb"]}
+        p = await self._pgq_drain(self.sizes.drain_events)
+        self.results["pgqueuer drain"] = p
+        self.results["pgqueuer memory"] = {"peak_rss_mb": p["peak_rss_mb"]}
+
+    async def fanout(self) -> None:
+        self.results["fanout"] = await self._drain(
+            self.sizes.fanout_events, self.sizes.fanout_endpoints, "fanout"
+        )
+
+    async def history(self) -> None:
+        base = self.results.get("drain") or await self._drain(self.sizes.drain_events, 1, "drain")
+        with_history = await self._drain(
+            self.sizes.drain_events, 1, "history", seed_history=self.sizes.history_rows
+        )
+        self.results["history"] = {
+            "history_rows": self.sizes.history_rows,
+            "deliveries_per_s": with_history["deliveries_per_s"],
+            "baseline_per_s": base["deliveries_per_s"],
+            "ratio": with_history["deliveries_per_s"] / base["deliveries_per_s"],
+        }
+
+    async def processes(self) -> None:
+        """The same drain with two `pgcourier run` processes on the database (issue 11.4)."""
+        one = self.results.get("drain") or await self._drain(self.sizes.drain_events, 1, "drain")
+        two = await self._drain(self.sizes.drain_events, 1, "processes", processes=2)
+        self.results["processes"] = {
+            "one_per_s": one["deliveries_per_s"],
+            "two_per_s": two["deliveries_per_s"],
+            "ratio": two["deliveries_per_s"] / one["deliveries_per_s"],
+        }
+
+    # -- cost ----------------------------------------------------------------------------------
+
+    async def cost(self) -> None:
+        """CPU seconds per 1,000 deliveries: the queue's process plus the Postgres processes
+        serving it, over a drain of N events committed in one transaction to a running, idle
+        queue (so that start-up is not counted), until every delivery is recorded."""
+        n = self.sizes.drain_events
+        conn = await self.conn()
+        try:
+            await courier.reset_tables(conn)
+            await courier.add_endpoints(conn, self.receiver.base, 1)
+            async with self.relay() as relay:
+                await courier.wait_relay_idle(conn)
+                await self.receiver.reset()
+                meter = await self._meter(self.dsn, conn)
+                cpu0, t0 = relay.cpu_seconds(), time.time()
+                await courier.enqueue_many(conn, n)
+                await self.receiver.wait_count(n, timeout=600)
+                done = await courier.wait_recorded(conn, timeout=120)
+                own = relay.cpu_seconds() - cpu0
+                pg = await meter.stop()
+                relay.check_alive("the relay")
+        finally:
+            await conn.close()
+        self.results["cost"] = self._cost(n, own, pg, done - t0, meter.missing)
+
+        conn = await self.conn(self.pgq_dsn)
+        try:
+            await pgq.reset(conn)
+            async with self.consumer() as consumer:
+                await self.pgq_ready(conn, consumer)
+                await self.receiver.reset()
+                meter = await self._meter(self.pgq_dsn, conn)
+                cpu0, t0 = consumer.cpu_seconds(), time.time()
+                await pgq.enqueue_many(conn, n)
+                await self.receiver.wait_count(n, timeout=600)
+                done = await pgq.wait_done(conn, timeout=120)
+                own = consumer.cpu_seconds() - cpu0
+                pg = await meter.stop()
+                consumer.check_alive("PgQueuer's consumer")
+        finally:
+            await conn.close()
+        self.results["pgqueuer cost"] = self._cost(n, own, pg, done - t0, meter.missing)
+
+    async def _meter(self, dsn: str, own: asyncpg.Connection) -> CpuMeter:
+        meter = CpuMeter(await self.conn(dsn), database_name(dsn), [own.get_server_pid()])
+        await meter.start()
+        return meter
+
+    @staticmethod
+    def _cost(n: int, own: float, pg: dict[str, float], seconds: float, missing: bool) -> Result:
+        total = own + pg["backends"] + pg["background"]
+        result: Result = {
+            "cpu_s_per_1000": total / n * 1000,
+            "process_cpu_s_per_1000": own / n * 1000,
+            "backends_cpu_s_per_1000": pg["backends"] / n * 1000,
+            "background_cpu_s_per_1000": pg["background"] / n * 1000,
+            "deliveries_per_s": n / seconds,
+        }
+        if missing:
+            result["note"] = "some Postgres processes are not on this machine: not counted"
+        return result
+
+    # -- producers -----------------------------------------------------------------------------
+
+    async def producers(self) -> None:
+        clients, seconds = self.sizes.producer_clients, self.sizes.producer_seconds
+        conn = await self.conn()
+        rates: dict[str, float] = {}
+        try:
+            for variant in ("disabled", "idle-gated", "always"):
+                await self.receiver.reset()
+                await courier.reset_tables(conn)
+                await courier.add_endpoints(conn, self.receiver.base, 1)
+                await courier.set_wake_trigger(conn, variant)
+                try:
+                    async with self.relay() as relay:
+                        await courier.wait_relay_idle(conn)
+                        rates[variant] = await courier.pgbench(self.dsn, clients, seconds)
+                        relay.check_alive("the relay")
+                finally:
+                    await courier.set_wake_trigger(conn, "idle-gated")
+        finally:
+            await conn.close()
+        self.results["producers"] = {
+            "commits_per_s": rates["idle-gated"],
+            "without_trigger_per_s": rates["disabled"],
+            "always_notify_per_s": rates["always"],
+            "ratio": rates["idle-gated"] / rates["disabled"],
+        }
+        conn = await self.conn(self.pgq_dsn)
+        try:
+            await pgq.reset(conn)
+            async with self.consumer() as consumer:
+                await self.pgq_ready(conn, consumer)
+                body = pgq.envelope("bench.produce", '{"n": 1}')
+                rate = await courier.pgbench(
+                    self.pgq_dsn, clients, seconds, pgq.enqueue_statement(body)
+                )
+                consumer.check_alive("PgQueuer's consumer")
+        finally:
+            await conn.close()
+        self.results["pgqueuer producers"] = {"commits_per_s": rate}
+        self.results["producers"]["ratio_to_pgqueuer"] = rates["idle-gated"] / rate
