@@ -1,0 +1,107 @@
+"""Dead-letter operations: list, show, discard and replay."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from pgcourier.db import QUERIES, translate_errors
+from pgcourier.errors import InvalidInput, NotFound
+from pgcourier.ops.events import event_record
+from pgcourier.ops.paging import MAX_ID, check_limit, decode_dead_cursor, encode_cursor
+from pgcourier.ops.validation import parse_uuid, plain, validate_event_type
+
+
+@dataclass(frozen=True)
+class DeadFilter:
+    """Which dead letters a listing or a bulk replay covers (None: any)."""
+
+    endpoint_id: str | None = None
+    event_type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def args(self) -> tuple[UUID | None, str | None, datetime | None, datetime | None]:
+        """The filter as the queries' first four parameters, validated."""
+        if self.since and self.until and self.since >= self.until:
+            raise InvalidInput("since must be earlier than until", field="since")
+        eid = (
+            None if self.endpoint_id is None else parse_uuid(self.endpoint_id, field="endpoint_id")
+        )
+        if self.event_type is not None:
+            validate_event_type(self.event_type, field="event_type")
+        return eid, self.event_type, self.since, self.until
+
+
+async def list_dead(
+    conn: asyncpg.Connection,
+    where: DeadFilter | None = None,
+    *,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """A page of dead letters, newest first, with the cursor of the next page (None at the end)."""
+    check_limit(limit)
+    after = decode_dead_cursor(cursor) if cursor else (None, None)
+    with translate_errors():
+        rows = await conn.fetch(
+            QUERIES["list_dead"], *(where or DeadFilter()).args(), *after, limit + 1
+        )
+    page = rows[:limit]
+    following = (
+        encode_cursor(page[-1]["dead_at"], str(page[-1]["id"])) if len(rows) > limit else None
+    )
+    return {"data": [plain(r) for r in page], "next_cursor": following}
+
+
+def _dead_id(value: str | int) -> int:
+    text = str(value)
+    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_ID:
+        raise InvalidInput(f"{text!r} is not a dead-letter id", field="id")
+    return int(text)
+
+
+async def get_dead(conn: asyncpg.Connection, dead_id: str | int) -> dict[str, Any]:
+    """One dead letter with its event, or :class:`NotFound`."""
+    did = _dead_id(dead_id)
+    with translate_errors():
+        row = await conn.fetchrow(QUERIES["get_dead"], did)
+    if row is None:
+        raise NotFound(f"no dead letter {did}")
+    return event_record(row)
+
+
+async def discard_dead(conn: asyncpg.Connection, dead_id: str | int) -> int:
+    """Throw a dead letter away for good (recorded as discarded), or :class:`NotFound`."""
+    did = _dead_id(dead_id)
+    with translate_errors():
+        row = await conn.fetchval(QUERIES["discard_dead"], did)
+    if row is None:
+        raise NotFound(f"no dead letter {did}")
+    return did
+
+
+async def replay_dead(
+    conn: asyncpg.Connection, ids: list[int] | None, where: DeadFilter | None = None
+) -> list[int]:
+    """Queue dead deliveries again: the given ids, or else every one matching ``where``
+    (all when None); return the ids queued.
+
+    The event keeps its id, so receivers see the same ``webhook-id`` and can deduplicate.
+    Replaying a delivery that is no longer dead does nothing, so replaying twice queues once.
+    """
+    with translate_errors():
+        async with conn.transaction():
+            if ids is None:
+                args = (where or DeadFilter()).args()
+                rows = await conn.fetch(QUERIES["replay_matching_dead"], *args)
+            else:
+                rows = await conn.fetch(QUERIES["replay_dead"], ids)
+            if rows:
+                await conn.execute(QUERIES["wake_relays"])
+    return [r["id"] for r in rows]

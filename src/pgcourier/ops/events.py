@@ -1,0 +1,100 @@
+"""Event operations: enqueue, list, show, and the attempts made for one event."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from pgcourier.db import QUERIES, translate_errors
+from pgcourier.errors import InvalidInput, NotFound
+from pgcourier.ops.paging import check_limit, decode_cursor, encode_cursor
+from pgcourier.ops.validation import parse_uuid, plain, validate_event_type
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    event_type: str,
+    payload: dict[str, Any] | str,
+    *,
+    ordering_key: str | None = None,
+    idempotency_key: str | None = None,
+) -> UUID:
+    """``courier.enqueue`` from Python, in the caller's transaction if one is open."""
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    with translate_errors():
+        event_id: UUID = await conn.fetchval(
+            QUERIES["enqueue"], event_type, text, ordering_key, idempotency_key
+        )
+    return event_id
+
+
+def event_record(row: asyncpg.Record) -> dict[str, Any]:
+    """A row holding ``payload`` (JSON text) as JSON-ready values, the payload parsed.
+
+    Rows stored before migration 0005 capped nesting at 64 levels may be nested deeper than
+    Python's parser (or json.dumps in the adapters) can follow; such a payload is passed on as its
+    stored JSON text, a string, flagged with ``payload_as_text`` so that a client can tell it from
+    a payload that is a string, and every view of the event keeps working.
+    """
+    out = plain(row)
+    try:
+        out["payload"] = json.loads(row["payload"])
+    except RecursionError:
+        out["payload_as_text"] = True
+    return out
+
+
+async def list_events(
+    conn: asyncpg.Connection,
+    *,
+    event_type: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """A page of events, newest first, with the cursor of the next page (None at the end)."""
+    check_limit(limit)
+    if event_type is not None:
+        validate_event_type(event_type, field="type")
+    if since and until and since >= until:
+        raise InvalidInput("since must be earlier than until", field="since")
+    after = decode_cursor(cursor) if cursor else (None, None)
+    with translate_errors():
+        rows = await conn.fetch(
+            QUERIES["list_events"], event_type, since, until, after[0], after[1], limit + 1
+        )
+    page = rows[:limit]
+    following = (
+        encode_cursor(page[-1]["created_at"], str(page[-1]["id"])) if len(rows) > limit else None
+    )
+    return {"data": [event_record(r) for r in page], "next_cursor": following}
+
+
+async def _require_event(conn: asyncpg.Connection, event_id: str) -> asyncpg.Record:
+    eid = parse_uuid(event_id, field="event_id")
+    with translate_errors():
+        row = await conn.fetchrow(QUERIES["get_event"], eid)
+    if row is None:
+        raise NotFound(f"no event {event_id}")
+    return row
+
+
+async def get_event(conn: asyncpg.Connection, event_id: str) -> dict[str, Any]:
+    """One event with where it stands at each endpoint, or :class:`NotFound`."""
+    row = await _require_event(conn, event_id)
+    with translate_errors():
+        deliveries = await conn.fetch(QUERIES["event_deliveries"], row["id"])
+    return {**event_record(row), "deliveries": [plain(d) for d in deliveries]}
+
+
+async def event_attempts(conn: asyncpg.Connection, event_id: str) -> list[dict[str, Any]]:
+    """Every attempt made for one event, oldest first (:class:`NotFound` if no such event)."""
+    row = await _require_event(conn, event_id)
+    with translate_errors():
+        rows = await conn.fetch(QUERIES["event_attempts"], row["id"])
+    return [plain(r) for r in rows]
