@@ -33,6 +33,35 @@ async def populate(conn: asyncpg.Connection, receiver: Receiver, relay: Any) -> 
     return {"good": good, "bad": bad, "events": [str(e) for e in events]}
 
 
+async def backfill_history(conn: asyncpg.Connection, endpoint_id: str) -> int:
+    """Attempts of ``endpoint_id`` spread over the last hour (copies of its latest one, mostly
+    delivered, some retried, a few dead), so that charts have an hour to draw. Returns how many
+    rows were added."""
+    added: int = await conn.fetchval(
+        """
+        WITH last AS (
+            SELECT * FROM courier.attempts WHERE endpoint_id = $1 ORDER BY id DESC LIMIT 1
+        ), ins AS (
+            INSERT INTO courier.attempts (delivery_id, event_id, endpoint_id, attempt, started_at,
+                                          duration_ms, status_code, response_body, outcome)
+            SELECT last.delivery_id, last.event_id, last.endpoint_id, 1,
+                   now() - make_interval(mins => m, secs => k),
+                   20 + (m * 7 + k * 13) % 60,
+                   CASE WHEN k % 11 = 0 THEN 503 ELSE 200 END, 'ok',
+                   CASE WHEN k % 23 = 0 THEN 'dead' WHEN k % 11 = 0 THEN 'retry'
+                        ELSE 'delivered' END
+            FROM last, generate_series(2, 58) AS m,
+                 generate_series(1, 3 + (m * 5) % 9 + (CASE WHEN m BETWEEN 20 AND 30 THEN 8
+                                                        ELSE 0 END)) AS k
+            RETURNING 1
+        )
+        SELECT count(*) FROM ins
+        """,
+        endpoint_id,
+    )
+    return added
+
+
 async def login(client: Any) -> None:
     response = await client.post(
         "/ui/login", data={"token": TOKEN, "next": "/ui/"}, allow_redirects=False

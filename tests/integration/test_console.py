@@ -30,11 +30,11 @@ async def ui(aiohttp_client: Any, pool: asyncpg.Pool) -> Any:
 
 
 @pytest.fixture
-async def world(conn, receiver: Receiver, relay) -> dict[str, Any]:
+async def world(conn: Any, receiver: Receiver, relay: Any) -> dict[str, Any]:
     return await populate(conn, receiver, relay)
 
 
-async def test_every_page_renders_for_a_populated_database(ui, world) -> None:
+async def test_every_page_renders_for_a_populated_database(ui: Any, world: Any) -> None:
     await login(ui)
     bad, good = world["bad"]["id"], world["good"]["id"]
     pages = {
@@ -62,7 +62,7 @@ async def test_every_page_renders_for_a_populated_database(ui, world) -> None:
     assert "&lt;script&gt;" in event_page
 
 
-async def test_times_are_time_elements_in_utc(ui, world) -> None:
+async def test_times_are_time_elements_in_utc(ui: Any, world: Any) -> None:
     await login(ui)
     page = await (await ui.get(f"/ui/events/{world['events'][0]}")).text()
     assert '<time datetime="' in page
@@ -73,7 +73,7 @@ async def test_times_are_time_elements_in_utc(ui, world) -> None:
     assert "getTimezoneOffset" in await static.text()
 
 
-async def test_login_wrong_token_logout(ui) -> None:
+async def test_login_wrong_token_logout(ui: Any) -> None:
     response = await ui.get("/ui/endpoints?window=1h", allow_redirects=False)
     assert response.status == 303
     assert response.headers["Location"].startswith("/ui/login?next=")
@@ -100,7 +100,7 @@ async def test_login_wrong_token_logout(ui) -> None:
     assert (await ui.get("/ui/", allow_redirects=False)).status == 303
 
 
-async def test_login_never_redirects_off_the_console(ui) -> None:
+async def test_login_never_redirects_off_the_console(ui: Any) -> None:
     for target in ("https://evil.example/", "//evil.example/ui/", "/api/v1/events"):
         response = await ui.post(
             "/ui/login", data={"token": TOKEN, "next": target}, allow_redirects=False
@@ -108,12 +108,12 @@ async def test_login_never_redirects_off_the_console(ui) -> None:
         assert response.headers["Location"] == "/ui/"
 
 
-async def test_a_forged_cookie_is_not_a_session(ui) -> None:
+async def test_a_forged_cookie_is_not_a_session(ui: Any) -> None:
     ui.session.cookie_jar.update_cookies({"pgcourier_console": "9999999999.abc.def"})
     assert (await ui.get("/ui/", allow_redirects=False)).status == 303
 
 
-async def test_forms_without_their_csrf_token_are_refused(ui, world, conn) -> None:
+async def test_forms_without_their_csrf_token_are_refused(ui: Any, world: Any, conn: Any) -> None:
     await login(ui)
     eid = world["good"]["id"]
     page = await (await ui.get(f"/ui/endpoints/{eid}")).text()
@@ -136,7 +136,7 @@ async def test_forms_without_their_csrf_token_are_refused(ui, world, conn) -> No
     assert (row["enabled"], row["disabled_reason"]) == (False, "maintenance")
 
 
-async def test_form_errors_are_the_operations_messages(ui, world) -> None:
+async def test_form_errors_are_the_operations_messages(ui: Any, world: Any) -> None:
     await login(ui)
     eid = world["bad"]["id"]
     page = await (await ui.get(f"/ui/endpoints/{eid}")).text()
@@ -167,7 +167,7 @@ async def test_form_errors_are_the_operations_messages(ui, world) -> None:
         assert response.content_type == "text/html"
 
 
-async def test_rotate_shows_the_new_secret_once(ui, world, conn) -> None:
+async def test_rotate_shows_the_new_secret_once(ui: Any, world: Any, conn: Any) -> None:
     await login(ui)
     eid = world["good"]["id"]
     page = await (await ui.get(f"/ui/endpoints/{eid}")).text()
@@ -187,7 +187,7 @@ async def test_rotate_shows_the_new_secret_once(ui, world, conn) -> None:
         assert new not in await (await ui.get(path)).text()
 
 
-async def test_bulk_replay_and_discard_through_confirmation(ui, world, conn) -> None:
+async def test_bulk_replay_and_discard_through_confirmation(ui: Any, world: Any, conn: Any) -> None:
     await login(ui)
     bad = world["bad"]["id"]
     dead = (await statuses(conn))["dead"]
@@ -211,13 +211,13 @@ async def test_bulk_replay_and_discard_through_confirmation(ui, world, conn) -> 
     assert (await statuses(conn))["discarded"] == dead
 
 
-async def test_console_can_be_turned_off(aiohttp_client, pool) -> None:
+async def test_console_can_be_turned_off(aiohttp_client: Any, pool: Any) -> None:
     client = await aiohttp_client(create_app(AdminContext(pool, Metrics(), ui_enabled=False)))
     assert (await client.get("/ui/")).status == 404
     assert (await client.get("/health")).status == 200
 
 
-async def test_without_a_token_loopback_needs_no_login(aiohttp_client, pool) -> None:
+async def test_without_a_token_loopback_needs_no_login(aiohttp_client: Any, pool: Any) -> None:
     client = await aiohttp_client(create_app(AdminContext(pool, Metrics())))
     response = await client.get("/ui/")
     assert response.status == 200

@@ -72,7 +72,7 @@ def stacked_minutes(
     # Legend, top left.
     x: float = left
     for key, label in OUTCOMES:
-        parts.append(f'<rect class="bar-{key}" x="{x}" y="6" width="10" height="10"/>')
+        parts.append(f'<rect class="bar-{key} key" x="{x}" y="6" width="10" height="10"/>')
         parts.append(f'<text class="legend" x="{x + 14}" y="15">{escape(label)}</text>')
         x += 24 + 7 * len(label)
     # Axis and grid: 0, half and top.

@@ -62,6 +62,7 @@ async def detail_page(request: web.Request) -> web.StreamResponse:
         rows = await ops.console.minutes(conn, span=DETAIL_SPAN, endpoint_id=endpoint_id)
     chart = stacked_minutes(
         minute_buckets(rows, end=datetime.now(UTC), span=DETAIL_SPAN),
+        width=760,
         title="This endpoint's attempts per minute over the last hour, by outcome",
     )
     done = DONE.get(request.query.get("done", ""))

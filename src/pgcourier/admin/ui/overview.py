@@ -19,5 +19,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         rows = await ops.console.minutes(conn, span=SPAN)
     bars = minute_buckets(rows, end=datetime.now(UTC), span=SPAN)
     totals = {key: sum(b.counts[key] for b in bars) for key, _ in OUTCOMES}
-    chart = stacked_minutes(bars, title="Attempts per minute over the last hour, by outcome")
+    chart = stacked_minutes(
+        bars, width=1180, height=200, title="Attempts per minute over the last hour, by outcome"
+    )
     return render(request, "overview.html", {**facts, "chart": chart, "totals": totals})
