@@ -411,13 +411,16 @@ LIMIT $4;
 
 -- console_count_dead --
 -- How many dead letters match the filters of list_dead ($1 endpoint, $2 event type, $3 since,
--- $4 until, each NULL for any): what a bulk action's confirmation page announces.
+-- $4 until, each NULL for any): what a bulk action's confirmation page announces. The event's
+-- type is looked up only when filtered on, by a correlated subquery: one primary-key probe per
+-- dead letter, whatever the statistics say, where a join or an EXISTS may be planned as a scan
+-- of the whole outbox.
 SELECT count(*)
 FROM courier.deliveries AS d
-JOIN courier.outbox AS o ON o.id = d.event_id
 WHERE d.status = 'dead'
   AND ($1::uuid IS NULL OR d.endpoint_id = $1)
-  AND ($2::text IS NULL OR o.event_type = $2)
+  AND ($2::text IS NULL
+       OR (SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id) = $2)
   AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
   AND ($4::timestamptz IS NULL OR d.dead_at < $4);
 
@@ -430,13 +433,14 @@ WHERE id = ANY($1::bigint[]) AND status = 'dead'
 RETURNING id;
 
 -- console_discard_matching_dead --
--- Throw away every dead letter matching the filters of list_dead ($1..$4, each NULL for any).
+-- Throw away every dead letter matching the filters of list_dead ($1..$4, each NULL for any; the
+-- type looked up as in console_count_dead). Returns the ids discarded.
 UPDATE courier.deliveries AS d
 SET status = 'discarded', discarded_at = now()
-FROM courier.outbox AS o
-WHERE d.status = 'dead' AND o.id = d.event_id
+WHERE d.status = 'dead'
   AND ($1::uuid IS NULL OR d.endpoint_id = $1)
-  AND ($2::text IS NULL OR o.event_type = $2)
+  AND ($2::text IS NULL
+       OR (SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id) = $2)
   AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
   AND ($4::timestamptz IS NULL OR d.dead_at < $4)
 RETURNING d.id;
