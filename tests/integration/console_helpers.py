@@ -33,10 +33,12 @@ async def populate(conn: asyncpg.Connection, receiver: Receiver, relay: Any) -> 
     return {"good": good, "bad": bad, "events": [str(e) for e in events]}
 
 
-async def backfill_history(conn: asyncpg.Connection, endpoint_id: str) -> int:
+async def backfill_history(
+    conn: asyncpg.Connection, endpoint_id: str, *, failing_for: int = 0
+) -> int:
     """Attempts of ``endpoint_id`` spread over the last hour (copies of its latest one, mostly
-    delivered, some retried, a few dead), so that charts have an hour to draw. Returns how many
-    rows were added."""
+    delivered, some retried, a few dead; all failing in the last ``failing_for`` minutes), so
+    that charts have an hour to draw. Returns how many rows were added."""
     added: int = await conn.fetchval(
         """
         WITH last AS (
@@ -47,8 +49,9 @@ async def backfill_history(conn: asyncpg.Connection, endpoint_id: str) -> int:
             SELECT last.delivery_id, last.event_id, last.endpoint_id, 1,
                    now() - make_interval(mins => m, secs => k),
                    20 + (m * 7 + k * 13) % 60,
-                   CASE WHEN k % 11 = 0 THEN 503 ELSE 200 END, 'ok',
-                   CASE WHEN k % 23 = 0 THEN 'dead' WHEN k % 11 = 0 THEN 'retry'
+                   CASE WHEN m < $2 OR k % 11 = 0 THEN 503 ELSE 200 END, 'ok',
+                   CASE WHEN k % 23 = 0 OR (m < $2 AND k % 3 = 0) THEN 'dead'
+                        WHEN m < $2 OR k % 11 = 0 THEN 'retry'
                         ELSE 'delivered' END
             FROM last, generate_series(2, 58) AS m,
                  generate_series(1, 3 + (m * 5) % 9 + (CASE WHEN m BETWEEN 20 AND 30 THEN 8
@@ -58,6 +61,7 @@ async def backfill_history(conn: asyncpg.Connection, endpoint_id: str) -> int:
         SELECT count(*) FROM ins
         """,
         endpoint_id,
+        failing_for,
     )
     return added
 

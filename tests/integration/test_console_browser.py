@@ -140,8 +140,10 @@ async def test_a_failing_endpoint_shows_its_open_circuit_and_the_answer(
 ) -> None:
     world = await populate(conn, receiver, relay)
     bad = world["bad"]["id"]
-    # An hour of earlier traffic at the healthy endpoint, for the charts to draw.
+    # An hour of earlier traffic, the failing endpoint failing for the last 12 minutes, for the
+    # charts to draw.
     assert await backfill_history(conn, world["good"]["id"]) > 100
+    assert await backfill_history(conn, bad, failing_for=12) > 100
     async with serving(relay) as rt:
         base = f"http://127.0.0.1:{rt.admin_port}"
 
