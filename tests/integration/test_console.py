@@ -11,8 +11,9 @@ import pytest
 from pgcourier.admin import create_app
 from pgcourier.admin.context import AdminContext
 from pgcourier.metrics import Metrics
+from pgcourier.runtime import admin_context
 from tests.integration.console_helpers import HOSTILE, csrf_for, login, populate, text_of
-from tests.integration.helpers import TOKEN, Receiver, statuses
+from tests.integration.helpers import TOKEN, Receiver, relay_settings, statuses
 
 
 @pytest.fixture
@@ -211,10 +212,16 @@ async def test_bulk_replay_and_discard_through_confirmation(ui: Any, world: Any,
     assert (await statuses(conn))["discarded"] == dead
 
 
-async def test_console_can_be_turned_off(aiohttp_client: Any, pool: Any) -> None:
-    client = await aiohttp_client(create_app(AdminContext(pool, Metrics(), ui_enabled=False)))
+async def test_console_can_be_turned_off(aiohttp_client: Any, pool: Any, dsn: str) -> None:
+    # PGCOURIER_UI_ENABLED=false, through the settings and the composition root.
+    settings = relay_settings(dsn, ui_enabled=False)
+    client = await aiohttp_client(create_app(admin_context(settings, pool, Metrics(), None)))
     assert (await client.get("/ui/")).status == 404
     assert (await client.get("/health")).status == 200
+    on = relay_settings(dsn)
+    assert on.ui_enabled
+    client = await aiohttp_client(create_app(admin_context(on, pool, Metrics(), None)))
+    assert (await client.get("/ui/")).status == 200
 
 
 async def test_without_a_token_loopback_needs_no_login(aiohttp_client: Any, pool: Any) -> None:
