@@ -389,3 +389,78 @@ FROM courier.attempts
 WHERE event_id = $1 AND ($2::bigint IS NULL OR id > $2)
 ORDER BY id
 LIMIT $3;
+
+-- Console (issue 14) --
+
+-- console_minutes --
+-- Attempts per minute over the last $1 minutes by outcome, for endpoint $2 (NULL: every
+-- endpoint). attempts has no index on started_at alone, so the whole-deployment chart walks
+-- attempts_endpoint (endpoint_id, started_at) once per endpoint (deleted ones too: their rows
+-- stay) instead of scanning the whole attempt log; an endpoint's own chart is one range scan.
+SELECT date_trunc('minute', a.started_at) AS minute,
+       count(*) FILTER (WHERE a.outcome = 'delivered') AS delivered,
+       count(*) FILTER (WHERE a.outcome = 'retry') AS retried,
+       count(*) FILTER (WHERE a.outcome = 'dead') AS dead
+FROM courier.endpoints AS ep
+CROSS JOIN LATERAL (
+    SELECT x.started_at, x.outcome
+    FROM courier.attempts AS x
+    WHERE x.endpoint_id = ep.id
+      AND x.started_at >= date_trunc('minute', now()) - make_interval(mins => $1 - 1)
+) AS a
+WHERE $2::uuid IS NULL OR ep.id = $2
+GROUP BY 1
+ORDER BY 1;
+
+-- console_relays --
+-- Relays alive now (courier.relays is kept by their heartbeats), oldest first.
+SELECT id, hostname, pid, started_at, seen_at, idle
+FROM courier.relays
+ORDER BY started_at, id;
+
+-- console_endpoint_attempts --
+-- Endpoint $1's attempts, newest first, after the cursor ($2 started_at, $3 id), $4 at most, with
+-- the first $5 characters of each response body: a backward walk of attempts_endpoint.
+SELECT id, delivery_id, event_id, attempt, started_at, duration_ms, status_code,
+       left(response_body, $5) AS response_body, error, outcome
+FROM courier.attempts
+WHERE endpoint_id = $1
+  AND ($2::timestamptz IS NULL OR (started_at, id) < ($2, $3::bigint))
+ORDER BY started_at DESC, id DESC
+LIMIT $4;
+
+-- console_count_dead --
+-- How many dead letters match the filters of list_dead ($1 endpoint, $2 event type, $3 since,
+-- $4 until, each NULL for any): what a bulk action's confirmation page announces. The event's
+-- type is looked up only when filtered on, by a correlated subquery: one primary-key probe per
+-- dead letter, whatever the statistics say, where a join or an EXISTS may be planned as a scan
+-- of the whole outbox.
+SELECT count(*)
+FROM courier.deliveries AS d
+WHERE d.status = 'dead'
+  AND ($1::uuid IS NULL OR d.endpoint_id = $1)
+  AND ($2::text IS NULL
+       OR (SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id) = $2)
+  AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
+  AND ($4::timestamptz IS NULL OR d.dead_at < $4);
+
+-- console_discard_dead --
+-- Throw dead letters $1 away for good (recorded as discarded); only rows still dead change.
+-- Returns the ids discarded.
+UPDATE courier.deliveries
+SET status = 'discarded', discarded_at = now()
+WHERE id = ANY($1::bigint[]) AND status = 'dead'
+RETURNING id;
+
+-- console_discard_matching_dead --
+-- Throw away every dead letter matching the filters of list_dead ($1..$4, each NULL for any; the
+-- type looked up as in console_count_dead). Returns the ids discarded.
+UPDATE courier.deliveries AS d
+SET status = 'discarded', discarded_at = now()
+WHERE d.status = 'dead'
+  AND ($1::uuid IS NULL OR d.endpoint_id = $1)
+  AND ($2::text IS NULL
+       OR (SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id) = $2)
+  AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
+  AND ($4::timestamptz IS NULL OR d.dead_at < $4)
+RETURNING d.id;

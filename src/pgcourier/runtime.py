@@ -151,6 +151,7 @@ def admin_context(
         # JSON-escaping can double a payload; keep at least 1 MiB for everything else.
         max_body=max(1024 * 1024, 2 * settings.max_payload_bytes + 64 * 1024),
         open_operations=settings.admin_open_operations,
+        ui_enabled=settings.ui_enabled,
     )
 
 

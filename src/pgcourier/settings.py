@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         description="Serve /health, /ready, /metrics and /openapi.json without the token "
         "(false: token needed).",
     )
+    ui_enabled: bool = Field(
+        default=True,
+        description="Serve the operator console under /ui/ on the admin server (same token).",
+    )
 
     slack_bot_token: SecretStr | None = Field(
         default=None,

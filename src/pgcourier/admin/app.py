@@ -3,7 +3,8 @@
 State lives under a typed ``web.AppKey``. Open routes: ``/health`` (the process answers),
 ``/ready`` (database reachable, schema current, LISTEN connection up; 503 naming what is not),
 ``/metrics`` (Prometheus text format from the app's own registry) and ``/openapi.json``.
-``/api/v1`` routes live in :mod:`pgcourier.admin.api` behind a bearer token.
+``/api/v1`` routes live in :mod:`pgcourier.admin.api` behind a bearer token; the operator
+console under ``/ui/`` in :mod:`pgcourier.admin.ui` (the same token, through a login form).
 
 Defences, one middleware each: without a token, only this machine's own clients are served
 (Host and Origin must be loopback names); with one, the bearer token; always, bodies must be
@@ -24,6 +25,8 @@ from pydantic import ValidationError
 from pgcourier import db
 from pgcourier.admin import api
 from pgcourier.admin.context import CONTEXT, AdminContext
+from pgcourier.admin.ui import PREFIX as UI_PREFIX
+from pgcourier.admin.ui import create_console
 from pgcourier.errors import DatabaseUnavailable, InvalidInput, NotFound, PgCourierError
 from pgcourier.settings import is_loopback
 
@@ -178,7 +181,13 @@ async def json_bodies(request: web.Request, handler: Handler) -> web.StreamRespo
     """
     ctx = request.app[CONTEXT]
     bodiless_write = not ctx.has_token and request.path.startswith("/api/")
-    if request.method in BODY_METHODS and (request.body_exists or bodiless_write):
+    if (
+        request.method in BODY_METHODS
+        and (request.body_exists or bodiless_write)
+        # The console's forms are HTML forms by nature; they carry CSRF tokens instead, and its
+        # cookie is SameSite=Strict (see pgcourier.admin.ui.auth).
+        and not request.path.startswith(f"{UI_PREFIX}/")
+    ):
         charset = (request.charset or "utf-8").lower()
         if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
             return error_response(
@@ -240,6 +249,10 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(api.openapi_document())
 
 
+async def console_home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect(f"{UI_PREFIX}/")
+
+
 def create_app(context: AdminContext) -> web.Application:
     """The admin application, ready for ``web.AppRunner`` or ``aiohttp_client``."""
     app = web.Application(
@@ -252,4 +265,7 @@ def create_app(context: AdminContext) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     api.add_routes(app)
+    if context.ui_enabled:
+        app.router.add_get(UI_PREFIX, console_home)
+        app.add_subapp(f"{UI_PREFIX}/", create_console(context))
     return app

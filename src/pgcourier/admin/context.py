@@ -33,6 +33,8 @@ class AdminContext:
     max_body: int = 1024 * 1024
     # False: /health, /ready, /metrics and /openapi.json need the token too.
     open_operations: bool = True
+    # False: no console under /ui/ (PGCOURIER_UI_ENABLED).
+    ui_enabled: bool = True
 
     def __post_init__(self) -> None:
         # The settings already refuse such tokens; checking here too means no other way of

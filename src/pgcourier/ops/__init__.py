@@ -2,9 +2,12 @@
 
 Split by role: :mod:`.validation` (rules that name the offending field), :mod:`.paging` (page
 sizes and cursors), and one module per resource (:mod:`.endpoints`, :mod:`.events`,
-:mod:`.dead_letters`). Callers use the flat names re-exported here (``ops.create_endpoint``).
+:mod:`.dead_letters`), plus :mod:`.console` (what the operator console needs beyond the API,
+called as ``ops.console.overview``). Callers use the flat names re-exported here
+(``ops.create_endpoint``).
 """
 
+from pgcourier.ops import console
 from pgcourier.ops.dead_letters import DeadFilter, discard_dead, get_dead, list_dead, replay_dead
 from pgcourier.ops.endpoints import (
     HEADER_MASK,
@@ -79,6 +82,7 @@ __all__ = [
     "UPDATABLE",
     "URL_PATTERN",
     "DeadFilter",
+    "console",
     "create_endpoint",
     "decode_cursor",
     "delete_endpoint",
