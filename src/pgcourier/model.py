@@ -50,9 +50,11 @@ class Job:
     payload: str  # the event's JSON object as Postgres rendered it; never re-serialised
     created_at: datetime
     url: str
-    secrets: tuple[str, ...]  # the current secret first; the previous one during a rotation
+    # The current secret first; the previous one during a rotation. Kept out of repr (as are the
+    # headers, where receivers' credentials go): a traceback or a debug line must not show them.
+    secrets: tuple[str, ...] = field(repr=False)
     timeout: float | None = None  # the endpoint's own request timeout, if it set one
-    headers: Mapping[str, str] = field(default_factory=dict)  # the endpoint's custom headers
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # custom headers
     signature_scheme: str = "standard"
     permanent_statuses: frozenset[int] = frozenset()
     ordering_key: str | None = None

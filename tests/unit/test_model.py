@@ -70,3 +70,24 @@ def test_every_attempt_and_every_endpoint_get_the_same_bytes() -> None:
 def test_timestamp_is_rendered_in_utc() -> None:
     j = job("{}", datetime(2026, 1, 2, 5, 0, tzinfo=timezone(timedelta(hours=2))))
     assert json.loads(j.body())["timestamp"] == "2026-01-02T03:00:00.000000Z"
+
+
+def test_secrets_and_header_values_stay_out_of_a_jobs_repr() -> None:
+    job = Job(
+        delivery_id=1,
+        event_id=uuid.uuid4(),
+        endpoint_id=uuid.uuid4(),
+        attempts=0,
+        schedule_base=0,
+        event_type="a.b",
+        payload="{}",
+        created_at=datetime.now(UTC),
+        url="https://example.com/hook",
+        secrets=("whsec_c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1zaG93LXVw",),
+        headers={"Authorization": "Bearer receiver-credential"},
+        slack_token="xoxb-never-shown-1234",
+    )
+    text = repr(job)
+    for secret in ("whsec_c2Vj", "receiver-credential", "xoxb-never"):
+        assert secret not in text
+    assert "https://example.com/hook" in text  # the rest is still there to debug with

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import asyncpg
@@ -28,7 +28,7 @@ class AdminContext:
     pool: asyncpg.Pool
     metrics: Metrics
     listener: ListenerState | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in a repr or traceback
     # Largest request body accepted (413 beyond): room for the largest payload allowed.
     max_body: int = 1024 * 1024
     # False: /health, /ready, /metrics and /openapi.json need the token too.
