@@ -14,7 +14,6 @@ declared JSON, so that no HTML form or ``text/plain`` fetch from another site ca
 from __future__ import annotations
 
 import hmac
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import hdrs, web
@@ -25,10 +24,10 @@ from pydantic import ValidationError
 from pgcourier import db
 from pgcourier.admin import api
 from pgcourier.admin.context import CONTEXT, AdminContext
+from pgcourier.admin.hosts import loopback_authority, loopback_origin
 from pgcourier.admin.ui import PREFIX as UI_PREFIX
 from pgcourier.admin.ui import create_console
 from pgcourier.errors import DatabaseUnavailable, InvalidInput, NotFound, PgCourierError
-from pgcourier.settings import is_loopback
 
 log = structlog.get_logger("pgcourier.admin")
 
@@ -80,32 +79,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 OPERATIONS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
 
 
-def _loopback_authority(authority: str) -> bool:
-    """Whether a Host header (or an origin's host[:port]) names this machine's loopback."""
-    if authority.startswith("["):  # [::1] or [::1]:8787
-        name, bracket, port = authority[1:].partition("]")
-        if not bracket or (port and not port.startswith(":")):
-            return False
-        port = port[1:]
-    else:
-        name, _, port = authority.partition(":")
-    return (not port or port.isdigit()) and is_loopback(name)
-
-
-def _loopback_origin(origin: str) -> bool:
-    # "null" (sandboxed frames, file: pages) and anything with user info are foreign.
-    try:
-        parts = urlsplit(origin)
-    except ValueError:
-        return False
-    return (
-        parts.scheme in ("http", "https")
-        and "@" not in parts.netloc
-        and parts.path == ""
-        and _loopback_authority(parts.netloc)
-    )
-
-
 @web.middleware
 async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Without a token, serve only this machine's own tools and pages.
@@ -122,7 +95,7 @@ async def loopback_only(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     # Browsers always send Host; a request without one is a tool on this machine.
     host = request.headers.get(hdrs.HOST)
-    if host is not None and not _loopback_authority(host):
+    if host is not None and not loopback_authority(host):
         return error_response(
             403,
             "forbidden",
@@ -130,7 +103,7 @@ async def loopback_only(request: web.Request, handler: Handler) -> web.StreamRes
             "host",
         )
     origin = request.headers.get(hdrs.ORIGIN)
-    if origin is not None and not _loopback_origin(origin):
+    if origin is not None and not loopback_origin(origin):
         return error_response(
             403,
             "forbidden",

@@ -66,7 +66,7 @@ async def detail_page(request: web.Request) -> web.StreamResponse:
         title="This endpoint's attempts per minute over the last hour, by outcome",
     )
     done = DONE.get(request.query.get("done", ""))
-    if done and request.query.get("count", "").isdigit():
+    if done and request.query.get("count", "").isdecimal():
         done = f"{done} ({request.query['count']})"
     default_since = (datetime.now(UTC) - timedelta(hours=24)).replace(microsecond=0)
     return render(
@@ -111,7 +111,8 @@ async def rotate(request: web.Request) -> web.StreamResponse:
     grace_text = first(await form(request), "grace_period_seconds") or str(
         ops.DEFAULT_GRACE_SECONDS
     )
-    if not grace_text.isdigit() or len(grace_text) > 9:
+    # isdecimal, not isdigit: "²" is a digit to Python but not a number int() reads.
+    if not (grace_text.isascii() and grace_text.isdecimal()) or len(grace_text) > 9:
         raise InvalidInput(
             f"grace_period_seconds {grace_text!r} is not a whole number of seconds",
             field="grace_period_seconds",

@@ -122,8 +122,11 @@ def render(
     # Pages show operational data and sometimes a new secret: not for shared caches or history.
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # base-uri and form-action do not fall back to default-src: name them.
     response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+        "default-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'self'"
     )
     return response
 

@@ -9,6 +9,7 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from pgcourier.admin.context import CONTEXT
+from pgcourier.admin.hosts import loopback_authority
 from pgcourier.admin.ui.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_SECONDS
 from pgcourier.admin.ui.render import (
     PREFIX,
@@ -25,10 +26,16 @@ LOGIN = f"{PREFIX}/login"
 OPEN_PREFIXES = (f"{PREFIX}/static/",)
 
 
+def _secure(request: web.Request) -> bool:
+    """Whether the session cookie is marked Secure: when this server itself speaks TLS, and
+    whenever it is reached by a name other than loopback. Beyond loopback the README requires a
+    TLS-terminating proxy in front, and a cookie that could travel over plain HTTP (a URL typed
+    with http://, no HSTS) would carry a 12-hour session in clear. X-Forwarded-Proto is not
+    trusted: any client can send it when no proxy strips it."""
+    return request.secure or not loopback_authority(request.host)
+
+
 def _set_session(request: web.Request, response: web.StreamResponse, value: str) -> None:
-    # Secure only when this server itself speaks TLS (request.secure): X-Forwarded-Proto is
-    # not trusted, since any client can send it when no proxy strips it. Behind a
-    # TLS-terminating proxy the cookie still never leaves the browser cross-site (SameSite).
     response.set_cookie(
         SESSION_COOKIE,
         value,
@@ -36,7 +43,7 @@ def _set_session(request: web.Request, response: web.StreamResponse, value: str)
         path=PREFIX,
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=_secure(request),
     )
 
 
@@ -63,7 +70,8 @@ async def console_guard(request: web.Request, handler: Handler) -> web.StreamRes
         return error_page(request, 401, "Your session has ended: log in again.")
     # The login form needs no CSRF token: posting it takes the admin token itself, which a
     # forged request cannot know, and it changes nothing on the server.
-    if request.method == "POST" and not is_login:
+    # Every method but the safe ones: a PUT or DELETE route added later is covered too.
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not is_login:
         fields = await form(request)
         if fresh is not None or not signer.check_csrf(
             session, request.path, first(fields, CSRF_FIELD)
@@ -83,7 +91,15 @@ async def console_guard(request: web.Request, handler: Handler) -> web.StreamRes
 
 def _next(target: str | None) -> str:
     """Where to go after logging in: a console path only, never another site."""
-    if target and target.startswith(f"{PREFIX}/") and not target.startswith("//"):
+    # Printable ASCII only: a CR/LF would make the Location header unsendable (aiohttp refuses
+    # it), turning a crafted login link into a failed login.
+    if (
+        target
+        and target.isascii()
+        and target.isprintable()
+        and target.startswith(f"{PREFIX}/")
+        and not target.startswith("//")
+    ):
         return target
     return f"{PREFIX}/"
 
