@@ -28,6 +28,10 @@ def json_object(text: str) -> str:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"payload is not JSON: {exc.msg}") from exc
+    except RecursionError as exc:
+        # Python's parser gives up past ~1000 levels; the database would refuse anything past
+        # 64 (migration 0005) anyway, so this is bad input, not a bug.
+        raise argparse.ArgumentTypeError("payload is nested too deeply to parse") from exc
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("payload must be a JSON object")
     return text
