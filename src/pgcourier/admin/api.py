@@ -329,8 +329,13 @@ async def get_event(request: web.Request) -> web.Response:
 
 async def get_event_attempts(request: web.Request) -> web.Response:
     async with _conn(request) as conn:
-        attempts = await ops.event_attempts(conn, request.match_info["id"])
-    return web.json_response({"data": attempts})
+        page = await ops.list_attempts(
+            conn,
+            request.match_info["id"],
+            cursor=request.query.get("cursor"),
+            limit=_limit(request),
+        )
+    return web.json_response(page)
 
 
 def _dead_filter(request: web.Request) -> ops.DeadFilter:
@@ -516,7 +521,9 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/api/v1/events/{id}/attempts",
         get_event_attempts,
-        "Every attempt made for one event.",
+        "The attempts made for one event, oldest first, keyset-paginated.",
+        query=("limit", "cursor"),
+        refusable=_CURSOR,
     ),
     Route(
         "GET",

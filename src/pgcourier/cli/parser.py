@@ -169,13 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     el.add_argument("--cursor", help="next_cursor from the previous page")
     el.add_argument("--limit", type=int, default=100)
     el.set_defaults(func=db_command(events.events_list))
-    for name, action, text in (
-        ("show", events.events_show, "one event and its status at each endpoint"),
-        ("attempts", events.events_attempts, "every attempt made for one event"),
-    ):
-        p = event_cmds.add_parser(name, help=text)
-        p.add_argument("id")
-        p.set_defaults(func=db_command(action))
+    es = event_cmds.add_parser("show", help="one event and its status at each endpoint")
+    es.add_argument("id")
+    es.set_defaults(func=db_command(events.events_show))
+    ea = event_cmds.add_parser(
+        "attempts", help="the attempts made for one event, oldest first (with next_cursor)"
+    )
+    ea.add_argument("id")
+    # A page also ends early once its response bodies hold 4 MiB: next_cursor says if more follow.
+    ea.add_argument("--cursor", help="next_cursor from the previous page")
+    ea.add_argument("--limit", type=int, default=100)
+    ea.set_defaults(func=db_command(events.events_attempts))
 
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(
         dest="dlq_command", required=True, parser_class=_Sub

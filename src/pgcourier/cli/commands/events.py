@@ -37,4 +37,4 @@ async def events_show(args: argparse.Namespace, conn: asyncpg.Connection) -> Any
 
 
 async def events_attempts(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
-    return await ops.event_attempts(conn, args.id)
+    return await ops.list_attempts(conn, args.id, cursor=args.cursor, limit=args.limit)
