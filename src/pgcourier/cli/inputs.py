@@ -14,6 +14,7 @@ from datetime import datetime
 from pgcourier import ops
 from pgcourier.errors import InvalidInput
 from pgcourier.policy import parse_duration
+from pgcourier.processes import MAX_PROCESSES
 
 
 def aware_time(text: str) -> datetime:
@@ -60,6 +61,12 @@ def rate(text: str) -> float | str:
         return float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of requests/s") from exc
+
+
+def processes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_PROCESSES}")
+    return int(text)
 
 
 def seconds(text: str) -> int:

@@ -46,7 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="create or upgrade the courier schema").set_defaults(
         func=service.cmd_migrate
     )
-    sub.add_parser("run", help="run the relay until SIGTERM").set_defaults(func=service.cmd_run)
+    run = sub.add_parser("run", help="run the relay until SIGTERM")
+    run.add_argument(
+        "--processes",
+        type=inputs.processes,
+        default=1,
+        metavar="N",
+        help="run N relay processes under one parent (one per core); default 1, no parent",
+    )
+    # Set by the parent of --processes N on each child: the `process` field of its log lines.
+    run.add_argument("--process-index", type=int, help=argparse.SUPPRESS)
+    run.set_defaults(func=service.cmd_run)
     sub.add_parser(
         "demo", help="deliver sample events to a local receiver and verify their signatures"
     ).set_defaults(func=service.cmd_demo)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+
+import structlog
 
 from pgcourier import db
 from pgcourier.cli.database import database
 from pgcourier.cli.output import output
+from pgcourier.processes import Supervisor
 from pgcourier.settings import Settings
 
 
@@ -23,11 +27,24 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from pgcourier.runtime import prepare_schema, serve
 
+    if args.process_index is not None:
+        # A child of `run --processes N`: every line it logs says which one (asyncio.run's task
+        # starts from a copy of this context, so the binding reaches every task).
+        structlog.contextvars.bind_contextvars(process=args.process_index)
+        # The children share the parent's stderr. print() (structlog's PrintLogger) writes a line
+        # and its newline apart, so two children's lines could interleave; one write per line
+        # (below PIPE_BUF, 4 KiB) reaches a pipe whole.
+        structlog.configure(logger_factory=structlog.WriteLoggerFactory(sys.stderr))
     with database(settings) as dsn:
         if settings.auto_migrate:
             asyncio.run(prepare_schema(dsn, settings))
-        asyncio.run(serve(settings, dsn))
-    return 0
+        if args.processes == 1:
+            asyncio.run(serve(settings, dsn))
+            return 0
+        # The parent holds the database (the embedded server stays up while it lives) and
+        # migrated it once; the children connect to the DSN it hands them.
+        supervisor = Supervisor(dsn, args.processes, shutdown_timeout=settings.shutdown_timeout)
+        return asyncio.run(supervisor.run())
 
 
 def cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
