@@ -71,6 +71,13 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stop, sig)
         try:
             codes = await asyncio.gather(*(self._keep(i) for i in range(self._processes)))
+        except BaseException:
+            # A bug here must not leave relays running without their parent.
+            for proc in self._children.values():
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+            raise
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
