@@ -14,6 +14,7 @@ import pytest
 
 from pgcourier import ops
 from pgcourier.signing import WebhookVerificationError, verify
+from tests.integration.attempts import all_attempts
 from tests.integration.helpers import AUTH, Receiver, add_endpoint, statuses, wait_until
 
 
@@ -243,7 +244,7 @@ async def test_custom_headers_and_per_endpoint_timeout_are_used(
         )
     [request] = receiver.requests
     assert request.headers["X-Tenant"] == "acme"
-    [attempt] = await ops.event_attempts(conn, event_id)
+    [attempt] = await all_attempts(conn, event_id)
     assert attempt["error"] == "timeout after 1s"
 
 

@@ -349,7 +349,7 @@ async def test_events_and_endpoint_show_commands(
     code, out, _ = await pgcourier("events", "show", event_id, dsn=dsn)
     assert json.loads(out)["deliveries"][0]["status"] == "delivered"
     code, out, _ = await pgcourier("events", "attempts", event_id, dsn=dsn)
-    [attempt] = json.loads(out)
+    [attempt] = json.loads(out)["data"]
     assert (attempt["status_code"], attempt["outcome"]) == (200, "delivered")
     code, _, err = await pgcourier("events", "list", "--since", "2026-01-01", dsn=dsn)
     assert code == 2

@@ -200,5 +200,5 @@ async def test_text_output_escapes_control_characters_from_receivers(
     # JSON output escapes them too, and gives the exact text back.
     code, out, _ = await run("events", "attempts", event_id, dsn=dsn)
     _no_controls(out)
-    [attempt] = json.loads(out)
+    [attempt] = json.loads(out)["data"]
     assert attempt["response_body"] == HOSTILE

@@ -11,6 +11,7 @@ import pytest
 
 from pgcourier import ops
 from pgcourier.errors import InvalidInput
+from tests.integration.attempts import all_attempts
 from tests.integration.helpers import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -164,7 +165,7 @@ async def test_attempt_pages_stop_at_a_byte_budget(conn: asyncpg.Connection) -> 
             attempt,
             "e" * 1000,
         )
-    every = [a["id"] for a in await ops.event_attempts(conn, str(event_id))]
+    every = [a["id"] for a in await all_attempts(conn, str(event_id))]
     assert len(every) == 5
     by_bytes = await _walk(
         lambda c: ops.list_attempts(conn, str(event_id), cursor=c, max_bytes=2500)

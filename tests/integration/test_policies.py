@@ -20,6 +20,7 @@ from aiohttp import web
 from pgcourier import ops
 from pgcourier.runtime import running
 from pgcourier.signing import verify
+from tests.integration.attempts import all_attempts
 from tests.integration.helpers import relay_settings, statuses, wait_until
 
 
@@ -171,7 +172,7 @@ async def test_permanent_statuses_dead_letter_at_once(
     await wait_until(lambda: _count(conn, "dead", 2), timeout=10)
     assert len(rx.on("/strict")) == 1  # dead at the first 404
     assert len(rx.on("/lenient")) == 3  # the schedule ran out
-    attempts = await ops.event_attempts(conn, str(event))
+    attempts = await all_attempts(conn, str(event))
     assert {a["outcome"] for a in attempts if a["attempt"] == 1} == {"dead", "retry"}
 
 
@@ -224,7 +225,7 @@ async def test_a_huge_or_endless_response_body_is_read_only_up_to_the_limit(
     await relays(1, delivery_timeout=5.0, response_body_limit=4096)
     await wait_until(lambda: _status_of(conn, event, "delivered"), timeout=10)
     assert time.monotonic() - started < 5
-    [attempt] = await ops.event_attempts(conn, str(event))
+    [attempt] = await all_attempts(conn, str(event))
     assert attempt["response_body"] == "x" * 4096
 
 
@@ -407,7 +408,7 @@ async def test_ssrf_guard_refuses_a_name_resolving_to_loopback(
     await relays(1, allow_networks="", retry_schedule="")
     await wait_until(lambda: _status_of(conn, event, "dead"))
     assert rx.on("/internal") == []
-    [attempt] = await ops.event_attempts(conn, str(event))
+    [attempt] = await all_attempts(conn, str(event))
     assert "refused to connect" in attempt["error"]
     assert "loopback address" in attempt["error"]
 
@@ -419,7 +420,7 @@ async def test_ssrf_guard_refuses_literal_private_and_metadata_addresses(
     event = await ops.enqueue(conn, "a.b", {})
     await relays(1, allow_networks="127.0.0.0/8", retry_schedule="")
     await wait_until(lambda: _status_of(conn, event, "dead"))
-    [attempt] = await ops.event_attempts(conn, str(event))
+    [attempt] = await all_attempts(conn, str(event))
     assert "169.254.169.254 is a link-local address" in attempt["error"]
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from pgcourier import ops
 from pgcourier.runtime import prepare_schema, running
+from tests.integration.attempts import all_attempts
 from tests.integration.helpers import relay_settings, statuses, wait_until
 
 TOKEN = "xoxb-1111-2222-test-token"
@@ -121,7 +122,7 @@ async def test_default_channel_gets_request_submitted_as_block_kit(
         "event_type": "pgcourier_event",
         "event_payload": {"event_id": str(event_id), "event_type": "request_submitted"},
     }
-    [attempt] = await ops.event_attempts(conn, str(event_id))
+    [attempt] = await all_attempts(conn, str(event_id))
     assert attempt["response_body"] == "ok ts=1700000000.000001"
     # Running prepare_schema again keeps one managed endpoint, in step with the settings.
     await prepare_schema(dsn, slack_settings(dsn, slack, slack_default_channel="#requests"))
@@ -159,7 +160,7 @@ async def test_permanent_errors_dead_letter_at_once_and_flag_the_endpoint(
     shown = await ops.get_endpoint(conn, endpoint["id"])
     assert shown["enabled"] is False
     assert shown["disabled_reason"] == f"Slack said {error}"
-    [attempt] = await ops.event_attempts(conn, str(event_id))
+    [attempt] = await all_attempts(conn, str(event_id))
     assert attempt["error"] == f"slack: {error}"
 
 
@@ -172,7 +173,7 @@ async def test_rate_limits_wait_for_retry_after(
     async with running(slack_settings(dsn, slack, retry_schedule="50ms"), dsn):
         await wait_until(lambda: _all(conn, "delivered"), timeout=10)
     assert slack.times[1] - slack.times[0] >= 0.95  # Retry-After: 1, not the 50 ms schedule
-    attempts = await ops.event_attempts(conn, str(event_id))
+    attempts = await all_attempts(conn, str(event_id))
     assert [(a["status_code"], a["outcome"]) for a in attempts] == [
         (429, "retry"),
         (200, "delivered"),
@@ -191,7 +192,7 @@ async def test_server_errors_retry_on_schedule_then_dead_letter_and_replay(
         page = await ops.list_dead(conn)
         await ops.replay_dead(conn, [d["id"] for d in page["data"]])
         await wait_until(lambda: _all(conn, "delivered"))
-    attempts = await ops.event_attempts(conn, str(event_id))
+    attempts = await all_attempts(conn, str(event_id))
     assert [(a["status_code"], a["error"]) for a in attempts] == [
         (500, "slack: HTTP 500"),
         (200, "slack: internal_error"),
@@ -283,7 +284,7 @@ async def test_connection_errors_are_retried_then_dead_lettered(
     nowhere = "http://127.0.0.1:1/api/"  # nothing listens on port 1
     async with running(slack_settings(dsn, slack, slack_api_url=nowhere), dsn):
         await wait_until(lambda: _all(conn, "dead"))
-    attempts = await ops.event_attempts(conn, str(event_id))
+    attempts = await all_attempts(conn, str(event_id))
     assert len(attempts) == 3  # the schedule (two retries) ran out: not treated as permanent
     assert all(a["error"].startswith("slack: ") for a in attempts)
     assert all(a["status_code"] is None for a in attempts)

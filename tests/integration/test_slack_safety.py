@@ -11,6 +11,7 @@ from aiohttp import web
 
 from pgcourier import ops
 from pgcourier.runtime import running
+from tests.integration.attempts import all_attempts
 from tests.integration.helpers import wait_until
 from tests.integration.test_slack import REQUEST, FakeSlack, slack_settings
 
@@ -64,7 +65,7 @@ async def test_a_nul_in_slacks_answer_is_still_recorded(
     event_id = await ops.enqueue(conn, "request_submitted", REQUEST)
     async with running(slack_settings(dsn, fake_slack), dsn):
         await wait_until(lambda: len(fake_slack.posts) == 2)
-        await wait_until(lambda: ops.event_attempts(conn, str(event_id)))
-    attempts = await ops.event_attempts(conn, str(event_id))
+        await wait_until(lambda: all_attempts(conn, str(event_id)))
+    attempts = await all_attempts(conn, str(event_id))
     assert attempts[0]["error"] == "slack: weird\ufffderror"
     assert "\x00" not in attempts[0]["response_body"]

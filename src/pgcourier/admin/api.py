@@ -128,7 +128,11 @@ class EndpointUpdate(BaseModel):
     description: Description | None = None
     enabled: bool | None = None
     timeout_seconds: Timeout | None = None
-    headers: Headers | None = None
+    headers: Headers | None = Field(
+        default=None,
+        description=f"replaces every custom header; a value of {ops.HEADER_MASK!r} (as read "
+        "back) keeps that header's stored value",
+    )
     signature_scheme: Scheme | None = None
     permanent_statuses: Statuses | None = None
     max_in_flight: MaxInFlight | None = None
@@ -329,8 +333,13 @@ async def get_event(request: web.Request) -> web.Response:
 
 async def get_event_attempts(request: web.Request) -> web.Response:
     async with _conn(request) as conn:
-        attempts = await ops.event_attempts(conn, request.match_info["id"])
-    return web.json_response({"data": attempts})
+        page = await ops.list_attempts(
+            conn,
+            request.match_info["id"],
+            cursor=request.query.get("cursor"),
+            limit=_limit(request),
+        )
+    return web.json_response(page)
 
 
 def _dead_filter(request: web.Request) -> ops.DeadFilter:
@@ -398,6 +407,16 @@ class Route:
     # Why input that fits the document can still be refused with a 422 (rules across fields or
     # about stored state that a schema cannot state); None when the document says it all.
     refusable: str | None = None
+    # What a client must know about the reply that no schema states (see the notes below).
+    notes: tuple[str, ...] = ()
+
+    @property
+    def description(self) -> str | None:
+        """The operation's description: its notes, then when it is refused."""
+        parts = list(self.notes)
+        if self.refusable:
+            parts.append(f"Also refused with 422 when: {self.refusable}.")
+        return " ".join(parts) or None
 
     @property
     def router_path(self) -> str:
@@ -432,9 +451,26 @@ QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 _RANGE = "since must be earlier than until"
-_CURSOR = "a cursor must be one this server issued"
+# The one refusal no schema can state: which opaque strings this server issued as cursors.
+CURSOR_REFUSAL = "a cursor must be one this server issued"
 
 DEAD_FILTERS = ("endpoint_id", "event_type", "since", "until")
+
+# Notes on replies: what the document cannot say with the request schemas alone.
+_PAGED = (
+    "A page may hold fewer than `limit` rows and still carry a `next_cursor`: pages are also "
+    f"bounded by bytes ({ops.PAGE_BYTES // (1024 * 1024)} MiB of payloads, response bodies or "
+    "errors). Follow `next_cursor` until it is null; always at least one row per page."
+)
+_PAYLOAD_TEXT = (
+    "An event's `payload` is the JSON object enqueued, except for a row stored before nesting "
+    "was capped at 64 levels and nested too deeply to parse: its `payload` is then the stored "
+    'JSON text, a string, with `"payload_as_text": true` beside it.'
+)
+_MASKED = (
+    f"Custom header values read `{ops.HEADER_MASK}`: only the create or PATCH reply that set "
+    "them shows the values sent."
+)
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -447,9 +483,16 @@ ROUTES: tuple[Route, ...] = (
         refusable="custom headers may not override the ones pgcourier sets; the standard "
         "scheme's secret is whsec_ followed by base64 of at least 24 bytes; a webhook needs a "
         "url and a Slack endpoint a slack_channel",
+        notes=(_MASKED,),
     ),
-    Route("GET", "/api/v1/endpoints", list_endpoints, "List endpoints (never their secrets)."),
-    Route("GET", "/api/v1/endpoints/{id}", get_endpoint, "One endpoint."),
+    Route(
+        "GET",
+        "/api/v1/endpoints",
+        list_endpoints,
+        "List endpoints (never their secrets).",
+        notes=(_MASKED,),
+    ),
+    Route("GET", "/api/v1/endpoints/{id}", get_endpoint, "One endpoint.", notes=(_MASKED,)),
     Route(
         "PATCH",
         "/api/v1/endpoints/{id}",
@@ -459,6 +502,7 @@ ROUTES: tuple[Route, ...] = (
         refusable="custom headers may not override the ones pgcourier sets; switching to the "
         "standard scheme needs a whsec_ secret (rotate it first); a Slack endpoint keeps a "
         "slack_channel",
+        notes=(_MASKED,),
     ),
     Route(
         "DELETE",
@@ -504,19 +548,24 @@ ROUTES: tuple[Route, ...] = (
         list_events,
         "Events, newest first, keyset-paginated.",
         query=("type", "since", "until", "limit", "cursor"),
-        refusable=f"{_RANGE}; {_CURSOR}",
+        refusable=f"{_RANGE}; {CURSOR_REFUSAL}",
+        notes=(_PAGED, _PAYLOAD_TEXT),
     ),
     Route(
         "GET",
         "/api/v1/events/{id}",
         get_event,
         "One event and its delivery status at each endpoint.",
+        notes=(_PAYLOAD_TEXT,),
     ),
     Route(
         "GET",
         "/api/v1/events/{id}/attempts",
         get_event_attempts,
-        "Every attempt made for one event.",
+        "The attempts made for one event, oldest first, keyset-paginated.",
+        query=("limit", "cursor"),
+        refusable=CURSOR_REFUSAL,
+        notes=(_PAGED,),
     ),
     Route(
         "GET",
@@ -524,7 +573,8 @@ ROUTES: tuple[Route, ...] = (
         list_dead_letters,
         "Dead deliveries, newest first, keyset-paginated.",
         query=(*DEAD_FILTERS, "limit", "cursor"),
-        refusable=f"{_RANGE}; {_CURSOR}",
+        refusable=f"{_RANGE}; {CURSOR_REFUSAL}",
+        notes=(_PAGED,),
     ),
     Route(
         "POST",
@@ -534,7 +584,13 @@ ROUTES: tuple[Route, ...] = (
         ReplayRequest,
         refusable=f"give ids or filters, not both; {_RANGE}",
     ),
-    Route("GET", "/api/v1/dead-letters/{id}", get_dead_letter, "One dead letter and its event."),
+    Route(
+        "GET",
+        "/api/v1/dead-letters/{id}",
+        get_dead_letter,
+        "One dead letter and its event.",
+        notes=(_PAYLOAD_TEXT,),
+    ),
     Route(
         "DELETE",
         "/api/v1/dead-letters/{id}",
@@ -584,11 +640,7 @@ def openapi_document() -> dict[str, Any]:
         ]
         operation: dict[str, Any] = {
             "summary": route.summary,
-            **(
-                {"description": f"Also refused with 422 when: {route.refusable}."}
-                if route.refusable
-                else {}
-            ),
+            **({"description": route.description} if route.description else {}),
             "operationId": route.handler.__name__,
             "responses": {
                 str(route.status): {"description": "Success"},

@@ -23,7 +23,7 @@ from pgcourier.ops.endpoints import (
     set_endpoint_enabled,
     update_endpoint,
 )
-from pgcourier.ops.events import enqueue, event_attempts, get_event, list_attempts, list_events
+from pgcourier.ops.events import enqueue, get_event, list_attempts, list_events
 from pgcourier.ops.paging import (
     BATCH_SIZE,
     MAX_ID,
@@ -90,7 +90,6 @@ __all__ = [
     "encode_cursor",
     "endpoint_stats",
     "enqueue",
-    "event_attempts",
     "get_dead",
     "get_endpoint",
     "get_event",

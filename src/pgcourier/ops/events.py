@@ -1,4 +1,5 @@
-"""Event operations: enqueue, list, show, and the attempts made for one event."""
+"""Event operations: enqueue, list, show, and the attempts made for one event (a page at a time:
+each attempt may hold a response body of up to 1 MiB)."""
 
 from __future__ import annotations
 
@@ -109,18 +110,6 @@ async def get_event(conn: asyncpg.Connection, event_id: str) -> dict[str, Any]:
     with translate_errors():
         deliveries = await conn.fetch(QUERIES["event_deliveries"], row["id"])
     return {**event_record(row), "deliveries": [plain(d) for d in deliveries]}
-
-
-async def event_attempts(conn: asyncpg.Connection, event_id: str) -> list[dict[str, Any]]:
-    """Every attempt made for one event, oldest first (:class:`NotFound` if no such event).
-
-    Unbounded (each attempt may hold a response body of up to 1 MiB): adapters should list
-    with :func:`list_attempts`, a page at a time.
-    """
-    row = await _require_event(conn, event_id)
-    with translate_errors():
-        rows = await conn.fetch(QUERIES["event_attempts"], row["id"], None, None)
-    return [plain(r) for r in rows]
 
 
 def _attempt_size(row: asyncpg.Record) -> int:

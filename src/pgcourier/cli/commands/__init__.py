@@ -1,0 +1,1 @@
+"""The commands, one module per resource; each function is one subcommand's work."""
