@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -304,3 +306,27 @@ async def test_pages_forbid_sniffing_and_foreign_form_targets(ui: Any) -> None:
     policy = response.headers["Content-Security-Policy"]
     assert "form-action 'self'" in policy
     assert "base-uri 'none'" in policy
+
+
+async def test_an_events_attempts_are_paged(
+    ui: Any, world: Any, conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event page reads attempts a page at a time, as the API does (memory bounds)."""
+    from pgcourier.admin.ui import events
+
+    event_id = await conn.fetchval(
+        "SELECT event_id FROM courier.attempts GROUP BY event_id HAVING count(*) >= 2 LIMIT 1"
+    )
+    total = await conn.fetchval(
+        "SELECT count(*) FROM courier.attempts WHERE event_id = $1", event_id
+    )
+    monkeypatch.setattr(events, "ATTEMPTS_PAGE", 1)
+    await login(ui)
+    seen = 0
+    url: str | None = f"/ui/events/{event_id}"
+    while url is not None:
+        page = await (await ui.get(url)).text()
+        seen += page.count('<span class="muted small">#')  # one per attempt row
+        found = re.search(r'href="(/ui/events/[^"]+\?cursor=[^"]+)">Later attempts', page)
+        url = html.unescape(found.group(1)) if found else None
+    assert seen == total

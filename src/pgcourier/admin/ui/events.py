@@ -7,6 +7,8 @@ from aiohttp import web
 from pgcourier import ops
 from pgcourier.admin.ui.render import PREFIX, connection, query_text, query_time, render
 
+ATTEMPTS_PAGE = 100
+
 PAGE = 50
 
 
@@ -39,10 +41,20 @@ async def detail_page(request: web.Request) -> web.StreamResponse:
     event_id = request.match_info["id"]
     async with connection(request) as conn:
         event = await ops.get_event(conn, event_id)
-        attempts = await ops.event_attempts(conn, event_id)
+        # A page at a time, bounded by rows and bytes like the API's (issue 15: memory bounds).
+        attempts = await ops.list_attempts(
+            conn, event_id, cursor=query_text(request, "cursor"), limit=ATTEMPTS_PAGE
+        )
         endpoints = {e["id"]: e for e in await ops.list_endpoints(conn)}
     return render(
-        request, "event.html", {"event": event, "attempts": attempts, "endpoints": endpoints}
+        request,
+        "event.html",
+        {
+            "event": event,
+            "attempts": attempts["data"],
+            "next_cursor": attempts["next_cursor"],
+            "endpoints": endpoints,
+        },
     )
 
 
