@@ -205,6 +205,12 @@ def test_retry_after_when_the_schedule_is_used_up_still_pauses() -> None:
         ("-5", None),
         ("1.5", None),
         (None, None),
+        # A receiver's header must never raise: digits int() refuses, past its 4,300-digit
+        # limit, too large for a float, and non-ASCII digits HTTP does not allow.
+        ("\u00b2", None),
+        ("1" * 5000, None),
+        ("9" * 400, None),
+        ("\u0663", None),
     ],
 )
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
