@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from pgcourier import policy
-from pgcourier.errors import InvalidInput, PgCourierError
+from pgcourier.errors import InvalidInput
 from pgcourier.model import ERROR_LIMIT, AttemptResult, Completion, Job, storable_text
 from pgcourier.store import RelayStore
-from pgcourier.tasks import first
+from pgcourier.tasks import first, log_failure
 
 log = structlog.get_logger("pgcourier.relay")
 
@@ -114,11 +114,11 @@ class Completer:
                 )
                 self._held.pop(batch[0].job.delivery_id, None)
                 return True
-            except PgCourierError as exc:
-                # The database is unreachable or failing: keep the batch and try again. If this
-                # outlasts the lease, another relay may deliver again (at-least-once, same
-                # webhook-id).
-                log.warning("writing completions failed; retrying", error=str(exc), n=len(batch))
+            except Exception as exc:
+                # The database is unreachable or failing (or the driver raised something nobody
+                # translated): keep the batch and try again. If this outlasts the lease, another
+                # relay may deliver again (at-least-once, same webhook-id).
+                log_failure("writing completions failed; retrying", exc, n=len(batch))
                 if not await self._pause_before_retry():
                     return False
                 continue

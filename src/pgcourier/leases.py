@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import structlog
 
-from pgcourier.errors import PgCourierError
 from pgcourier.model import Job
 from pgcourier.store import RelayStore
-from pgcourier.tasks import first
+from pgcourier.tasks import first, log_failure
 
 log = structlog.get_logger("pgcourier.relay")
 
@@ -58,8 +57,8 @@ class Leases:
                     await self._store.register(self._relay_id)
                     self._on_reregistered()
                 await self._store.reap(older_than=max(6 * interval, 30.0))
-            except PgCourierError as exc:
-                log.warning("lease renewal failed", error=str(exc))
+            except Exception as exc:
+                log_failure("lease renewal failed", exc)
 
     async def release_leftover(self) -> None:
         """Hand back the leases of deliveries whose outcome was not written."""
@@ -69,7 +68,7 @@ class Leases:
         try:
             await self._store.release(self._relay_id, leftover)
             log.info("released leases", n=len(leftover))
-        except PgCourierError as exc:
-            log.warning("could not release leases; they will expire", error=str(exc))
+        except Exception as exc:
+            log_failure("could not release leases; they will expire", exc)
         for i in leftover:
             self.held.pop(i, None)

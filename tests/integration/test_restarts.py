@@ -17,13 +17,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pgcourier import db, ops
 from tests.integration.helpers import Receiver, wait_until
@@ -75,6 +76,7 @@ class Producers:
             try:
                 if conn is None or conn.is_closed():
                     conn = await asyncio.wait_for(asyncpg.connect(self._dsn), 2)
+                assert conn is not None
                 event_id = await asyncio.wait_for(
                     conn.fetchval(
                         "SELECT courier.enqueue('order.paid', $1::jsonb)",
@@ -138,12 +140,30 @@ async def relay_process(dsn: str, admin_port: int) -> AsyncIterator[tuple[Any, l
         await reader
 
 
-async def ready(http: aiohttp.ClientSession, admin_port: int) -> bool:
+async def ready_status(http: aiohttp.ClientSession, admin_port: int) -> int | None:
+    """/ready's status code; None when the admin server does not answer."""
     try:
-        async with http.get(f"http://127.0.0.1:{admin_port}/ready") as response:
-            return response.status == 200
-    except aiohttp.ClientError:
-        return False
+        async with http.get(
+            f"http://127.0.0.1:{admin_port}/ready", timeout=aiohttp.ClientTimeout(total=5)
+        ) as response:
+            return response.status
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def notify_wakeups(http: aiohttp.ClientSession, admin_port: int) -> float:
+    """How many times the relay process was woken by NOTIFY (its /metrics)."""
+    async with http.get(f"http://127.0.0.1:{admin_port}/metrics") as response:
+        text = await response.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "pgcourier_wakeups_total" and sample.labels == {"source": "notify"}:
+                return sample.value
+    return 0.0
+
+
+async def ready(http: aiohttp.ClientSession, admin_port: int) -> bool:
+    return await ready_status(http, admin_port) == 200
 
 
 async def seconds_until_ready(http: aiohttp.ClientSession, admin_port: int) -> float:
@@ -171,11 +191,19 @@ def _crash(server: OwnServer) -> Callable[[], Any]:
     return fault
 
 
-def _refuse_30s(server: OwnServer) -> Callable[[], Any]:
+def _refuse_30s(server: OwnServer, probe: Callable[[], Awaitable[int | None]]) -> Any:
     async def fault() -> None:
         await asyncio.to_thread(server.stop, "fast")
-        await asyncio.sleep(30)
+        # /ready reports the outage while it lasts: 503 every time it is asked.
+        answers: list[int | None] = []
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 30
+        while loop.time() < until:
+            answers.append(await probe())
+            await asyncio.sleep(0.5)
         await asyncio.to_thread(server.start)
+        assert len(answers) >= 20
+        assert set(answers) == {503}, f"/ready during the outage answered {set(answers)}"
 
     return fault
 
@@ -225,7 +253,7 @@ async def test_relay_survives_database_faults_under_load(
     fault = {
         "restart_fast": _restart_fast(own_server),
         "crash_and_start": _crash(own_server),
-        "refuse_connections_30s": _refuse_30s(own_server),
+        "refuse_connections_30s": _refuse_30s(own_server, lambda: ready_status(http, admin_port)),
         "terminate_backends": _terminate_relay_backends(own_server, lambda: spare),
     }[fault_name]
 
@@ -241,6 +269,7 @@ async def test_relay_survives_database_faults_under_load(
         assert len(receiver.requests) < 2 * PRELOADED
         await fault()
         back = await seconds_until_ready(http, admin_port)
+        print(f"{fault_name}: ready {back:.2f} s after the server accepted connections")
         assert proc.returncode is None, "the relay exited on a database fault"
         assert back <= 5.0, f"ready again only {back:.1f}s after the server accepted connections"
 
@@ -270,10 +299,15 @@ async def test_relay_survives_database_faults_under_load(
             # Idle again: a new event wakes the relay by NOTIFY, not by the 5 s poll.
             await asyncio.sleep(0.5)
             before = len(receiver.on("/a"))
+            notified = await notify_wakeups(http, admin_port)
             sent = time.monotonic()
             await check.execute("SELECT courier.enqueue('order.paid', '{}'::jsonb)")
             await receiver.wait_count(before + 1, "/a", timeout=POLL_INTERVAL * 2)
-            assert time.monotonic() - sent < POLL_INTERVAL / 2
+            idle_latency = time.monotonic() - sent
+            print(f"{fault_name}: idle commit -> receipt {idle_latency * 1000:.0f} ms")
+            assert idle_latency < POLL_INTERVAL / 2
+            # And it was NOTIFY that woke it: a poll could also land within that bound.
+            assert await notify_wakeups(http, admin_port) > notified
         finally:
             await check.close()
 
