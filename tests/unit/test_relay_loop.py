@@ -587,3 +587,31 @@ async def test_a_relay_registered_again_marks_itself_idle_again_at_once() -> Non
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_bug_after_an_attempt_costs_that_attempt_not_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = FakeStore([make_job(i) for i in range(5)])
+    # One worker: were it to die, nothing after the first job would ever be sent.
+    config = dataclasses.replace(CONFIG, max_in_flight=1)
+    relay = Relay(store=store, transport=FakeTransport(), config=config)
+    decide = relay._decide
+
+    def buggy(job: Job, result: AttemptResult) -> Delivered | Retry:
+        if job.delivery_id == 0:
+            raise KeyError("a bug deciding")
+        outcome = decide(job, result)
+        assert isinstance(outcome, Delivered | Retry)
+        return outcome
+
+    monkeypatch.setattr(relay, "_decide", buggy)
+    with structlog.testing.capture_logs() as logs:
+        await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 4)
+    assert sorted(c.job.delivery_id for c in store.completed) == [1, 2, 3, 4]
+    # Its lease is no longer renewed nor handed back as if in flight: it runs out, and the
+    # delivery is sent again.
+    assert 0 not in store.released
+    [error] = [e for e in logs if e["event"].startswith("delivery failed")]
+    assert error["delivery_id"] == 0
+    assert error["error"].startswith("KeyError")
