@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from pgcourier import policy
+from pgcourier import attempts, policy
 from pgcourier.completer import Completer
 from pgcourier.delivery import Transport
 from pgcourier.leases import Leases
@@ -338,52 +338,13 @@ class Relay:
             if self._prefetch - self._active >= self._min_claim:
                 self._slot_freed.set()
         outcome = self._decide(job, result)
-        fields: dict[str, Any] = {
-            "event_id": str(job.event_id),
-            "endpoint_id": str(job.endpoint_id),
-            "delivery_id": job.delivery_id,
-            "event_type": job.event_type,
-            "attempt": job.attempt,
-            "status": result.status,
-            "duration_ms": round(result.duration * 1000, 2),
-            "outcome": type(outcome).__name__.lower(),
-        }
-        if result.error:
-            fields["error"] = result.error
-        if isinstance(outcome, policy.Retry):
-            fields["retry_in_s"] = round(outcome.after, 3)
-        if isinstance(outcome, policy.Dead):
-            fields["reason"] = outcome.reason
-        log.info("delivery attempt", **fields)
+        attempts.log_attempt(job, result, outcome)
         if self._metrics:
-            self._observe(job, result, outcome)
+            attempts.observe(self._metrics, job, result, outcome)
         self._completer.add(Completion(job, result, outcome))
 
     def _decide(self, job: Job, result: AttemptResult) -> policy.Outcome:
-        return policy.decide(
-            status=result.status,
-            error=result.error,
-            attempts_in_schedule=job.attempt - job.schedule_base,
-            schedule=self._config.retry_schedule,
-            jitter=self._config.retry_jitter,
-            rng=self._rng,
-            permanent_statuses=job.permanent_statuses,
-            retry_after=_retry_after_seconds(result.retry_after),
-            retry_after_cap=self._config.retry_after_cap,
-            permanent=result.permanent,
-        )
-
-    def _observe(self, job: Job, result: AttemptResult, outcome: policy.Outcome) -> None:
-        assert self._metrics is not None
-        name = type(outcome).__name__.lower()
-        self._metrics.deliveries.labels(name).inc()
-        if self._metrics.endpoint_deliveries is not None:
-            self._metrics.endpoint_deliveries.labels(str(job.endpoint_id), name).inc()
-        if result.status is not None:
-            self._metrics.delivery_duration.observe(result.duration)
-        if isinstance(outcome, policy.Delivered):
-            lag = (datetime.now(UTC) - job.created_at).total_seconds()
-            self._metrics.delivery_lag.observe(max(lag, 0.0))
+        return attempts.decide(job, result, self._config, self._rng)
 
     # -- after writes ----------------------------------------------------------------------
 
@@ -454,17 +415,3 @@ class Relay:
             except Exception as exc:
                 log_failure(f"{what} failed; retrying", exc)
                 await first(stop.wait(), asyncio.sleep(self._config.db_retry_interval))
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """The wait a response's Retry-After asks for; None when absent or unreadable.
-
-    The header is the receiver's to fill, and parse_retry_after raises on some of what it may
-    send (5,000 digits, "\u00b2"): that must cost the hint, never the worker reading it.
-    """
-    if value is None:
-        return None  # the usual case: no clock read on the hot path
-    try:
-        return policy.parse_retry_after(value, now=datetime.now(UTC))
-    except (ValueError, OverflowError):
-        return None
