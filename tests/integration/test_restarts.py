@@ -322,3 +322,43 @@ async def test_relay_survives_database_faults_under_load(
         except ValueError:
             not_json.append(line)
     assert not not_json, f"non-JSON lines on stderr: {not_json[:5]}"
+
+
+async def test_a_relay_idle_through_a_crash_is_woken_by_notify_again(
+    own_server: OwnServer, receiver: Receiver
+) -> None:
+    # The crash empties the UNLOGGED courier.relays. Idle at that moment, the relay is woken by
+    # its listener reconnecting, finds nothing and marks itself idle: that write must put its
+    # row back, or no producer notifies it (until a heartbeat re-registers it, and even then
+    # only after its next poll).
+    dsn = own_server.dsn
+    conn = await asyncpg.connect(dsn)
+    try:
+        await db.migrate(conn)
+        await ops.create_endpoint(conn, url=receiver.url("/a"), event_types=["*"])
+    finally:
+        await conn.close()
+    admin_port = _free_port()
+    async with (
+        aiohttp.ClientSession() as http,
+        relay_process(dsn, admin_port) as (proc, _lines),
+    ):
+        await wait_until(lambda: ready(http, admin_port), timeout=30)
+        await _crash(own_server)()
+        back = await seconds_until_ready(http, admin_port)
+        assert back <= 5.0, f"ready again only {back:.1f}s after the server accepted connections"
+        await asyncio.sleep(0.5)  # the wake-up of the reconnect has been handled
+        check = await asyncpg.connect(dsn)
+        try:
+            notified = await notify_wakeups(http, admin_port)
+            sent = time.monotonic()
+            await check.execute("SELECT courier.enqueue('order.paid', '{}'::jsonb)")
+            await receiver.wait_count(1, "/a", timeout=POLL_INTERVAL * 2)
+            idle_latency = time.monotonic() - sent
+            print(f"idle through a crash: commit -> receipt {idle_latency * 1000:.0f} ms")
+            assert idle_latency < POLL_INTERVAL / 2
+            assert await notify_wakeups(http, admin_port) > notified
+        finally:
+            await check.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
