@@ -100,8 +100,13 @@ ON CONFLICT (id) DO UPDATE SET seen_at = now(), idle = false;
 UPDATE courier.relays SET seen_at = now() WHERE id = $1 RETURNING id;
 
 -- set_relay_idle --
--- Mark relay $1 as waiting ($2 = true) or working ($2 = false). Producers read this flag.
-UPDATE courier.relays SET idle = $2, seen_at = now() WHERE id = $1 AND idle IS DISTINCT FROM $2;
+-- Mark relay $1 (on host $3, process $4) as waiting ($2 = true) or working ($2 = false).
+-- Producers read this flag. An upsert: after a crash restart emptied the UNLOGGED table, a plain
+-- UPDATE matched nothing, and the relay slept believing producers would notify it.
+INSERT INTO courier.relays AS r (id, hostname, pid, idle)
+VALUES ($1, $3, $4, $2)
+ON CONFLICT (id) DO UPDATE SET idle = excluded.idle, seen_at = now()
+WHERE r.idle IS DISTINCT FROM excluded.idle;
 
 -- reap_relays --
 -- Forget relays not seen for $1 seconds (killed without a goodbye) so producers stop

@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from pgcourier.db import NOTIFY_CHANNEL
+from pgcourier.tasks import log_failure
 
 log = structlog.get_logger("pgcourier.listener")
 
@@ -67,8 +68,12 @@ class Listener:
                 # Whatever the driver raises (OSError, PostgresError, InterfaceError, its
                 # InternalClientError after a restart...), the answer is the same: reconnect. An
                 # exception escaping here would end the relay process.
-                if not stop.is_set():
+                if stop.is_set():
+                    pass
+                elif isinstance(exc, _CONNECTION_FAULTS):
                     log.warning("listener connection lost", error=f"{type(exc).__name__}: {exc}")
+                else:  # a bug, or a driver fault not seen before: keep its traceback
+                    log_failure("listener failed; reconnecting", exc)
             finally:
                 self.connected = False
                 if conn is not None:
@@ -100,6 +105,17 @@ class Listener:
                 raise ConnectionError("the server closed the LISTEN connection")
             # A silent network drop shows up only when we ask something.
             await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self._keepalive_timeout)
+
+
+# What a server going away, restarting or refusing looks like from the driver. ConnectionError and
+# TimeoutError are OSErrors; InternalClientError is asyncpg's state machine tripping over a
+# connection the server closed mid-operation.
+_CONNECTION_FAULTS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:

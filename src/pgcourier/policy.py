@@ -97,14 +97,23 @@ def is_success(status: int | None) -> bool:
 DEFAULT_RETRY_AFTER_CAP = 3600.0
 
 
+_DELTA_SECONDS = re.compile(r"[0-9]+", re.ASCII)
+
+
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
     """Seconds a ``Retry-After`` header asks for: delta-seconds or an HTTP date (RFC 9110).
     None when absent or unreadable; a date in the past is 0."""
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(int(text))
+    # ASCII digits only: str.isdigit() also accepts "\u00b2" and other digits int() refuses, and a
+    # receiver's header must never raise. Past int()'s 4,300-digit limit, or too large for a
+    # float, the number is as unreadable as a word.
+    if _DELTA_SECONDS.fullmatch(text):
+        try:
+            return float(int(text))
+        except (ValueError, OverflowError):
+            return None
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

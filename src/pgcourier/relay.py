@@ -5,21 +5,23 @@ Concurrency model (one relay process):
 * one claim loop leases work from Postgres and starts a delivery task per job;
 * a fixed pool of ``max_in_flight`` workers runs the HTTP attempts, fed by a queue that the
   claim loop keeps up to twice that deep, so that sending never waits on a claim;
-* one completer writes finished attempts in batches, one short transaction per batch: no
-  transaction is ever open across HTTP;
-* one lease keeper renews the leases of everything this relay holds, and heartbeats.
+* one completer (:mod:`pgcourier.completer`) writes finished attempts in batches, one short
+  transaction per batch: no transaction is ever open across HTTP;
+* one lease keeper (:mod:`pgcourier.leases`) renews the leases of everything this relay holds,
+  and heartbeats.
 
-All of them live in one TaskGroup owned by :meth:`Relay.run`; stopping drains in-flight deliveries
-(up to ``shutdown_timeout``), writes their outcomes, hands back leases on whatever is left, and
-returns, within ``shutdown_timeout`` plus ``2 * SHUTDOWN_GRACE`` whatever the database and the
-receivers do. Anything a killed relay held comes back on its own when its leases run out.
+All of them live in one TaskGroup owned by :meth:`Relay.run`. None of them ends for a database
+fault, whatever the driver raises (:mod:`pgcourier.tasks`): the relay exits only when stopped.
+Stopping drains in-flight deliveries (up to ``shutdown_timeout``), writes their outcomes, hands
+back leases on whatever is left, and returns, within ``shutdown_timeout`` plus
+``2 * SHUTDOWN_GRACE`` whatever the database and the receivers do. Anything a killed relay held
+comes back on its own when its leases run out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import random
 import traceback
 import uuid
@@ -30,12 +32,14 @@ from typing import Any
 
 import structlog
 
-from pgcourier import policy
+from pgcourier import attempts, policy
+from pgcourier.completer import Completer
 from pgcourier.delivery import Transport
-from pgcourier.errors import InvalidInput, PgCourierError
+from pgcourier.leases import Leases
 from pgcourier.metrics import Metrics
-from pgcourier.model import ERROR_LIMIT, AttemptResult, Completion, Job, storable_text
+from pgcourier.model import AttemptResult, Completion, Job
 from pgcourier.store import RelayStore
+from pgcourier.tasks import first, log_failure, supervised
 
 log = structlog.get_logger("pgcourier.relay")
 
@@ -60,7 +64,7 @@ class Relay:
     """Moves committed events to their endpoints. Several relays may share one database."""
 
     #: Most outcomes written in one transaction.
-    MAX_WRITE_BATCH = 500
+    MAX_WRITE_BATCH = Completer.MAX_WRITE_BATCH
     #: Seconds between looks at due work that endpoints' limits or ordering keys hold back.
     HELD_BACK_RECHECK = 0.05
     #: Seconds a stop allows past ``shutdown_timeout`` for the last write of outcomes, and again
@@ -89,20 +93,28 @@ class Relay:
         # task per delivery cost more than the rest of the loop together).
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        self._leases = Leases(
+            store=store, relay_id=self.id, lease=config.lease, on_reregistered=self._reregistered
+        )
         # Jobs leased to this relay whose outcome is not written yet, by delivery id.
-        self._held: dict[int, Job] = {}
+        self._held = self._leases.held
+        self._completer = Completer(
+            store=store,
+            relay_id=self.id,
+            held=self._held,
+            decide=self._decide,
+            on_recorded=self._recorded,
+            on_flushed=self._flushed,
+            flush_interval=config.completion_flush_interval,
+            retry_interval=config.db_retry_interval,
+        )
         # Jobs claimed whose HTTP attempt has not finished (queued or in flight). The relay keeps
         # up to `_prefetch` of them so that HTTP never waits for a claim round trip, and claims
         # again once `_min_claim` slots are free so that claims stay batched.
         self._active = 0
         self._prefetch = 2 * config.max_in_flight
         self._min_claim = max(1, config.max_in_flight // 4)
-        self._pending: list[Completion] = []
-        self._pending_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._closing = asyncio.Event()
-        # Set when a stop begins (loop time): past it, nothing is retried any more.
-        self._deadline: float | None = None
         self._background: list[asyncio.Task[None]] = []
         # Whether our row in courier.relays says idle, as far as we know. A NOTIFY means some
         # producer flipped it to busy; _notifications lets _mark_idle see one that lands while
@@ -174,26 +186,43 @@ class Relay:
         log.info("relay started", relay_id=str(self.id))
         try:
             async with asyncio.TaskGroup() as group:
+                retry = self._config.db_retry_interval
                 self._background = [
-                    group.create_task(self._completer(), name="pgcourier-completer"),
-                    group.create_task(self._lease_keeper(), name="pgcourier-lease-keeper"),
+                    group.create_task(
+                        supervised("completer", self._completer.run, retry_interval=retry),
+                        name="pgcourier-completer",
+                    ),
+                    group.create_task(
+                        supervised(
+                            "lease keeper",
+                            lambda: self._leases.keep(self._completer.closing),
+                            retry_interval=retry,
+                        ),
+                        name="pgcourier-lease-keeper",
+                    ),
                 ]
                 self._workers = [
                     asyncio.create_task(self._worker(), name=f"pgcourier-worker-{i}")
                     for i in range(self._config.max_in_flight)
                 ]
                 try:
-                    await self._claim_loop(stop)
+                    await supervised(
+                        "claim loop", lambda: self._claim_loop(stop), retry_interval=retry
+                    )
                 finally:
                     await self._drain()
         finally:
             if self._timer is not None:
                 self._timer.cancel()
             # Best effort, bounded: leases left behind expire, and a dead relay's row is reaped.
-            with contextlib.suppress(PgCourierError, TimeoutError):
+            try:
                 async with asyncio.timeout(self.SHUTDOWN_GRACE):
-                    await self._release_leftover()
+                    await self._leases.release_leftover()
                     await self._store.deregister(self.id)
+            except TimeoutError:
+                log.warning("could not deregister in time; the row will be reaped")
+            except Exception as exc:
+                log_failure("could not deregister; the row will be reaped", exc)
             log.info("relay stopped", relay_id=str(self.id))
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
@@ -203,16 +232,16 @@ class Relay:
             if free < self._min_claim:
                 # Enough work queued or in flight: wait until attempts finish and free room.
                 self._slot_freed.clear()
-                await _first(stop.wait(), self._slot_freed.wait())
+                await first(stop.wait(), self._slot_freed.wait())
                 continue
             # Clear before claiming: a NOTIFY that lands during the claim sets it again and the
             # next sleep returns at once, so no wake-up is lost between claim and sleep.
             self._wakeup.clear()
             try:
                 jobs = await self._store.claim(self.id, free, cfg.lease)
-            except PgCourierError as exc:
-                log.warning("claim failed; retrying", error=str(exc))
-                await _first(stop.wait(), asyncio.sleep(cfg.db_retry_interval))
+            except Exception as exc:
+                log_failure("claim failed; retrying", exc)
+                await first(stop.wait(), asyncio.sleep(cfg.db_retry_interval))
                 continue
             if jobs:
                 # No need to mark ourselves busy: while we are flagged idle, the first producer
@@ -233,8 +262,8 @@ class Relay:
         seen = self._notifications
         try:
             await self._store.set_idle(self.id, True)
-        except PgCourierError as exc:
-            log.warning("could not update relay state", error=str(exc))
+        except Exception as exc:
+            log_failure("could not update relay state", exc)
             return False
         # A notification during the UPDATE may come from a producer that flipped the flag back
         # after it: then the flag is busy again and we must not believe it idle (we would sleep
@@ -246,7 +275,9 @@ class Relay:
     async def _arm_next_due(self) -> None:
         try:
             due = await self._store.next_due()
-        except PgCourierError:
+        except Exception as exc:
+            # The poll interval is the fallback: sleeping without the timer only costs latency.
+            log_failure("could not read the next due time", exc)
             return
         if due is not None:
             # Due already, yet the claim took nothing: the work is held back by an endpoint's
@@ -271,6 +302,14 @@ class Relay:
             job = await self._queue.get()
             try:
                 await self._deliver(job)
+            except Exception as exc:
+                # A bug after the attempt (deciding, logging, metrics): its outcome is lost, so
+                # stop renewing its lease and let it be sent again when the lease runs out,
+                # rather than hold it forever. The worker itself carries on.
+                log_failure(
+                    "delivery failed; it will be sent again", exc, delivery_id=job.delivery_id
+                )
+                self._held.pop(job.delivery_id, None)
             finally:
                 self._queue.task_done()
 
@@ -299,194 +338,45 @@ class Relay:
             if self._prefetch - self._active >= self._min_claim:
                 self._slot_freed.set()
         outcome = self._decide(job, result)
-        fields: dict[str, Any] = {
-            "event_id": str(job.event_id),
-            "endpoint_id": str(job.endpoint_id),
-            "delivery_id": job.delivery_id,
-            "event_type": job.event_type,
-            "attempt": job.attempt,
-            "status": result.status,
-            "duration_ms": round(result.duration * 1000, 2),
-            "outcome": type(outcome).__name__.lower(),
-        }
-        if result.error:
-            fields["error"] = result.error
-        if isinstance(outcome, policy.Retry):
-            fields["retry_in_s"] = round(outcome.after, 3)
-        if isinstance(outcome, policy.Dead):
-            fields["reason"] = outcome.reason
-        log.info("delivery attempt", **fields)
+        attempts.log_attempt(job, result, outcome)
         if self._metrics:
-            self._observe(job, result, outcome)
-        self._pending.append(Completion(job, result, outcome))
-        self._pending_ready.set()
+            attempts.observe(self._metrics, job, result, outcome)
+        self._completer.add(Completion(job, result, outcome))
 
     def _decide(self, job: Job, result: AttemptResult) -> policy.Outcome:
-        return policy.decide(
-            status=result.status,
-            error=result.error,
-            attempts_in_schedule=job.attempt - job.schedule_base,
-            schedule=self._config.retry_schedule,
-            jitter=self._config.retry_jitter,
-            rng=self._rng,
-            permanent_statuses=job.permanent_statuses,
-            retry_after=_retry_after_seconds(result.retry_after),
-            retry_after_cap=self._config.retry_after_cap,
-            permanent=result.permanent,
-        )
+        return attempts.decide(job, result, self._config, self._rng)
 
-    def _observe(self, job: Job, result: AttemptResult, outcome: policy.Outcome) -> None:
-        assert self._metrics is not None
-        name = type(outcome).__name__.lower()
-        self._metrics.deliveries.labels(name).inc()
-        if self._metrics.endpoint_deliveries is not None:
-            self._metrics.endpoint_deliveries.labels(str(job.endpoint_id), name).inc()
-        if result.status is not None:
-            self._metrics.delivery_duration.observe(result.duration)
-        if isinstance(outcome, policy.Delivered):
-            lag = (datetime.now(UTC) - job.created_at).total_seconds()
-            self._metrics.delivery_lag.observe(max(lag, 0.0))
-
-    # -- completions -------------------------------------------------------------------------
-
-    async def _completer(self) -> None:
-        """Write finished attempts in batches until the relay closes and nothing is pending."""
-        while True:
-            if not self._pending:
-                if self._closing.is_set():
-                    return
-                self._pending_ready.clear()
-                await _first(self._pending_ready.wait(), self._closing.wait())
-                continue
-            # A short window lets a burst of completions share one transaction.
-            await asyncio.sleep(self._config.completion_flush_interval)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        while self._pending:
-            # Bounded batches: a backlog written as one statement gets slower than linearly,
-            # which grows the next backlog, until leases expire and everything is sent again.
-            batch = self._pending[: self.MAX_WRITE_BATCH]
-            del self._pending[: self.MAX_WRITE_BATCH]
-            if not await self._write(batch):
-                # Stopping, past the deadline: their leases are handed back (or expire).
-                unwritten = sum(c.job.delivery_id in self._held for c in batch)
-                log.error(
-                    "giving up on completions at shutdown; these deliveries will be sent again",
-                    n=unwritten + len(self._pending),
-                )
-                self._pending.clear()
-                return
-            # Finished work frees room under endpoints' concurrency limits and lets the next
-            # delivery of an ordering key go: if due work was held back, look again now.
-            if self._held_back:
-                self._wake("completion")
-
-    async def _write(self, batch: list[Completion], *, salvage: bool = True) -> bool:
-        """Record ``batch``; False if a stop's deadline passed first. Each store call is one
-        transaction, so nothing is ever recorded twice."""
-        while True:
-            try:
-                await self._store.complete(self.id, batch)
-            except InvalidInput as exc:
-                # The database refuses the content (SQLSTATE class 22/23): the same batch would
-                # be refused forever, holding every endpoint's outcomes (issue 15). Halve it to
-                # record all it can, down to the one completion at fault.
-                if len(batch) > 1:
-                    half = len(batch) // 2
-                    first = await self._write(batch[:half], salvage=salvage)
-                    return first and await self._write(batch[half:], salvage=salvage)
-                if salvage:
-                    return await self._write([self._unstorable(batch[0], exc)], salvage=False)
-                # Refused even without anything the receiver sent: a bug. Stop renewing its
-                # lease, so that the delivery is tried again when the lease runs out.
-                log.error(
-                    "the database refuses this outcome; the delivery will be sent again",
-                    delivery_id=batch[0].job.delivery_id,
-                    error=str(exc),
-                )
-                self._held.pop(batch[0].job.delivery_id, None)
-                return True
-            except PgCourierError as exc:
-                # The database is unreachable or failing: keep the batch and try again. If this
-                # outlasts the lease, another relay may deliver again (at-least-once, same
-                # webhook-id).
-                log.warning("writing completions failed; retrying", error=str(exc), n=len(batch))
-                if not await self._pause_before_retry():
-                    return False
-                continue
-            self._recorded(batch)
-            return True
+    # -- after writes ----------------------------------------------------------------------
 
     def _recorded(self, batch: Sequence[Completion]) -> None:
-        """Forget what was just recorded, at once: a claim may lease a retry again as soon as it
-        is committed, and one still in ``_held`` would be taken for a duplicate and skipped."""
+        """Count what was just recorded; wake for the retries it scheduled."""
         for c in batch:
-            self._held.pop(c.job.delivery_id, None)
             if isinstance(c.outcome, policy.Delivered):
                 self.delivered += 1
             elif isinstance(c.outcome, policy.Retry):
                 self._arm_timer(c.outcome.after)
 
-    def _unstorable(self, c: Completion, exc: InvalidInput) -> Completion:
-        """The attempt recorded as a failure without what the database refused, following the
-        retry schedule like any failure."""
-        error = storable_text(f"response not storable: {exc.message}", ERROR_LIMIT, one_line=True)
-        permanent = c.result.permanent
-        result = dataclasses.replace(
-            c.result,
-            error=error,
-            response_body=None,
-            permanent=None if permanent is None else storable_text(permanent, ERROR_LIMIT),
-        )
-        log.warning(
-            "attempt recorded without its response",
-            delivery_id=c.job.delivery_id,
-            endpoint_id=str(c.job.endpoint_id),
-            error=error,
-        )
-        return Completion(c.job, result, self._decide(c.job, result))
+    def _flushed(self) -> None:
+        # Finished work frees room under endpoints' concurrency limits and lets the next
+        # delivery of an ordering key go: if due work was held back, look again now.
+        if self._held_back:
+            self._wake("completion")
 
-    async def _pause_before_retry(self) -> bool:
-        """Wait before writing again; False once a stop's deadline has passed."""
-        if self._deadline is None:
-            await asyncio.sleep(self._config.db_retry_interval)
-            return True
-        left = self._deadline - asyncio.get_running_loop().time()
-        if left <= 0:
-            return False
-        await asyncio.sleep(min(self._config.db_retry_interval, left))
-        return True
+    def _reregistered(self) -> None:
+        # The row came back busy, so producers will not notify us: look for work now, and the
+        # claim loop marks us idle again before it sleeps (else we would hear of new events only
+        # at the next poll).
+        self._idle = False
+        self._wake("reregistered")
 
-    # -- leases ------------------------------------------------------------------------------
-
-    async def _lease_keeper(self) -> None:
-        """Renew held leases every third of the lease; heartbeat; forget dead relays."""
-        interval = min(self._config.lease / 3, 10.0)
-        while not self._closing.is_set():
-            await _first(self._closing.wait(), asyncio.sleep(interval))
-            if self._closing.is_set():
-                return
-            try:
-                held = list(self._held)
-                if held:
-                    kept = await self._store.renew(self.id, held, self._config.lease)
-                    lost = [i for i in held if i not in kept and i in self._held]
-                    if lost:
-                        log.warning("leases lost to another relay", delivery_ids=lost[:20])
-                if not await self._store.heartbeat(self.id):
-                    # Our row vanished (the UNLOGGED table is emptied by a crash restart).
-                    await self._store.register(self.id)
-                    self._idle = False
-                await self._store.reap(older_than=max(6 * interval, 30.0))
-            except PgCourierError as exc:
-                log.warning("lease renewal failed", error=str(exc))
+    # -- stopping ----------------------------------------------------------------------------
 
     async def _drain(self) -> None:
         """Stop: let in-flight deliveries finish and write their outcomes, within the shutdown
         timeout (plus a grace for the last write) whatever the database or receivers do."""
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + self._config.shutdown_timeout
+        deadline = loop.time() + self._config.shutdown_timeout
+        self._completer.deadline = deadline
         # Jobs still queued were never sent: hand them back at once rather than start them now.
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -504,61 +394,24 @@ class Relay:
         # A write still running after the grace is abandoned: it is one transaction, so it is
         # recorded whole or not at all, and handing back leases afterwards only touches those
         # still ours.
-        self._closing.set()
-        left = self._deadline - loop.time() + self.SHUTDOWN_GRACE
+        self._completer.closing.set()
+        left = deadline - loop.time() + self.SHUTDOWN_GRACE
         _, late = await asyncio.wait(self._background, timeout=max(left, 0.0))
         for task in late:
             log.error("abandoning a task at shutdown", task=task.get_name())
             task.cancel()
-        if self._pending:
+        if self._completer.pending:
             log.error(
                 "giving up on completions at shutdown; these deliveries will be sent again",
-                n=len(self._pending),
+                n=len(self._completer.pending),
             )
-            self._pending.clear()
-
-    async def _release_leftover(self) -> None:
-        """Hand back the leases of deliveries whose outcome was not written."""
-        leftover = list(self._held)
-        if not leftover:
-            return
-        try:
-            await self._store.release(self.id, leftover)
-            log.info("released leases", n=len(leftover))
-        except PgCourierError as exc:
-            log.warning("could not release leases; they will expire", error=str(exc))
-        for i in leftover:
-            self._held.pop(i, None)
+            self._completer.pending.clear()
 
     async def _retrying(self, what: str, call: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await call()
                 return
-            except PgCourierError as exc:
-                log.warning(f"{what} failed; retrying", error=str(exc))
-                await _first(stop.wait(), asyncio.sleep(self._config.db_retry_interval))
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """The wait a response's Retry-After asks for; None when absent or unreadable.
-
-    The header is the receiver's to fill, and parse_retry_after raises on some of what it may
-    send (5,000 digits, "\u00b2"): that must cost the hint, never the worker reading it.
-    """
-    if value is None:
-        return None  # the usual case: no clock read on the hot path
-    try:
-        return policy.parse_retry_after(value, now=datetime.now(UTC))
-    except (ValueError, OverflowError):
-        return None
-
-
-async def _first(*aws: Any) -> None:
-    """Wait until the first of several awaitables finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
+            except Exception as exc:
+                log_failure(f"{what} failed; retrying", exc)
+                await first(stop.wait(), asyncio.sleep(self._config.db_retry_interval))

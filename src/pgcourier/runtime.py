@@ -23,6 +23,7 @@ from pgcourier.relay import Relay, RelayConfig
 from pgcourier.settings import Settings
 from pgcourier.slack import Router, SlackTransport
 from pgcourier.store import CircuitConfig, PgStore
+from pgcourier.tasks import supervised
 
 log = structlog.get_logger("pgcourier.runtime")
 
@@ -103,6 +104,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                 else None,
                 api_url=settings.slack_api_url,
                 timeout=settings.delivery_timeout,
+                response_body_limit=settings.response_body_limit,
             ),
         )
         metrics = Metrics(per_endpoint=settings.metrics_endpoint_labels)
@@ -118,7 +120,12 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
         )
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(listener.run(stop), name="pgcourier-listener")
+                # The listener handles every fault itself; the supervisor is the last line of
+                # defence, so that nothing it raises can end the TaskGroup and the process.
+                group.create_task(
+                    supervised("listener", lambda: listener.run(stop), retry_interval=1.0),
+                    name="pgcourier-listener",
+                )
                 group.create_task(relay.run(stop), name="pgcourier-relay")
                 try:
                     yield Runtime(

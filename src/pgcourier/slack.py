@@ -30,7 +30,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from pgcourier.delivery import Transport
-from pgcourier.model import AttemptResult, Job
+from pgcourier.model import ERROR_LIMIT, AttemptResult, Job, storable_text
 from pgcourier.slack_message import build_message
 
 DEFAULT_API_URL = "https://slack.com/api/"
@@ -49,10 +49,9 @@ _quiet = logging.getLogger("pgcourier.slack_sdk")
 _quiet.setLevel(logging.WARNING)
 
 
-def _storable(text: str) -> str:
-    """``text`` without NUL, which a Postgres text column refuses (the attempt would not be
-    recorded at all)."""
-    return text.replace("\x00", "\ufffd")
+def _error(text: str) -> str:
+    """An attempt's error: one line, bounded, without what Postgres text refuses (NUL)."""
+    return storable_text(text, ERROR_LIMIT, one_line=True)
 
 
 class SlackTransport:
@@ -65,8 +64,10 @@ class SlackTransport:
         token: str | None,
         api_url: str = DEFAULT_API_URL,
         timeout: float = 10.0,
+        response_body_limit: int = 4096,
     ) -> None:
         self._session = session
+        self._body_limit = response_body_limit
         self._token = token
         self._api_url = api_url
         self._timeout = timeout
@@ -126,12 +127,14 @@ class SlackTransport:
                 started_at=started_at,
                 duration=time.perf_counter() - t0,
                 status=status,
-                error=_storable(f"slack: {error}"),
-                response_body=_storable(
-                    (json.dumps(data) if data else str(exc.response.data))[:4096]
+                # What Slack (or whatever answers at api_url) sent is text of any length and any
+                # bytes: made storable and bounded like a webhook receiver's (delivery.py).
+                error=_error(f"slack: {error}"),
+                response_body=storable_text(
+                    json.dumps(data) if data else str(exc.response.data), self._body_limit
                 ),
                 retry_after=retry_after,
-                permanent=f"Slack said {error}" if error in PERMANENT_ERRORS else None,
+                permanent=_error(f"Slack said {error}") if error in PERMANENT_ERRORS else None,
             )
         except TimeoutError:
             return AttemptResult(
@@ -143,13 +146,13 @@ class SlackTransport:
             return AttemptResult(
                 started_at=started_at,
                 duration=time.perf_counter() - t0,
-                error=f"slack: {type(exc).__name__}: {exc}",
+                error=_error(f"slack: {type(exc).__name__}: {exc}"),
             )
         return AttemptResult(
             started_at=started_at,
             duration=time.perf_counter() - t0,
             status=response.status_code,
-            response_body=_storable(f"ok ts={response.get('ts')}"),
+            response_body=storable_text(f"ok ts={response.get('ts')}", self._body_limit),
         )
 
 

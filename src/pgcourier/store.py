@@ -104,7 +104,9 @@ class PgStore:
 
     async def set_idle(self, relay_id: UUID, idle: bool) -> None:
         with translate_errors():
-            await self._pool.execute(QUERIES["set_relay_idle"], relay_id, idle)
+            await self._pool.execute(
+                QUERIES["set_relay_idle"], relay_id, idle, socket.gethostname(), os.getpid()
+            )
 
     async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]:
         """Fan fresh events out into deliveries, then lease what is due within each endpoint's

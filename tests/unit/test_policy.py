@@ -37,12 +37,12 @@ from pgcourier.policy import (
         (3, 3.0),
     ],
 )
-def test_parse_duration(text, seconds) -> None:
+def test_parse_duration(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "5x", "-1s", "s", "1 s s", "five"])
-def test_parse_duration_rejects_garbage(text) -> None:
+def test_parse_duration_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
 
@@ -78,12 +78,12 @@ def test_schedule_rejects_zero_and_accepts_empty() -> None:
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
-def test_2xx_is_delivered(status) -> None:
+def test_2xx_is_delivered(status: int) -> None:
     assert decide(status=status, error=None, attempts_in_schedule=1, schedule=()) == Delivered()
 
 
 @pytest.mark.parametrize("status", [199, 301, 302, 400, 404, 429, 500, 503])
-def test_everything_else_is_a_failure(status) -> None:
+def test_everything_else_is_a_failure(status: int) -> None:
     assert decide(
         status=status, error=None, attempts_in_schedule=1, schedule=(1.0,), jitter=0
     ) == Retry(1.0)
@@ -205,6 +205,12 @@ def test_retry_after_when_the_schedule_is_used_up_still_pauses() -> None:
         ("-5", None),
         ("1.5", None),
         (None, None),
+        # A receiver's header must never raise: digits int() refuses, past its 4,300-digit
+        # limit, too large for a float, and non-ASCII digits HTTP does not allow.
+        ("\u00b2", None),
+        ("1" * 5000, None),
+        ("9" * 400, None),
+        ("\u0663", None),
     ],
 )
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:

@@ -13,7 +13,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
+import structlog.testing
 
 from pgcourier.errors import DatabaseUnavailable, InvalidInput
 from pgcourier.model import AttemptResult, Completion, Job
@@ -450,3 +452,166 @@ async def test_stop_keeps_its_deadline_whatever_the_completer_is_doing(
     # database refused outright, which were let go (their leases run out).
     expected = [] if store_class is RefusingStore else list(range(5))
     assert sorted(store.released) == expected
+
+
+# -- a database fault never ends the relay (issue 10 item 4) -----------------------------------
+
+
+class RawFaultStore(FakeStore):
+    """Every call raises what the driver raises after a server restart, untranslated, until
+    ``heal()``: the relay must ride it out whatever the exception's type."""
+
+    def __init__(self, jobs: Sequence[Job], fault: Exception) -> None:
+        super().__init__(jobs)
+        self.fault: Exception | None = fault
+        self.faults: dict[str, int] = {}
+
+    def heal(self) -> None:
+        self.fault = None
+
+    def _maybe_fail(self, what: str) -> None:
+        if self.fault is not None:
+            self.faults[what] = self.faults.get(what, 0) + 1
+            raise self.fault
+
+    async def claim(self, relay_id: uuid.UUID, limit: int, lease: float) -> list[Job]:
+        # The first claim succeeds, so that deliveries are in flight when the fault starts.
+        if self.faults.get("claim_ok"):
+            self._maybe_fail("claim")
+        self.faults["claim_ok"] = 1
+        return await super().claim(relay_id, limit, lease)
+
+    async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
+        self._maybe_fail("complete")
+        await super().complete(relay_id, batch)
+
+    async def renew(self, relay_id: uuid.UUID, ids: Sequence[int], lease: float) -> set[int]:
+        self._maybe_fail("renew")
+        return await super().renew(relay_id, ids, lease)
+
+    async def heartbeat(self, relay_id: uuid.UUID) -> bool:
+        self._maybe_fail("heartbeat")
+        return await super().heartbeat(relay_id)
+
+    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> None:
+        self._maybe_fail("set_idle")
+        await super().set_idle(relay_id, idle)
+
+    async def next_due(self) -> datetime | None:
+        self._maybe_fail("next_due")
+        return await super().next_due()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        asyncpg.InternalClientError("cannot switch to state 15; another operation is in progress"),
+        RuntimeError("a bug in the store"),
+    ],
+    ids=["driver-internal", "bug"],
+)
+async def test_no_exception_from_the_store_ends_the_relay(fault: Exception) -> None:
+    store = RawFaultStore([make_job(i) for i in range(8)], fault)
+    transport = FakeTransport(delay=0.05)
+    # A short lease: the lease keeper renews (and fails) several times during the fault.
+    config = dataclasses.replace(CONFIG, lease=0.15)
+    relay = Relay(store=store, transport=transport, config=config)
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(relay.run(stop))
+        async with asyncio.timeout(5):
+            while not all(store.faults.get(k) for k in ("claim", "complete", "renew")):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # failing all along
+        assert not task.done(), "a database fault ended the relay"
+        store.heal()
+        store.queue.extend(make_job(i) for i in range(8, 12))
+        async with asyncio.timeout(5):
+            while len(store.completed) < 12:
+                await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert sorted(c.job.delivery_id for c in store.completed) == list(range(12))
+    # Visible, and in a way that tells the unexpected from an outage: an error with the
+    # exception's type and its traceback.
+    errors = [e for e in logs if e["log_level"] == "error" and "traceback" in e]
+    assert errors
+    assert all(e["error"].startswith(type(fault).__name__) for e in errors)
+
+
+async def test_cancelling_the_relay_still_cancels_it_during_a_fault() -> None:
+    store = RawFaultStore([make_job(i) for i in range(4)], RuntimeError("down"))
+    relay = Relay(store=store, transport=FakeTransport(delay=0.05), config=CONFIG)
+    task = asyncio.create_task(relay.run(asyncio.Event()))
+    async with asyncio.timeout(5):
+        while not store.faults.get("claim"):
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+
+class CrashRestartedStore(FakeStore):
+    """The UNLOGGED courier.relays was emptied (a crash restart): the next heartbeat finds no row
+    and the relay registers again, busy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows_lost = False
+
+    async def heartbeat(self, relay_id: uuid.UUID) -> bool:
+        return not self.rows_lost
+
+    async def register(self, relay_id: uuid.UUID) -> None:
+        await super().register(relay_id)
+        self.rows_lost = False
+
+
+async def test_a_relay_registered_again_marks_itself_idle_again_at_once() -> None:
+    # Registering again writes the row busy, so producers stop notifying: the relay must go
+    # through its claim loop and mark itself idle again now, not at the next poll.
+    store = CrashRestartedStore()
+    config = dataclasses.replace(CONFIG, poll_interval=60.0, lease=0.3)
+    relay = Relay(store=store, transport=FakeTransport(), config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while store.idle_calls != [True]:
+                await asyncio.sleep(0.01)
+        store.rows_lost = True
+        async with asyncio.timeout(2):  # a few heartbeats (every 0.1 s), far below the poll
+            while store.idle_calls != [True, True]:
+                await asyncio.sleep(0.01)
+        assert relay.wakeups.get("reregistered") == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_bug_after_an_attempt_costs_that_attempt_not_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = FakeStore([make_job(i) for i in range(5)])
+    # One worker: were it to die, nothing after the first job would ever be sent.
+    config = dataclasses.replace(CONFIG, max_in_flight=1)
+    relay = Relay(store=store, transport=FakeTransport(), config=config)
+    decide = relay._decide
+
+    def buggy(job: Job, result: AttemptResult) -> Delivered | Retry:
+        if job.delivery_id == 0:
+            raise KeyError("a bug deciding")
+        outcome = decide(job, result)
+        assert isinstance(outcome, Delivered | Retry)
+        return outcome
+
+    monkeypatch.setattr(relay, "_decide", buggy)
+    with structlog.testing.capture_logs() as logs:
+        await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 4)
+    assert sorted(c.job.delivery_id for c in store.completed) == [1, 2, 3, 4]
+    # Its lease is no longer renewed nor handed back as if in flight: it runs out, and the
+    # delivery is sent again.
+    assert 0 not in store.released
+    [error] = [e for e in logs if e["event"].startswith("delivery failed")]
+    assert error["delivery_id"] == 0
+    assert error["error"].startswith("KeyError")
