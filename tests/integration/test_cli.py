@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from pgcourier import db, ops
+from tests.integration.attempts import all_attempts
 from tests.integration.helpers import Receiver, add_endpoint, relay_settings, statuses, wait_until
 
 
@@ -218,7 +219,7 @@ async def test_dlq_replay_of_one_id_restarts_the_retry_schedule(
         await wait_until(lambda: _dead(conn))
     # Three attempts before the replay and three after: the schedule started over. Kept, the
     # replayed delivery would be dead after one attempt (its schedule already spent).
-    attempts = await ops.event_attempts(conn, str(event_id))
+    attempts = await all_attempts(conn, str(event_id))
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [
         (1, "retry"),
         (2, "retry"),

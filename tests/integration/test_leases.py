@@ -14,6 +14,7 @@ from pgcourier import db, ops
 from pgcourier.delivery import WebhookTransport, new_session
 from pgcourier.relay import Relay, RelayConfig
 from pgcourier.store import PgStore
+from tests.integration.attempts import all_attempts
 from tests.integration.helpers import Receiver, add_endpoint, relay_settings, wait_until
 
 
@@ -66,5 +67,5 @@ async def test_a_receiver_slower_than_the_lease_gets_one_attempt_from_two_relays
         await wait_until(lambda: _delivered(conn), timeout=10)
         assert sum(r.delivered for r in relays) == 1
     assert len(receiver.requests) == 1
-    attempts = await ops.event_attempts(conn, str(event_id))
+    attempts = await all_attempts(conn, str(event_id))
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "delivered")]

@@ -206,7 +206,7 @@ async def test_retry_after_holds_the_delivery_and_the_whole_endpoint(
     assert stats["paused_until"] is None  # the pause is over
     # The 429'd event was retried after the pause, and the other went after it too.
     outcomes = {
-        event: [a["outcome"] for a in await ops.event_attempts(conn, str(event))]
+        event: [a["outcome"] for a in await all_attempts(conn, str(event))]
         for event in (first, second)
     }
     assert outcomes == {first: ["retry", "delivered"], second: ["delivered"]}
@@ -437,7 +437,7 @@ async def test_redirects_are_never_followed(
     await relays(1, retry_schedule="")
     await wait_until(lambda: _settled(conn, event))
     assert [h.path for h in rx.hits] == ["/moved"]
-    [attempt] = await ops.event_attempts(conn, str(event))
+    [attempt] = await all_attempts(conn, str(event))
     assert (attempt["status_code"], attempt["outcome"]) == (status, "dead")
 
 
