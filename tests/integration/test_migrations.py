@@ -169,7 +169,7 @@ async def test_0006_moves_open_deliveries_and_the_relay_finishes_them(
             (ids["discarded"], "discarded"),
         ]
         # Reads through the old name see every delivery with its status.
-        view = dict(await conn.fetch("SELECT id, status FROM courier.deliveries"))  # type: ignore[arg-type]
+        view = dict(await conn.fetch("SELECT id, status FROM courier.deliveries"))
         assert view == {ids[k]: v[0] for k, v in kinds.items()}
         # New deliveries take ids after the old ones.
         await ops.enqueue(conn, "new.one", {})
@@ -180,7 +180,7 @@ async def test_0006_moves_open_deliveries_and_the_relay_finishes_them(
             assert (await ops.replay_dead(conn, [ids["dead"]])) == [ids["dead"]]
             await receiver.wait_count(4, timeout=10)
             await wait_until(lambda: conn.fetchval("SELECT count(*) = 0 FROM courier.queue"))
-        statuses = dict(await conn.fetch("SELECT id, status FROM courier.deliveries"))  # type: ignore[arg-type]
+        statuses = dict(await conn.fetch("SELECT id, status FROM courier.deliveries"))
         assert statuses.pop(ids["discarded"]) == "discarded"
         assert set(statuses.values()) == {"delivered"}
         assert len(statuses) == 5
