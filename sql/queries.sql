@@ -126,13 +126,16 @@ UPDATE courier.relays SET idle = $2, seen_at = now() WHERE id = $1 AND idle IS D
 DELETE FROM courier.relays WHERE seen_at < now() - make_interval(secs => $1);
 
 -- queue_vacuum_due --
--- True when courier.queue holds over $1 dead row versions and no vacuum ran on it in the last $2
--- seconds: the relay's fallback for servers that run without autovacuum (every delivery leaves
--- one dead row in the queue; unvacuumed, the small hot table would grow by every delivery made).
+-- True when courier.queue holds over $1 dead row versions, no vacuum ran on it in the last $2
+-- seconds and this role may vacuum it (its owner's): the relay's fallback for servers that run
+-- without autovacuum (every delivery leaves one dead row in the queue; unvacuumed, the small hot
+-- table would grow by every delivery made). A role that may not would only get a warning.
 SELECT s.n_dead_tup > $1
        AND coalesce(greatest(s.last_vacuum, s.last_autovacuum)
                     < now() - make_interval(secs => $2), true)
+       AND pg_has_role(c.relowner, 'MEMBER')
 FROM pg_stat_user_tables AS s
+JOIN pg_class AS c ON c.oid = s.relid
 WHERE s.relid = 'courier.queue'::regclass;
 
 -- vacuum_queue --

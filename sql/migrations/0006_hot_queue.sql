@@ -234,7 +234,9 @@ BEGIN
         SELECT ep.id AS endpoint_id,
                greatest(0, least(
                    CASE WHEN ep.circuit_state = 'closed' THEN ep.max_in_flight - held.n
-                        WHEN held.n = 0 THEN 1  -- the one probe of a circuit due for it
+                        -- The one probe of a circuit due for it. (Due checked again here: a
+                        -- circuit that opened since step 2's snapshot must not probe at once.)
+                        WHEN held.n = 0 AND ep.circuit_until <= now() THEN 1
                         ELSE 0 END,
                    coalesce(floor(courier.rate_tokens_now(ep))::integer, p_limit))) AS slots
         FROM courier.endpoints AS ep

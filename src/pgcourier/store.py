@@ -114,8 +114,8 @@ class PgStore:
 
         Every delivery leaves a dead row in the queue. Autovacuum handles that (the table has
         thresholds of its own), but a server may run without it; the queue would then grow by
-        every delivery ever made, and its plans with it. A role that may not vacuum the table
-        (not its owner) is told once, then left alone.
+        every delivery ever made, and its plans with it. Only the table's owner vacuums it (the
+        query checks); should the server refuse anyway, the relay says so once and stops trying.
         """
         if not self._vacuum_allowed:
             return

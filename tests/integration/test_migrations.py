@@ -98,6 +98,11 @@ pattern_lists = st.lists(
 async def test_sql_and_python_pattern_matching_agree(conn, patterns, event_type) -> None:
     in_sql = await conn.fetchval("SELECT courier.event_type_matches($1, $2)", patterns, event_type)
     assert in_sql is matches(patterns, event_type)
+    # The fan-out matches with the patterns stored as LIKE patterns (0006): the same answer.
+    as_like = await conn.fetchval(
+        "SELECT $2 LIKE ANY (courier.like_patterns($1))", patterns, event_type
+    )
+    assert as_like is in_sql
 
 
 async def test_0005_upgrades_a_database_holding_deep_events(
