@@ -41,6 +41,9 @@ CREATE SEQUENCE courier.delivery_ids;
 SELECT setval('courier.delivery_ids', coalesce((SELECT max(id) FROM courier.deliveries), 0) + 1,
               false);
 ALTER TABLE courier.deliveries ALTER COLUMN id DROP IDENTITY;
+-- (pgcourier always moves a delivery with its id; the default is for rows written by hand,
+-- e.g. history loaded for a benchmark.)
+ALTER TABLE courier.deliveries ALTER COLUMN id SET DEFAULT nextval('courier.delivery_ids');
 ALTER TABLE courier.deliveries RENAME TO delivery_history;
 
 CREATE TABLE courier.queue (

@@ -176,8 +176,14 @@ async def test_0006_moves_open_deliveries_and_the_relay_finishes_them(
         # Reads through the old name see every delivery with its status.
         view = dict(await conn.fetch("SELECT id, status FROM courier.deliveries"))
         assert view == {ids[k]: v[0] for k, v in kinds.items()}
-        # New deliveries take ids after the old ones.
+        # New deliveries take ids after the old ones, in every table.
         await ops.enqueue(conn, "new.one", {})
+        by_hand = await conn.fetchval(
+            "INSERT INTO courier.delivery_history (event_id, endpoint_id, status)"
+            " VALUES (gen_random_uuid(), gen_random_uuid(), 'delivered') RETURNING id"
+        )
+        assert by_hand > max(ids.values())
+        await conn.execute("DELETE FROM courier.delivery_history WHERE id = $1", by_hand)
 
         async with running(relay_settings(empty_dsn), empty_dsn):
             # pending at once, leased when its lease (1 s) runs out, the new one at once.
