@@ -3,48 +3,64 @@
 
 -- claim_due --
 -- Fan out up to $4 fresh events, then lease up to $1 due deliveries to relay $3 for $2 seconds
--- within every endpoint's policies: one round trip (see courier.claim in migration 0003 for the
--- rules and why it is a function).
+-- within every endpoint's policies: one round trip (see courier.claim in migrations 0003 for the
+-- rules and why it is a function, and 0006 for the shape of its statements).
 SELECT * FROM courier.claim($1, $2, $3, $4);
 
 -- complete_deliveries --
 -- Apply a batch of attempt outcomes: $1 ids, $2 new status, $3 retry delay in seconds (NULL when
 -- not retrying), $4 HTTP status codes, $5 errors, $6 attempt start times, all for relay $7.
 -- Only rows still leased to this relay change: if the lease was lost (the relay stalled and another
--- relay took the delivery over), the other relay's outcome wins. Returns the ids applied.
-WITH r AS (
-    SELECT *
-    FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::int[], $5::text[], $6::timestamptz[])
-        AS r(id, status, delay, status_code, error, started_at)
+-- relay took the delivery over), the other relay's outcome wins. A finished delivery leaves the
+-- queue for the history or the dead letters; a retry stays, due later. Returns the ids applied.
+-- Every row is found by primary key (= ANY) and its values by array_position: no join with
+-- unnest(), whose size the planner would have to guess (with missing statistics it chose a
+-- nested loop that re-ran the unnest for every row).
+WITH gone AS (
+    DELETE FROM courier.queue AS q
+    WHERE q.id = ANY ($1::bigint[]) AND q.lease_token = $7::uuid
+      AND ($2::text[])[array_position($1::bigint[], q.id)] <> 'pending'
+    RETURNING q.*, array_position($1::bigint[], q.id) AS i
+), kept AS (
+    UPDATE courier.queue AS q
+    SET attempts = q.attempts + 1,
+        due_at = now() + make_interval(secs => ($3::float8[])[array_position($1::bigint[], q.id)]),
+        lease_token = NULL,
+        last_attempt_at = ($6::timestamptz[])[array_position($1::bigint[], q.id)],
+        last_status_code = ($4::int[])[array_position($1::bigint[], q.id)],
+        last_error = ($5::text[])[array_position($1::bigint[], q.id)]
+    WHERE q.id = ANY ($1::bigint[]) AND q.lease_token = $7::uuid
+      AND ($2::text[])[array_position($1::bigint[], q.id)] = 'pending'
+    RETURNING q.id
+), delivered AS (
+    INSERT INTO courier.delivery_history
+        (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base,
+         next_attempt_at, last_attempt_at, last_status_code, last_error, delivered_at,
+         created_at)
+    SELECT g.id, g.event_id, g.endpoint_id, g.ordering_key, 'delivered', g.attempts + 1,
+           g.schedule_base, now(), ($6::timestamptz[])[g.i], ($4::int[])[g.i],
+           ($5::text[])[g.i], now(), g.created_at
+    FROM gone AS g WHERE ($2::text[])[g.i] = 'delivered'
+), dead AS (
+    INSERT INTO courier.dead_letters
+        (id, event_id, endpoint_id, ordering_key, attempts, schedule_base, last_attempt_at,
+         last_status_code, last_error, created_at)
+    SELECT g.id, g.event_id, g.endpoint_id, g.ordering_key, g.attempts + 1, g.schedule_base,
+           ($6::timestamptz[])[g.i], ($4::int[])[g.i], ($5::text[])[g.i], g.created_at
+    FROM gone AS g WHERE ($2::text[])[g.i] = 'dead'
 )
-UPDATE courier.deliveries AS d
-SET status = r.status,
-    attempts = d.attempts + 1,
-    next_attempt_at = CASE WHEN r.delay IS NULL THEN now()
-                           ELSE now() + make_interval(secs => r.delay) END,
-    lease_token = NULL,
-    last_attempt_at = r.started_at,
-    last_status_code = r.status_code,
-    last_error = r.error,
-    delivered_at = CASE WHEN r.status = 'delivered' THEN now() END,
-    dead_at = CASE WHEN r.status = 'dead' THEN now() END
-FROM r
--- "d.id = ANY($1)" gives the planner an index condition whose row count it knows (the array's
--- length), so it probes the primary key instead of scanning every pending row: statistics are
--- stale right after a burst, which is exactly when this runs most.
-WHERE d.id = ANY($1::bigint[]) AND d.id = r.id AND d.lease_token = $7
-RETURNING d.id;
+SELECT g.id FROM gone AS g UNION ALL SELECT k.id FROM kept AS k;
 
 -- hold_key_followers --
 -- A keyed delivery is waiting for a retry: its key's later deliveries at that endpoint cannot go
 -- before it, so move them out of the claim's way until then. $1 endpoint ids, $2 keys, $3 the
 -- retrying deliveries' ids, $4 their retry times.
-UPDATE courier.deliveries AS d
-SET next_attempt_at = greatest(d.next_attempt_at, r.until)
+UPDATE courier.queue AS q
+SET due_at = greatest(q.due_at, r.until)
 FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[])
     AS r(endpoint_id, ordering_key, head_id, until)
-WHERE d.endpoint_id = r.endpoint_id AND d.ordering_key = r.ordering_key
-  AND d.status = 'pending' AND d.id > r.head_id AND d.lease_token IS NULL;
+WHERE q.endpoint_id = r.endpoint_id AND q.ordering_key = r.ordering_key
+  AND q.id > r.head_id AND q.lease_token IS NULL;
 
 -- apply_endpoint_outcomes --
 -- What a batch says about each endpoint: circuit, Retry-After pause, 410, continuous failure
@@ -62,31 +78,32 @@ FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[], 
 
 -- renew_leases --
 -- Push the lease of deliveries $1 held by relay $2 out to now() + $3 seconds. Returns the ids
--- still held; any id missing was taken over by another relay.
-UPDATE courier.deliveries
-SET next_attempt_at = now() + make_interval(secs => $3)
-WHERE id = ANY($1::bigint[]) AND lease_token = $2 AND status = 'pending'
+-- still held; any id missing was taken over by another relay (or finished).
+UPDATE courier.queue
+SET due_at = now() + make_interval(secs => $3)
+WHERE id = ANY($1::bigint[]) AND lease_token = $2
 RETURNING id;
 
 -- release_leases --
 -- Hand deliveries $1 held by relay $2 back, due at once, for another relay (used on shutdown).
-UPDATE courier.deliveries
-SET next_attempt_at = now(), lease_token = NULL
-WHERE id = ANY($1::bigint[]) AND lease_token = $2 AND status = 'pending';
+UPDATE courier.queue
+SET due_at = now(), lease_token = NULL
+WHERE id = ANY($1::bigint[]) AND lease_token = $2;
 
 -- next_due --
 -- When the next delivery becomes due at an endpoint that may take it (NULL if none): an endpoint
--- paused by Retry-After or with an open circuit counts from when it opens again.
-SELECT min(greatest(d.next_attempt_at, ep.paused_until,
+-- paused by Retry-After or with an open circuit counts from when it opens again. One probe of
+-- queue_endpoint_due per enabled endpoint.
+SELECT min(greatest(q.due_at, ep.paused_until,
                     CASE WHEN ep.circuit_state <> 'closed' THEN ep.circuit_until END))
 FROM courier.endpoints AS ep
 CROSS JOIN LATERAL (
-    SELECT x.next_attempt_at
-    FROM courier.deliveries AS x
-    WHERE x.endpoint_id = ep.id AND x.status = 'pending'
-    ORDER BY x.next_attempt_at
+    SELECT x.due_at
+    FROM courier.queue AS x
+    WHERE x.endpoint_id = ep.id
+    ORDER BY x.due_at
     LIMIT 1
-) AS d
+) AS q
 WHERE ep.enabled;
 
 -- register_relay --
@@ -112,6 +129,23 @@ WHERE r.idle IS DISTINCT FROM excluded.idle;
 -- Forget relays not seen for $1 seconds (killed without a goodbye) so producers stop
 -- notifying on their behalf.
 DELETE FROM courier.relays WHERE seen_at < now() - make_interval(secs => $1);
+
+-- queue_vacuum_due --
+-- True when courier.queue holds over $1 dead row versions, no vacuum ran on it in the last $2
+-- seconds and this role may vacuum it (its owner's): the relay's fallback for servers that run
+-- without autovacuum (every delivery leaves one dead row in the queue; unvacuumed, the small hot
+-- table would grow by every delivery made). A role that may not would only get a warning.
+SELECT s.n_dead_tup > $1
+       AND coalesce(greatest(s.last_vacuum, s.last_autovacuum)
+                    < now() - make_interval(secs => $2), true)
+       AND pg_has_role(c.relowner, 'MEMBER')
+FROM pg_stat_user_tables AS s
+JOIN pg_class AS c ON c.oid = s.relid
+WHERE s.relid = 'courier.queue'::regclass;
+
+-- vacuum_queue --
+-- Outside a transaction (VACUUM cannot run in one); SKIP_LOCKED: never wait behind another.
+VACUUM (SKIP_LOCKED) courier.queue;
 
 -- deregister_relay --
 DELETE FROM courier.relays WHERE id = $1;
@@ -197,23 +231,44 @@ WHERE id = $1 AND deleted_at IS NULL
 RETURNING id;
 
 -- discard_endpoint_deliveries --
--- Discard the pending and dead deliveries of deleted endpoint $1 (reason recorded). Leased ones
--- are discarded too: the relay's completion is fenced by the lease token and will not apply.
-UPDATE courier.deliveries
-SET status = 'discarded', discarded_at = now(), lease_token = NULL,
-    last_error = coalesce(last_error || '; ', '') || 'discarded: endpoint deleted'
-WHERE endpoint_id = $1 AND status IN ('pending', 'dead');
+-- Discard the queued and dead deliveries of deleted endpoint $1 (reason recorded): they move to
+-- the history as discarded. Leased ones are discarded too: the relay's completion is fenced by
+-- the lease token and finds nothing. The command tag counts them.
+WITH queued AS (
+    DELETE FROM courier.queue WHERE endpoint_id = $1 RETURNING *
+), dead AS (
+    DELETE FROM courier.dead_letters WHERE endpoint_id = $1 RETURNING *
+)
+INSERT INTO courier.delivery_history
+    (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base, last_attempt_at,
+     last_status_code, last_error, dead_at, discarded_at, created_at)
+SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_base,
+       last_attempt_at, last_status_code,
+       coalesce(last_error || '; ', '') || 'discarded: endpoint deleted', NULL, now(), created_at
+FROM queued
+UNION ALL
+SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_base,
+       last_attempt_at, last_status_code,
+       coalesce(last_error || '; ', '') || 'discarded: endpoint deleted', dead_at, now(),
+       created_at
+FROM dead;
 
 -- sweep_deleted_endpoints --
 -- Discard deliveries that a fan-out created for an endpoint in the instant it was deleted (the
 -- fan-out's snapshot still saw it). Run by relays' housekeeping; only endpoints deleted in the
--- last hour are looked at, through the open-deliveries index, so the sweep stays cheap.
-UPDATE courier.deliveries AS d
-SET status = 'discarded', discarded_at = now(), lease_token = NULL,
-    last_error = 'discarded: endpoint deleted'
-FROM courier.endpoints AS ep
-WHERE ep.deleted_at > now() - interval '1 hour'
-  AND d.endpoint_id = ep.id AND d.status = 'pending';
+-- last hour are looked at, through queue_endpoint_due, so the sweep stays cheap.
+WITH gone AS (
+    DELETE FROM courier.queue AS q
+    USING courier.endpoints AS ep
+    WHERE ep.deleted_at > now() - interval '1 hour' AND q.endpoint_id = ep.id
+    RETURNING q.*
+)
+INSERT INTO courier.delivery_history
+    (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base, last_attempt_at,
+     last_status_code, last_error, discarded_at, created_at)
+SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_base,
+       last_attempt_at, last_status_code, 'discarded: endpoint deleted', now(), created_at
+FROM gone;
 
 -- endpoint_stats --
 -- Endpoint $1 over the last $2 seconds: attempts, successes, latency percentiles, the open
@@ -228,10 +283,8 @@ SELECT
      FROM courier.attempts AS a
      WHERE a.endpoint_id = $1 AND a.started_at >= now() - make_interval(secs => $2))
         AS latency_ms,
-    (SELECT count(*) FROM courier.deliveries AS d
-     WHERE d.endpoint_id = $1 AND d.status = 'pending') AS pending,
-    (SELECT count(*) FROM courier.deliveries AS d
-     WHERE d.endpoint_id = $1 AND d.status = 'dead') AS dead;
+    (SELECT count(*) FROM courier.queue AS q WHERE q.endpoint_id = $1) AS pending,
+    (SELECT count(*) FROM courier.dead_letters AS d WHERE d.endpoint_id = $1) AS dead;
 
 -- endpoint_last_failure --
 -- The latest failed attempt of endpoint $1 (walks attempts_endpoint backwards).
@@ -244,37 +297,51 @@ LIMIT 1;
 -- recoverable_deliveries --
 -- Endpoint $1's failed deliveries since $2: dead ones, and ones waiting for a retry (leased ones
 -- are in flight and left alone). Only their ids: recover_deliveries changes them in batches.
-SELECT id
-FROM courier.deliveries
-WHERE endpoint_id = $1
-  AND ((status = 'dead' AND dead_at >= $2)
-       OR (status = 'pending' AND lease_token IS NULL AND attempts > schedule_base
-           AND last_attempt_at >= $2))
+SELECT d.id FROM courier.dead_letters AS d WHERE d.endpoint_id = $1 AND d.dead_at >= $2
+UNION ALL
+SELECT q.id FROM courier.queue AS q
+WHERE q.endpoint_id = $1 AND q.lease_token IS NULL AND q.attempts > q.schedule_base
+  AND q.last_attempt_at >= $2
 ORDER BY id;
 
 -- recover_deliveries --
 -- Re-queue deliveries $1 of endpoint $2 that still match recoverable_deliveries (since $3): dead
--- ones get a fresh retry schedule, ones waiting for a retry become due now. Rows that changed
--- since they were listed (delivered, leased, already recovered) are left alone. Returns the ids.
-UPDATE courier.deliveries
-SET status = 'pending', next_attempt_at = now(), dead_at = NULL,
-    schedule_base = CASE WHEN status = 'dead' THEN attempts ELSE schedule_base END
-WHERE id = ANY($1::bigint[]) AND endpoint_id = $2
-  AND ((status = 'dead' AND dead_at >= $3)
-       OR (status = 'pending' AND lease_token IS NULL AND attempts > schedule_base
-           AND last_attempt_at >= $3))
-RETURNING id;
+-- ones go back to the queue with a fresh retry schedule, ones waiting for a retry become due
+-- now. Rows that changed since they were listed (delivered, leased, already recovered) are left
+-- alone. Returns the ids.
+WITH revived AS (
+    DELETE FROM courier.dead_letters AS d
+    WHERE d.id = ANY($1::bigint[]) AND d.endpoint_id = $2 AND d.dead_at >= $3
+    RETURNING d.*
+), requeued AS (
+    INSERT INTO courier.queue
+        (id, event_id, endpoint_id, ordering_key, attempts, schedule_base, due_at,
+         last_attempt_at, last_status_code, last_error, created_at)
+    SELECT id, event_id, endpoint_id, ordering_key, attempts, attempts, now(), last_attempt_at,
+           last_status_code, last_error, created_at
+    FROM revived
+    RETURNING id
+), hurried AS (
+    UPDATE courier.queue AS q
+    SET due_at = now()
+    WHERE q.id = ANY($1::bigint[]) AND q.endpoint_id = $2 AND q.lease_token IS NULL
+      AND q.attempts > q.schedule_base AND q.last_attempt_at >= $3
+    RETURNING q.id
+)
+SELECT id FROM requeued UNION ALL SELECT id FROM hurried;
 
 -- list_dead --
 -- Dead letters, newest first: endpoint $1, event type $2, dead at or after $3 and before $4 (each
--- NULL for any), after the cursor ($5 dead_at, $6 id), $7 at most. Walks deliveries_dead.
+-- NULL for any), after the cursor ($5 dead_at, $6 id), $7 at most. Walks dead_letters_dead_at
+-- (or dead_letters_endpoint); each row's event is one primary-key probe of the outbox.
 SELECT d.id, d.event_id, o.event_type, d.endpoint_id, ep.url, d.attempts, d.last_attempt_at,
        d.last_status_code, d.last_error, d.dead_at
-FROM courier.deliveries AS d
-JOIN courier.outbox AS o ON o.id = d.event_id
+FROM courier.dead_letters AS d
+CROSS JOIN LATERAL (
+    SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id LIMIT 1
+) AS o
 LEFT JOIN courier.endpoints AS ep ON ep.id = d.endpoint_id
-WHERE d.status = 'dead'
-  AND ($1::uuid IS NULL OR d.endpoint_id = $1)
+WHERE ($1::uuid IS NULL OR d.endpoint_id = $1)
   AND ($2::text IS NULL OR o.event_type = $2)
   AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
   AND ($4::timestamptz IS NULL OR d.dead_at < $4)
@@ -286,35 +353,51 @@ LIMIT $7;
 -- One dead letter with its event.
 SELECT d.id, d.event_id, o.event_type, o.payload::text AS payload, d.endpoint_id, ep.url,
        d.attempts, d.last_attempt_at, d.last_status_code, d.last_error, d.dead_at
-FROM courier.deliveries AS d
-JOIN courier.outbox AS o ON o.id = d.event_id
+FROM courier.dead_letters AS d
+CROSS JOIN LATERAL (
+    SELECT o.event_type, o.payload FROM courier.outbox AS o WHERE o.id = d.event_id LIMIT 1
+) AS o
 LEFT JOIN courier.endpoints AS ep ON ep.id = d.endpoint_id
-WHERE d.id = $1 AND d.status = 'dead';
+WHERE d.id = $1;
 
 -- discard_dead --
--- Throw dead letter $1 away for good, recorded as discarded. Returns its id if it was dead.
-UPDATE courier.deliveries
-SET status = 'discarded', discarded_at = now()
-WHERE id = $1 AND status = 'dead'
+-- Throw dead letter $1 away for good: it moves to the history as discarded. Returns its id if it
+-- was dead.
+WITH gone AS (
+    DELETE FROM courier.dead_letters WHERE id = $1 RETURNING *
+)
+INSERT INTO courier.delivery_history
+    (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base, last_attempt_at,
+     last_status_code, last_error, dead_at, discarded_at, created_at)
+SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_base,
+       last_attempt_at, last_status_code, last_error, dead_at, now(), created_at
+FROM gone
 RETURNING id;
 
 -- replay_dead --
--- Put dead deliveries $1 back in line, due now, with a fresh retry schedule. Only rows still dead
--- change, so replaying twice queues once. Returns the ids queued.
-UPDATE courier.deliveries
-SET status = 'pending', next_attempt_at = now(), schedule_base = attempts, dead_at = NULL,
-    lease_token = NULL
-WHERE id = ANY($1::bigint[]) AND status = 'dead'
+-- Put dead deliveries $1 back in the queue, due now, with a fresh retry schedule; each keeps its
+-- id (key order, webhook-id). Only rows still dead move, so replaying twice queues once. Returns
+-- the ids queued.
+WITH revived AS (
+    DELETE FROM courier.dead_letters WHERE id = ANY($1::bigint[]) RETURNING *
+)
+INSERT INTO courier.queue
+    (id, event_id, endpoint_id, ordering_key, attempts, schedule_base, due_at, last_attempt_at,
+     last_status_code, last_error, created_at)
+SELECT id, event_id, endpoint_id, ordering_key, attempts, attempts, now(), last_attempt_at,
+       last_status_code, last_error, created_at
+FROM revived
 RETURNING id;
 
 -- matching_dead_ids --
 -- The ids of every dead delivery matching the filters: endpoint $1, event type $2, dead at or
 -- after $3 and before $4, each NULL for any. replay_dead then queues them in batches.
 SELECT d.id
-FROM courier.deliveries AS d
-JOIN courier.outbox AS o ON o.id = d.event_id
-WHERE d.status = 'dead'
-  AND ($1::uuid IS NULL OR d.endpoint_id = $1)
+FROM courier.dead_letters AS d
+CROSS JOIN LATERAL (
+    SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id LIMIT 1
+) AS o
+WHERE ($1::uuid IS NULL OR d.endpoint_id = $1)
   AND ($2::text IS NULL OR o.event_type = $2)
   AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
   AND ($4::timestamptz IS NULL OR d.dead_at < $4)
@@ -340,18 +423,23 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA courier FROM PUBLIC;
 INSERT INTO courier.migrations (version, name, checksum) VALUES ($1, $2, $3);
 
 -- delivery_gauges --
--- One cheap query per scrape: both counts walk partial indexes; the oldest pending event comes
--- from the first entries of the pending indexes' join.
+-- One cheap query per scrape, whatever the history: counts of the queue and the dead letters
+-- (tables of the work in progress); the oldest pending event is the first unfanned one
+-- (outbox_pending, in seq order) or the event of the oldest queued delivery (ids follow the
+-- events' order), whichever is older: each a probe, never a min() over the outbox.
 SELECT
-    (SELECT count(*) FROM courier.deliveries WHERE status = 'pending') AS pending,
-    (SELECT count(*) FROM courier.deliveries WHERE status = 'dead') AS dead,
+    (SELECT count(*) FROM courier.queue) AS pending,
+    (SELECT count(*) FROM courier.dead_letters) AS dead,
     (SELECT count(*) FROM courier.endpoints
      WHERE circuit_state <> 'closed' AND deleted_at IS NULL) AS open_circuits,
     extract(epoch FROM now() - least(
-        (SELECT min(o.created_at) FROM courier.outbox AS o WHERE o.fanned_out_at IS NULL),
-        (SELECT min(o.created_at)
-         FROM courier.deliveries AS d JOIN courier.outbox AS o ON o.id = d.event_id
-         WHERE d.status = 'pending')
+        (SELECT o.created_at FROM courier.outbox AS o
+         WHERE o.fanned_out_at IS NULL ORDER BY o.seq LIMIT 1),
+        (SELECT o.created_at
+         FROM (SELECT q.event_id FROM courier.queue AS q ORDER BY q.id LIMIT 1) AS q
+         CROSS JOIN LATERAL (
+             SELECT o.created_at FROM courier.outbox AS o WHERE o.id = q.event_id LIMIT 1
+         ) AS o)
     ))::float8 AS oldest_pending_age;
 
 -- get_endpoint --
@@ -375,14 +463,25 @@ FROM courier.outbox
 WHERE id = $1;
 
 -- event_deliveries --
--- Where one event stands with each endpoint it was fanned out to.
-SELECT d.id, d.endpoint_id, d.status, d.attempts,
-       -- next_attempt_at is a lease time while in flight and meaningless once finished
-       CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
-       d.last_attempt_at,
+-- Where one event stands with each endpoint it was fanned out to: its rows in the queue, the
+-- dead letters and the history, each found by (event_id, endpoint_id).
+SELECT d.id, d.endpoint_id, d.status, d.attempts, d.next_attempt_at, d.last_attempt_at,
        d.last_status_code, d.last_error, d.delivered_at, d.dead_at
-FROM courier.deliveries AS d
-WHERE d.event_id = $1
+FROM (
+    -- due_at is a lease time while in flight; it is meaningless once finished
+    SELECT q.id, q.endpoint_id, 'pending' AS status, q.attempts, q.due_at AS next_attempt_at,
+           q.last_attempt_at, q.last_status_code, q.last_error,
+           NULL::timestamptz AS delivered_at, NULL::timestamptz AS dead_at
+    FROM courier.queue AS q WHERE q.event_id = $1
+    UNION ALL
+    SELECT x.id, x.endpoint_id, 'dead', x.attempts, NULL, x.last_attempt_at,
+           x.last_status_code, x.last_error, NULL, x.dead_at
+    FROM courier.dead_letters AS x WHERE x.event_id = $1
+    UNION ALL
+    SELECT h.id, h.endpoint_id, h.status, h.attempts, NULL, h.last_attempt_at,
+           h.last_status_code, h.last_error, h.delivered_at, h.dead_at
+    FROM courier.delivery_history AS h WHERE h.event_id = $1
+) AS d
 ORDER BY d.id;
 
 -- event_attempts --

@@ -276,17 +276,16 @@ async def create_pool(
             command_timeout=60,
             server_settings={
                 "synchronous_commit": "on" if synchronous_commit else "off",
-                # Every relay query is built for its index (partial indexes on what is due). A
-                # queue's statistics are stale by nature: taken when the outbox was nearly empty,
-                # they made each claim scan the whole table (measured: 5 ms of CPU per claim at
-                # 2,000 events/s, growing with the table). Only this pool is affected; tables
-                # with no usable index are still scanned.
-                "enable_seqscan": "off",
-                # A safeguard, not a fix: before Postgres 18 a disabled path is priced by adding
-                # disable_cost (1e10), which pushes these short statements past jit_above_cost,
-                # so a server with JIT compiled each one on every call (measured on 15: 40-190
-                # ms per statement; idle latency 225 ms p50 instead of 4). Statements this short
-                # never gain from JIT. The admin API shares this pool and its paginated reads
+                # No planner switches: every hot statement picks its plan from the shape of the
+                # tables and queries (migration 0006), whatever the statistics say; the plan
+                # tests (tests/integration/test_plans.py) hold each one to that.
+                # jit = off is a safeguard, not a fix. enable_seqscan = off used to be set
+                # here; before Postgres 18 a disabled path is priced by adding disable_cost
+                # (1e10), which pushed these short statements past jit_above_cost, so a server
+                # with JIT compiled each one on every call (measured on 15: 40-190 ms per
+                # statement; idle latency 225 ms p50 instead of 4). Statements this short
+                # never gain from JIT, and an estimate made without statistics must not be
+                # able to bring it back. The admin API shares this pool and its paginated reads
                 # are short too. Producers' sessions are theirs and are left alone.
                 "jit": "off",
             },

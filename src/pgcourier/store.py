@@ -38,6 +38,11 @@ class RelayStore(Protocol):
 
 _NO_HEADERS: dict[str, str] = {}
 
+# The relay vacuums courier.queue itself past this many dead rows, when no vacuum ran on it for
+# VACUUM_INTERVAL seconds (autovacuum's own threshold for the queue is 1,000: see 0006).
+VACUUM_DEAD_ROWS = 10_000
+VACUUM_INTERVAL = 60.0
+
 
 def _job(row: asyncpg.Record) -> Job:
     return Job(
@@ -80,6 +85,7 @@ class PgStore:
     def __init__(self, pool: asyncpg.Pool, circuit: CircuitConfig | None = None) -> None:
         self._pool = pool
         self._circuit = circuit or CircuitConfig()
+        self._vacuum_allowed = True
 
     async def register(self, relay_id: UUID) -> None:
         with translate_errors():
@@ -97,10 +103,33 @@ class PgStore:
 
     async def reap(self, older_than: float) -> None:
         """Housekeeping: forget dead relays; discard what a fan-out racing an endpoint's
-        deletion created for it."""
+        deletion created for it; vacuum the queue if nothing else does."""
         with translate_errors():
             await self._pool.execute(QUERIES["reap_relays"], older_than)
             await self._pool.execute(QUERIES["sweep_deleted_endpoints"])
+            await self._vacuum_queue()
+
+    async def _vacuum_queue(self) -> None:
+        """``VACUUM courier.queue`` when it holds many dead rows and no vacuum ran lately.
+
+        Every delivery leaves a dead row in the queue. Autovacuum handles that (the table has
+        thresholds of its own), but a server may run without it; the queue would then grow by
+        every delivery ever made, and its plans with it. Only the table's owner vacuums it (the
+        query checks); should the server refuse anyway, the relay says so once and stops trying.
+        """
+        if not self._vacuum_allowed:
+            return
+        due = await self._pool.fetchval(
+            QUERIES["queue_vacuum_due"], VACUUM_DEAD_ROWS, VACUUM_INTERVAL
+        )
+        if not due:
+            return
+        try:
+            # No arguments: asyncpg sends it as a simple query, outside any transaction.
+            await self._pool.execute(QUERIES["vacuum_queue"])
+        except asyncpg.InsufficientPrivilegeError as exc:
+            self._vacuum_allowed = False
+            log.warning("cannot vacuum courier.queue; leaving it to autovacuum", error=str(exc))
 
     async def set_idle(self, relay_id: UUID, idle: bool) -> None:
         with translate_errors():

@@ -101,8 +101,8 @@ async def test_dead_letters_replay_one_and_bulk_idempotently(
         await ops.enqueue(conn, "a.b", {})
     # Dead deliveries made by hand: no relay is needed to test the replay routes.
     await conn.execute(
-        "INSERT INTO courier.deliveries (event_id, endpoint_id, status, dead_at)"
-        " SELECT o.id, e.id, 'dead', now() FROM courier.outbox o, courier.endpoints e"
+        "INSERT INTO courier.dead_letters (event_id, endpoint_id, dead_at)"
+        " SELECT o.id, e.id, now() FROM courier.outbox o, courier.endpoints e"
     )
     dead = (await (await api.get("/api/v1/dead-letters", headers=AUTH)).json())["data"]
     assert len(dead) == 3

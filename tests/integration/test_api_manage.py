@@ -30,9 +30,9 @@ async def _make_dead(conn: asyncpg.Connection, endpoint_id: str, n: int, when: s
         event_id = await ops.enqueue(conn, f"kind.{i % 2}", {"i": i})
         ids.append(
             await conn.fetchval(
-                "INSERT INTO courier.deliveries"
-                " (event_id, endpoint_id, status, attempts, dead_at, last_error)"
-                f" VALUES ($1, $2, 'dead', 3, {when}, 'HTTP 500') RETURNING id",
+                "INSERT INTO courier.dead_letters"
+                " (event_id, endpoint_id, attempts, dead_at, last_error)"
+                f" VALUES ($1, $2, 3, {when}, 'HTTP 500') RETURNING id",
                 event_id,
                 endpoint_id,
             )
@@ -153,7 +153,7 @@ async def test_sweep_discards_what_a_racing_fan_out_created(
     event_id = await ops.enqueue(conn, "a.b", {})
     await conn.execute("UPDATE courier.outbox SET fanned_out_at = now()")
     await conn.execute(
-        "INSERT INTO courier.deliveries (event_id, endpoint_id) VALUES ($1, $2)",
+        "INSERT INTO courier.queue (event_id, endpoint_id) VALUES ($1, $2)",
         event_id,
         endpoint["id"],
     )

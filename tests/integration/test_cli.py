@@ -442,8 +442,8 @@ async def test_readme_endpoint_and_dlq_commands(conn: asyncpg.Connection, dsn: s
     for _ in range(2):
         await ops.enqueue(conn, "a.b", {})
     await conn.execute(
-        "INSERT INTO courier.deliveries (event_id, endpoint_id, status, dead_at, last_error)"
-        " SELECT id, $1, 'dead', now(), 'HTTP 500' FROM courier.outbox",
+        "INSERT INTO courier.dead_letters (event_id, endpoint_id, dead_at, last_error)"
+        " SELECT id, $1, now(), 'HTTP 500' FROM courier.outbox",
         uuid.UUID(eid),
     )
     await conn.execute("UPDATE courier.outbox SET fanned_out_at = now()")
@@ -456,8 +456,10 @@ async def test_readme_endpoint_and_dlq_commands(conn: asyncpg.Connection, dsn: s
     assert await ok("dlq", "discard", str(dead[0]["id"])) == {"discarded": [dead[0]["id"]]}
     replayed = await ok("dlq", "replay", "--all", "--endpoint", eid)
     assert replayed == {"replayed": [dead[1]["id"]], "count": 1}
-    await conn.execute(
-        "UPDATE courier.deliveries SET status = 'dead', dead_at = now() WHERE status = 'pending'"
+    await conn.execute(  # the replayed delivery dies again
+        "WITH m AS (DELETE FROM courier.queue RETURNING *) INSERT INTO courier.dead_letters"
+        " (id, event_id, endpoint_id, attempts, schedule_base, created_at)"
+        " SELECT id, event_id, endpoint_id, attempts, schedule_base, created_at FROM m"
     )
     recovered = await ok("endpoint", "recover", eid, "--since", "2020-01-01T00:00:00Z")
     assert recovered["count"] == 1

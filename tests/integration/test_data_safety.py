@@ -72,8 +72,8 @@ async def test_events_stored_before_the_cap_are_shown_as_their_json_text(
     plain_id = await ops.enqueue(conn, "flat.new", {"n": 1})
     endpoint = await ops.create_endpoint(conn, url="https://r.example/h", event_types=["*"])
     dead_id = await conn.fetchval(
-        "INSERT INTO courier.deliveries (event_id, endpoint_id, status, dead_at) "
-        "VALUES ($1, $2, 'dead', now()) RETURNING id",
+        "INSERT INTO courier.dead_letters (event_id, endpoint_id, dead_at) "
+        "VALUES ($1, $2, now()) RETURNING id",
         deep_id,
         uuid.UUID(endpoint["id"]),
     )
@@ -101,8 +101,8 @@ async def _dead_letters(conn: asyncpg.Connection, n: int, *, error: str = "HTTP 
         event_id = await ops.enqueue(conn, "a.b", {"i": i})
         ids.append(
             await conn.fetchval(
-                "INSERT INTO courier.deliveries (event_id, endpoint_id, status, attempts, dead_at,"
-                " last_attempt_at, last_error) VALUES ($1, $2, 'dead', 3, now(), now(), $3)"
+                "INSERT INTO courier.dead_letters (event_id, endpoint_id, attempts, dead_at,"
+                " last_attempt_at, last_error) VALUES ($1, $2, 3, now(), now(), $3)"
                 " RETURNING id",
                 event_id,
                 uuid.UUID(endpoint["id"]),
@@ -190,7 +190,7 @@ async def test_dead_letter_pages_stop_at_a_byte_budget(conn: asyncpg.Connection)
 async def _batches_used(conn: asyncpg.Connection, ids: list[int]) -> int:
     """How many transactions wrote these rows last: each batch commits on its own."""
     count: int = await conn.fetchval(
-        "SELECT count(DISTINCT xmin::text) FROM courier.deliveries WHERE id = ANY($1)", ids
+        "SELECT count(DISTINCT xmin::text) FROM courier.queue WHERE id = ANY($1)", ids
     )
     return count
 
@@ -206,7 +206,11 @@ async def test_bulk_replay_runs_in_batches_and_still_queues_once(conn: asyncpg.C
     )
 
     # Given ids are batched the same way; ones no longer dead are left out.
-    await conn.execute("UPDATE courier.deliveries SET status = 'dead', dead_at = now()")
+    await conn.execute(
+        "WITH m AS (DELETE FROM courier.queue RETURNING *) INSERT INTO courier.dead_letters"
+        " (id, event_id, endpoint_id, attempts, schedule_base, created_at)"
+        " SELECT id, event_id, endpoint_id, attempts, schedule_base, created_at FROM m"
+    )
     queued = await ops.replay_dead(conn, [*ids, *ids], batch_size=4)
     assert sorted(queued) == ids
     assert await _batches_used(conn, ids) == 2

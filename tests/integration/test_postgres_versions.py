@@ -30,6 +30,7 @@ async def test_relay_sessions_run_without_jit(dsn: str) -> None:
     try:
         async with pool.acquire() as session:
             assert await session.fetchval("SHOW jit") == "off"
-            assert await session.fetchval("SHOW enable_seqscan") == "off"
+            # No planner switches: the plans hold by the schema's shape (test_plans.py).
+            assert await session.fetchval("SHOW enable_seqscan") == "on"
     finally:
         await pool.close()

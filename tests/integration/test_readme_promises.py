@@ -272,9 +272,9 @@ async def test_dlq_list_type_since_until_and_cursor(conn: asyncpg.Connection, ds
         event_id = await ops.enqueue(conn, event_type, {"minute": minute})
         dead_ids.append(
             await conn.fetchval(
-                "INSERT INTO courier.deliveries"
-                " (event_id, endpoint_id, status, dead_at, last_error)"
-                " VALUES ($1, $2, 'dead', $3, 'HTTP 500') RETURNING id",
+                "INSERT INTO courier.dead_letters"
+                " (event_id, endpoint_id, dead_at, last_error)"
+                " VALUES ($1, $2, $3, 'HTTP 500') RETURNING id",
                 event_id,
                 endpoint_id,
                 base + timedelta(minutes=minute),

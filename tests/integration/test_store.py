@@ -11,9 +11,11 @@ import asyncpg
 import pytest
 
 from pgcourier import ops
+from pgcourier import store as store_module
 from pgcourier.model import AttemptResult, Completion
-from pgcourier.policy import Delivered, Retry
+from pgcourier.policy import Dead, Delivered, Retry
 from pgcourier.store import PgStore
+from tests.integration.helpers import wait_until
 
 
 @pytest.fixture
@@ -108,3 +110,52 @@ async def test_claim_serves_due_deliveries_first_and_respects_the_limit(conn, st
         )
         == 3
     )
+
+
+async def test_finished_deliveries_leave_the_queue(conn, store) -> None:
+    """Delivered ones move to the history, dead ones to the dead letters (same id), retries
+    stay queued; replay puts a dead letter back with its id and a fresh schedule."""
+    await ops.create_endpoint(conn, url="http://127.0.0.1:1/x", event_types=["*"])
+    for _ in range(3):
+        await ops.enqueue(conn, "a.b", {})
+    relay = uuid.uuid4()
+    ok, dead, retry = await store.claim(relay, limit=10, lease=30)
+    await store.complete(relay, [done(ok), done(dead, Dead("HTTP 500")), done(retry, Retry(60))])
+    queued = await conn.fetch("SELECT id, attempts, lease_token FROM courier.queue")
+    assert [tuple(r) for r in queued] == [(retry.delivery_id, 1, None)]
+    history = await conn.fetch("SELECT id, status, attempts FROM courier.delivery_history")
+    assert [tuple(r) for r in history] == [(ok.delivery_id, "delivered", 1)]
+    letters = await conn.fetch("SELECT id, attempts, last_status_code FROM courier.dead_letters")
+    assert [tuple(r) for r in letters] == [(dead.delivery_id, 1, 200)]
+    assert await ops.replay_dead(conn, [dead.delivery_id]) == [dead.delivery_id]
+    row = await conn.fetchrow(
+        "SELECT attempts, schedule_base FROM courier.queue WHERE id = $1", dead.delivery_id
+    )
+    assert tuple(row) == (1, 1)
+    assert await conn.fetchval("SELECT count(*) FROM courier.dead_letters") == 0
+
+
+async def test_housekeeping_vacuums_the_queue_when_autovacuum_does_not(
+    conn, store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a server without autovacuum the relay keeps the queue from growing by every delivery
+    ever made: past a number of dead rows, reap() vacuums it."""
+    monkeypatch.setattr(store_module, "VACUUM_DEAD_ROWS", 50)
+    await conn.execute("ALTER TABLE courier.queue SET (autovacuum_enabled = false)")
+    await conn.execute(
+        "INSERT INTO courier.queue (event_id, endpoint_id)"
+        " SELECT gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 200)"
+    )
+    await conn.execute("DELETE FROM courier.queue")
+    await conn.execute("SELECT pg_stat_force_next_flush()")  # the dead rows counted now
+
+    async def vacuumed() -> bool:
+        await store.reap(60)
+        return bool(
+            await conn.fetchval(
+                "SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables"
+                " WHERE relid = 'courier.queue'::regclass"
+            )
+        )
+
+    await wait_until(vacuumed, timeout=15, interval=0.5)
