@@ -22,10 +22,12 @@ from pgcourier import ops
 
 async def reset_tables(conn: asyncpg.Connection) -> None:
     await conn.execute(
-        "TRUNCATE courier.outbox, courier.deliveries, courier.attempts, courier.endpoints,"
-        " courier.relays"
+        "TRUNCATE courier.outbox, courier.queue, courier.dead_letters, courier.delivery_history,"
+        " courier.attempts, courier.endpoints, courier.relays"
     )
-    await conn.execute("VACUUM ANALYZE courier.outbox, courier.deliveries, courier.attempts")
+    await conn.execute(
+        "VACUUM ANALYZE courier.outbox, courier.queue, courier.delivery_history, courier.attempts"
+    )
 
 
 async def settle(conn: asyncpg.Connection) -> None:
@@ -60,10 +62,11 @@ async def enqueue_many(
 
 
 async def all_recorded(conn: asyncpg.Connection) -> bool:
-    # Both use partial indexes, so this stays cheap however much was delivered.
+    # The queue holds only unfinished work, and the outbox check walks its partial index: cheap
+    # however much was delivered.
     return bool(
         await conn.fetchval(
-            "SELECT NOT EXISTS (SELECT 1 FROM courier.deliveries WHERE status = 'pending')"
+            "SELECT NOT EXISTS (SELECT 1 FROM courier.queue)"
             " AND NOT EXISTS (SELECT 1 FROM courier.outbox WHERE fanned_out_at IS NULL)"
         )
     )
@@ -82,7 +85,7 @@ async def wait_recorded(conn: asyncpg.Connection, timeout: float) -> float:
 async def delivered_counts(conn: asyncpg.Connection) -> tuple[int, int]:
     """(deliveries delivered in the last hour, attempts recorded)."""
     delivered = await conn.fetchval(
-        "SELECT count(*) FROM courier.deliveries WHERE status = 'delivered'"
+        "SELECT count(*) FROM courier.delivery_history WHERE status = 'delivered'"
         " AND delivered_at > now() - interval '1 hour'"
     )
     attempts = await conn.fetchval("SELECT count(*) FROM courier.attempts")
@@ -204,9 +207,9 @@ async def seed(conn: asyncpg.Connection, rows: int) -> None:
             rows,
         )
         await conn.execute(
-            "INSERT INTO courier.deliveries (event_id, endpoint_id, status, attempts,"
-            " next_attempt_at, last_attempt_at, last_status_code, delivered_at, created_at)"
-            " SELECT id, $1, 'delivered', 1, created_at, created_at, 200, created_at, created_at"
+            "INSERT INTO courier.delivery_history (event_id, endpoint_id, status, attempts,"
+            " last_attempt_at, last_status_code, delivered_at, created_at)"
+            " SELECT id, $1, 'delivered', 1, created_at, 200, created_at, created_at"
             " FROM courier.outbox WHERE event_type = 'bench.history'",
             endpoint,
         )
@@ -214,6 +217,8 @@ async def seed(conn: asyncpg.Connection, rows: int) -> None:
             "INSERT INTO courier.attempts (delivery_id, event_id, endpoint_id, attempt,"
             " started_at, duration_ms, status_code, response_body, outcome)"
             " SELECT id, event_id, endpoint_id, 1, created_at, 1.0, 200, '', 'delivered'"
-            " FROM courier.deliveries WHERE status = 'delivered'"
+            " FROM courier.delivery_history WHERE status = 'delivered'"
         )
-    await conn.execute("VACUUM ANALYZE courier.outbox, courier.deliveries, courier.attempts")
+    await conn.execute(
+        "VACUUM ANALYZE courier.outbox, courier.queue, courier.delivery_history, courier.attempts"
+    )

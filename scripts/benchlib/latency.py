@@ -94,7 +94,7 @@ HOSTILE: dict[str, Hostile] = {
     # Answers at once, but allowed one request a second: its backlog waits for tokens.
     "rate_limited": Hostile(
         "quiet",
-        "SELECT EXISTS (SELECT 1 FROM courier.deliveries"
+        "SELECT EXISTS (SELECT 1 FROM courier.delivery_history"
         " WHERE endpoint_id = '{id}' AND status = 'delivered')",
         options=(("rate_limit", 1.0),),
     ),
@@ -116,8 +116,7 @@ HOSTILE: dict[str, Hostile] = {
     # The circuit is kept closed so that the key, not the circuit, holds the backlog back.
     "ordering_key": Hostile(
         "fail",
-        "SELECT EXISTS (SELECT 1 FROM courier.deliveries"
-        " WHERE endpoint_id = '{id}' AND attempts > 0)",
+        "SELECT EXISTS (SELECT 1 FROM courier.queue WHERE endpoint_id = '{id}' AND attempts > 0)",
         ordering_key="bench-key",
         relay_env=(("PGCOURIER_CIRCUIT_FAILURES", "10000"),),
     ),

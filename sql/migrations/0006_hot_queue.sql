@@ -191,7 +191,8 @@ BEGIN
             WHERE o.fanned_out_at IS NULL
             ORDER BY o.seq
             LIMIT p_fan_out
-            FOR UPDATE SKIP LOCKED
+            -- No row lock: the advisory lock keeps relays apart, and skipping rows that other
+            -- transactions lock would let a later event of their key go first (see 0004).
         ) AS o;
         IF fresh IS NOT NULL THEN
             UPDATE courier.outbox AS o SET fanned_out_at = now() WHERE o.id = ANY (fresh);

@@ -22,8 +22,8 @@ async def _attempts(conn: asyncpg.Connection, n: int, body: str) -> tuple[str, l
     event_id = await ops.enqueue(conn, "a.b", {})
     await conn.execute("UPDATE courier.outbox SET fanned_out_at = now()")
     delivery = await conn.fetchval(
-        "INSERT INTO courier.deliveries (event_id, endpoint_id, status, attempts)"
-        " VALUES ($1, $2, 'pending', $3) RETURNING id",
+        "INSERT INTO courier.queue (event_id, endpoint_id, attempts)"
+        " VALUES ($1, $2, $3) RETURNING id",
         event_id,
         uuid.UUID(endpoint["id"]),
         n,

@@ -57,9 +57,7 @@ async def test_simultaneous_claims_never_exceed_an_endpoints_limits(
     over: list[dict[str, int]] = []
     for _ in range(40):
         # Every lease handed back, the circuit open and due for a probe, the bucket full.
-        await conn.execute(
-            "UPDATE courier.deliveries SET lease_token = NULL, next_attempt_at = now()"
-        )
+        await conn.execute("UPDATE courier.queue SET lease_token = NULL, due_at = now()")
         await conn.execute(
             "UPDATE courier.endpoints SET circuit_state = 'open',"
             " circuit_until = now() - interval '1 second' WHERE id = $1",
@@ -92,7 +90,7 @@ async def test_a_claim_skips_due_deliveries_another_transaction_has_locked(
     other = await asyncpg.connect(dsn)
     try:
         async with other.transaction():
-            await other.execute("SELECT 1 FROM courier.deliveries WHERE id = $1 FOR UPDATE", ids[0])
+            await other.execute("SELECT 1 FROM courier.queue WHERE id = $1 FOR UPDATE", ids[0])
             await conn.execute("SET lock_timeout = '1s'")
             claimed = await asyncio.wait_for(conn.fetch(CLAIM, 10, uuid.uuid4(), 0), 1.0)
     finally:
