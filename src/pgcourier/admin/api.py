@@ -7,7 +7,7 @@ Every body is validated by a pydantic model that forbids unknown fields; every f
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -16,9 +16,9 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from pgcourier import __version__, db, ops, patterns
-from pgcourier.admin.context import CONTEXT
-from pgcourier.errors import DatabaseUnavailable, InvalidInput, PgCourierError
+from pgcourier import __version__, ops, patterns
+from pgcourier.admin.context import CONTEXT, pooled_connection
+from pgcourier.errors import InvalidInput
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 MAX_ID = ops.MAX_ID
@@ -220,22 +220,9 @@ def _limit(request: web.Request) -> int:
     return limit
 
 
-@contextlib.asynccontextmanager
-async def _conn(request: web.Request) -> AsyncIterator[Any]:
-    """A pooled connection. Not getting one (refused, wrong password, no such database) is the
-    database being unavailable: a 503, never a 500."""
-    pool = request.app[CONTEXT].pool
-    try:
-        with db.translate_errors():
-            conn = await pool.acquire()
-    except PgCourierError as exc:
-        if isinstance(exc, DatabaseUnavailable):
-            raise
-        raise DatabaseUnavailable(str(exc)) from exc
-    try:
-        yield conn
-    finally:
-        await pool.release(conn)
+def _conn(request: web.Request) -> contextlib.AbstractAsyncContextManager[Any]:
+    """A pooled connection for this request (see :func:`pooled_connection`)."""
+    return pooled_connection(request.app[CONTEXT].pool)
 
 
 async def create_endpoint(request: web.Request) -> web.Response:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import asyncpg
 from aiohttp import web
 
+from pgcourier import db
+from pgcourier.errors import DatabaseUnavailable, PgCourierError
 from pgcourier.metrics import Metrics
 from pgcourier.settings import admin_token_problem
 
@@ -50,3 +54,21 @@ class AdminContext:
 
 
 CONTEXT = web.AppKey("context", AdminContext)
+
+
+@contextlib.asynccontextmanager
+async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection from the admin pool for one request, for the API and the console alike. Not
+    getting one (refused, wrong password, no such database) is the database being unavailable:
+    a 503, never a 500."""
+    try:
+        with db.translate_errors():
+            conn: asyncpg.Connection = await pool.acquire()
+    except PgCourierError as exc:
+        if isinstance(exc, DatabaseUnavailable):
+            raise
+        raise DatabaseUnavailable(str(exc)) from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,10 +17,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from markupsafe import Markup
 
-from pgcourier import db, ops
-from pgcourier.admin.context import CONTEXT
+from pgcourier import ops
+from pgcourier.admin.context import CONTEXT, pooled_connection
 from pgcourier.admin.ui.auth import CSRF_FIELD, Session, Signer
-from pgcourier.errors import DatabaseUnavailable, InvalidInput, NotFound, PgCourierError
+from pgcourier.errors import DatabaseUnavailable, InvalidInput, NotFound
 
 log = structlog.get_logger("pgcourier.console")
 
@@ -144,21 +144,9 @@ def see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-@contextlib.asynccontextmanager
-async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
+def connection(request: web.Request) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
     """A pooled connection; not getting one is the database being unavailable (a 503 page)."""
-    pool = request.config_dict[CONTEXT].pool
-    try:
-        with db.translate_errors():
-            conn = await pool.acquire()
-    except PgCourierError as exc:
-        if isinstance(exc, DatabaseUnavailable):
-            raise
-        raise DatabaseUnavailable(str(exc)) from exc
-    try:
-        yield conn
-    finally:
-        await pool.release(conn)
+    return pooled_connection(request.config_dict[CONTEXT].pool)
 
 
 def query_text(request: web.Request, name: str) -> str | None:
