@@ -35,7 +35,7 @@ class Queries(dict[str, str]):
     """Named SQL blocks; a missing name raises a KeyError that names it."""
 
     def __missing__(self, key: str) -> str:
-        raise KeyError(f"no query named {key!r} in queries.sql")
+        raise KeyError(f"no query named {key!r} in sql/queries/")
 
 
 def parse_queries(text: str) -> Queries:
@@ -70,8 +70,21 @@ def parse_queries(text: str) -> Queries:
 
 
 def load_queries() -> Queries:
-    """Read ``sql/queries.sql`` shipped with the package."""
-    return parse_queries((_SQL_ROOT / "queries.sql").read_text(encoding="utf-8"))
+    """Read every ``sql/queries/*.sql`` shipped with the package (one file per role).
+
+    A name defined in two files is an error, as it is within one file.
+    """
+    queries = Queries()
+    files = sorted(
+        (entry for entry in (_SQL_ROOT / "queries").iterdir() if entry.name.endswith(".sql")),
+        key=lambda entry: entry.name,
+    )
+    for entry in files:
+        for name, sql in parse_queries(entry.read_text(encoding="utf-8")).items():
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined twice (again in {entry.name})")
+            queries[name] = sql
+    return queries
 
 
 QUERIES = load_queries()

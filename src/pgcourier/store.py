@@ -80,7 +80,7 @@ class CircuitConfig:
 
 
 class PgStore:
-    """:class:`RelayStore` on an asyncpg pool, using the named queries of ``queries.sql``."""
+    """:class:`RelayStore` on an asyncpg pool, using the named queries of ``sql/queries/``."""
 
     def __init__(self, pool: asyncpg.Pool, circuit: CircuitConfig | None = None) -> None:
         self._pool = pool

@@ -1,0 +1,108 @@
+-- The relay's hot path: fan-out and claim, completions, attempts, leases, next due time.
+-- Named queries: each block starts with a line "-- name --"; the comment lines after it say
+-- what it does. Loaded by pgcourier.db.load_queries() from every file in sql/queries/.
+
+-- claim_due --
+-- Fan out up to $4 fresh events, then lease up to $1 due deliveries to relay $3 for $2 seconds
+-- within every endpoint's policies: one round trip (see courier.claim in migrations 0003 for the
+-- rules and why it is a function, and 0006 for the shape of its statements).
+SELECT * FROM courier.claim($1, $2, $3, $4);
+
+-- complete_deliveries --
+-- Apply a batch of attempt outcomes: $1 ids, $2 new status, $3 retry delay in seconds (NULL when
+-- not retrying), $4 HTTP status codes, $5 errors, $6 attempt start times, all for relay $7.
+-- Only rows still leased to this relay change: if the lease was lost (the relay stalled and another
+-- relay took the delivery over), the other relay's outcome wins. A finished delivery leaves the
+-- queue for the history or the dead letters; a retry stays, due later. Returns the ids applied.
+-- Every row is found by primary key (= ANY) and its values by array_position: no join with
+-- unnest(), whose size the planner would have to guess (with missing statistics it chose a
+-- nested loop that re-ran the unnest for every row).
+WITH gone AS (
+    DELETE FROM courier.queue AS q
+    WHERE q.id = ANY ($1::bigint[]) AND q.lease_token = $7::uuid
+      AND ($2::text[])[array_position($1::bigint[], q.id)] <> 'pending'
+    RETURNING q.*, array_position($1::bigint[], q.id) AS i
+), kept AS (
+    UPDATE courier.queue AS q
+    SET attempts = q.attempts + 1,
+        due_at = now() + make_interval(secs => ($3::float8[])[array_position($1::bigint[], q.id)]),
+        lease_token = NULL,
+        last_attempt_at = ($6::timestamptz[])[array_position($1::bigint[], q.id)],
+        last_status_code = ($4::int[])[array_position($1::bigint[], q.id)],
+        last_error = ($5::text[])[array_position($1::bigint[], q.id)]
+    WHERE q.id = ANY ($1::bigint[]) AND q.lease_token = $7::uuid
+      AND ($2::text[])[array_position($1::bigint[], q.id)] = 'pending'
+    RETURNING q.id
+), delivered AS (
+    INSERT INTO courier.delivery_history
+        (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base,
+         next_attempt_at, last_attempt_at, last_status_code, last_error, delivered_at,
+         created_at)
+    SELECT g.id, g.event_id, g.endpoint_id, g.ordering_key, 'delivered', g.attempts + 1,
+           g.schedule_base, now(), ($6::timestamptz[])[g.i], ($4::int[])[g.i],
+           ($5::text[])[g.i], now(), g.created_at
+    FROM gone AS g WHERE ($2::text[])[g.i] = 'delivered'
+), dead AS (
+    INSERT INTO courier.dead_letters
+        (id, event_id, endpoint_id, ordering_key, attempts, schedule_base, last_attempt_at,
+         last_status_code, last_error, created_at)
+    SELECT g.id, g.event_id, g.endpoint_id, g.ordering_key, g.attempts + 1, g.schedule_base,
+           ($6::timestamptz[])[g.i], ($4::int[])[g.i], ($5::text[])[g.i], g.created_at
+    FROM gone AS g WHERE ($2::text[])[g.i] = 'dead'
+)
+SELECT g.id FROM gone AS g UNION ALL SELECT k.id FROM kept AS k;
+
+-- hold_key_followers --
+-- A keyed delivery is waiting for a retry: its key's later deliveries at that endpoint cannot go
+-- before it, so move them out of the claim's way until then. $1 endpoint ids, $2 keys, $3 the
+-- retrying deliveries' ids, $4 their retry times.
+UPDATE courier.queue AS q
+SET due_at = greatest(q.due_at, r.until)
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[])
+    AS r(endpoint_id, ordering_key, head_id, until)
+WHERE q.endpoint_id = r.endpoint_id AND q.ordering_key = r.ordering_key
+  AND q.id > r.head_id AND q.lease_token IS NULL;
+
+-- apply_endpoint_outcomes --
+-- What a batch says about each endpoint: circuit, Retry-After pause, 410, continuous failure
+-- (see courier.apply_endpoint_outcomes in migration 0003).
+SELECT * FROM courier.apply_endpoint_outcomes($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+-- record_attempts --
+-- Append a batch of attempts to the log, one array per column.
+INSERT INTO courier.attempts
+    (delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+     response_body, error, outcome)
+SELECT *
+FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[], $6::float8[],
+            $7::int[], $8::text[], $9::text[], $10::text[]);
+
+-- renew_leases --
+-- Push the lease of deliveries $1 held by relay $2 out to now() + $3 seconds. Returns the ids
+-- still held; any id missing was taken over by another relay (or finished).
+UPDATE courier.queue
+SET due_at = now() + make_interval(secs => $3)
+WHERE id = ANY($1::bigint[]) AND lease_token = $2
+RETURNING id;
+
+-- release_leases --
+-- Hand deliveries $1 held by relay $2 back, due at once, for another relay (used on shutdown).
+UPDATE courier.queue
+SET due_at = now(), lease_token = NULL
+WHERE id = ANY($1::bigint[]) AND lease_token = $2;
+
+-- next_due --
+-- When the next delivery becomes due at an endpoint that may take it (NULL if none): an endpoint
+-- paused by Retry-After or with an open circuit counts from when it opens again. One probe of
+-- queue_endpoint_due per enabled endpoint.
+SELECT min(greatest(q.due_at, ep.paused_until,
+                    CASE WHEN ep.circuit_state <> 'closed' THEN ep.circuit_until END))
+FROM courier.endpoints AS ep
+CROSS JOIN LATERAL (
+    SELECT x.due_at
+    FROM courier.queue AS x
+    WHERE x.endpoint_id = ep.id
+    ORDER BY x.due_at
+    LIMIT 1
+) AS q
+WHERE ep.enabled;
