@@ -113,6 +113,10 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        description="Event loop of run/admin: uvloop when installed (auto), or asyncio's own.",
+    )
 
     @field_validator("retry_schedule")
     @classmethod

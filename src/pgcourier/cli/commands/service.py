@@ -8,7 +8,7 @@ import sys
 
 import structlog
 
-from pgcourier import db
+from pgcourier import db, eventloop
 from pgcourier.cli.database import database
 from pgcourier.cli.output import output
 from pgcourier.processes import Supervisor
@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         if settings.auto_migrate:
             asyncio.run(prepare_schema(dsn, settings))
         if args.processes == 1:
-            asyncio.run(serve(settings, dsn))
+            eventloop.run(serve(settings, dsn), settings.event_loop)
             return 0
         # The parent holds the database (the embedded server stays up while it lives) and
         # migrated it once; the children connect to the DSN it hands them.
@@ -53,7 +53,7 @@ def cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as dsn:
         if settings.auto_migrate:
             asyncio.run(prepare_schema(dsn, settings))
-        asyncio.run(serve_admin(settings, dsn))
+        eventloop.run(serve_admin(settings, dsn), settings.event_loop)
     return 0
 
 
