@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).split("; "):
             print(f"pgcourier: invalid setting {line}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, cache=True)
     try:
         code: int = args.func(args, settings)
         return code

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 
 import structlog
 
@@ -30,11 +29,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if args.process_index is not None:
         # A child of `run --processes N`: every line it logs says which one (asyncio.run's task
         # starts from a copy of this context, so the binding reaches every task).
+        # (The children share the parent's stderr: configure_logging writes each line with one
+        # write(), which reaches a pipe whole below PIPE_BUF, 4 KiB.)
         structlog.contextvars.bind_contextvars(process=args.process_index)
-        # The children share the parent's stderr. print() (structlog's PrintLogger) writes a line
-        # and its newline apart, so two children's lines could interleave; one write per line
-        # (below PIPE_BUF, 4 KiB) reaches a pipe whole.
-        structlog.configure(logger_factory=structlog.WriteLoggerFactory(sys.stderr))
     with database(settings) as dsn:
         if settings.auto_migrate:
             asyncio.run(prepare_schema(dsn, settings))
