@@ -6,6 +6,7 @@ Everything that knows about asyncpg's exception types lives here; callers see
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import re
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import structlog
 
 from pgcourier.errors import DatabaseUnavailable, InvalidInput, MigrationError, PgCourierError
 
+log = structlog.get_logger("pgcourier.db")
 _SQL_ROOT = resources.files("pgcourier") / "sql"
 _BLOCK_HEADER = re.compile(r"^-- ([a-z][a-z0-9_]*) --$")
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -359,3 +362,22 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+async def close_pool(pool: asyncpg.Pool, grace: float) -> None:
+    """Close ``pool`` gracefully within ``grace`` seconds, then at once.
+
+    A graceful close waits for every connection's release, and asyncpg shields releases from
+    cancellation: with a database host that stopped answering that is command_timeout (60 s)
+    or TCP's own give-up (minutes). Past ``grace`` every connection is closed where it stands.
+    """
+    closing = asyncio.ensure_future(pool.close())
+    done, _ = await asyncio.wait({closing}, timeout=grace)
+    if closing in done:
+        closing.result()
+        return
+    log.warning("the database did not answer while closing; closing connections at once")
+    pool.terminate()
+    closing.cancel()
+    # Retrieve the outcome of the abandoned graceful close, whatever it is (never awaited).
+    closing.add_done_callback(lambda task: task.cancelled() or task.exception())

@@ -206,8 +206,15 @@ class Relay:
                     for i in range(self._config.max_in_flight)
                 ]
                 try:
-                    await supervised(
-                        "claim loop", lambda: self._claim_loop(stop), retry_interval=retry
+                    # The claim loop looks at ``stop`` between round trips; one to a database
+                    # host that stopped answering would hold the stop for command_timeout (60 s),
+                    # so the stop also cancels it. A claim cut off this way may have committed:
+                    # its leases run out and another relay delivers (same webhook-id).
+                    await first(
+                        supervised(
+                            "claim loop", lambda: self._claim_loop(stop), retry_interval=retry
+                        ),
+                        stop.wait(),
                     )
                 finally:
                     await self._drain()
@@ -400,6 +407,10 @@ class Relay:
         for task in late:
             log.error("abandoning a task at shutdown", task=task.get_name())
             task.cancel()
+        if late:
+            # They wait on a database that stopped answering, and a cancelled query still waits
+            # for its connection's release: without this the stop would take command_timeout.
+            self._store.abandon()
         if self._completer.pending:
             log.error(
                 "giving up on completions at shutdown; these deliveries will be sent again",

@@ -143,7 +143,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                 await admin.cleanup()
     finally:
         await session.close()
-        await pool.close()
+        await db.close_pool(pool, grace=Relay.SHUTDOWN_GRACE)
 
 
 def admin_context(
@@ -220,4 +220,4 @@ async def serve_admin(settings: Settings, dsn: str) -> None:
                 loop.remove_signal_handler(sig)
             await admin.cleanup()
     finally:
-        await pool.close()
+        await db.close_pool(pool, grace=Relay.SHUTDOWN_GRACE)

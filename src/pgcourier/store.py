@@ -34,6 +34,7 @@ class RelayStore(Protocol):
     async def complete(self, relay_id: UUID, batch: Sequence[Completion]) -> None: ...
     async def renew(self, relay_id: UUID, ids: Sequence[int], lease: float) -> set[int]: ...
     async def release(self, relay_id: UUID, ids: Sequence[int]) -> None: ...
+    def abandon(self) -> None: ...
 
 
 _NO_HEADERS: dict[str, str] = {}
@@ -250,6 +251,14 @@ class PgStore:
                 rows = await self._pool.fetch(QUERIES["renew_leases"], chunk, relay_id, lease)
                 kept.update(row["id"] for row in rows)
         return kept
+
+    def abandon(self) -> None:
+        """Close every connection at once: the database stopped answering during a stop.
+
+        asyncpg shields a connection's release from cancellation, so a cancelled query still
+        waits for the server (up to command_timeout, 60 s); closing the sockets ends it now.
+        """
+        self._pool.terminate()
 
     async def release(self, relay_id: UUID, ids: Sequence[int]) -> None:
         with translate_errors():

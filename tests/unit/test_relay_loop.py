@@ -47,6 +47,7 @@ class FakeStore:
         self.idle_calls: list[bool] = []
         self.fail_completes = fail_completes
         self.registered = False
+        self.abandoned = False
 
     async def register(self, relay_id: uuid.UUID) -> None:
         self.registered = True
@@ -79,6 +80,9 @@ class FakeStore:
 
     async def renew(self, relay_id: uuid.UUID, ids: Sequence[int], lease: float) -> set[int]:
         return set(ids)
+
+    def abandon(self) -> None:
+        self.abandoned = True
 
     async def release(self, relay_id: uuid.UUID, ids: Sequence[int]) -> None:
         self.released.extend(ids)
