@@ -305,8 +305,20 @@ async def create_pool(
                 # are short too. Producers' sessions are theirs and are left alone.
                 "jit": "off",
             },
+            # asyncpg resets a session on every release (pg_advisory_unlock_all, CLOSE ALL,
+            # UNLISTEN *, RESET ALL): one more round trip per pooled call, awaited before the
+            # result is handed back, on the claim, every completion write and every API read.
+            # Nothing on this pool leaves session state behind: locks are transaction-scoped
+            # (pg_try_advisory_xact_lock), nothing LISTENs (the listener has its own
+            # connection), declares a cursor or SETs outside a transaction. An open
+            # transaction is still rolled back (asyncpg does that before calling ``reset``).
+            reset=_keep_session,
         )
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset: nothing to undo (see create_pool)."""
 
 
 @contextlib.contextmanager
