@@ -202,6 +202,8 @@ class HostileServer:
         self._server.close()
         for writer in self._writers:  # endless behaviours end when their connection does
             writer.transport.abort()
+        for handler in self._handlers:  # and sleeping ones (stalled_body) when cancelled,
+            handler.cancel()  # rather than 30 s later at every test's teardown
         await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
 
