@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from yarl import URL
 
 from pgcourier import db, ops
 from pgcourier.errors import InvalidInput
@@ -104,6 +105,9 @@ async def test_routing_matrix_over_real_http(
     nobody = await (await api.get("/api/v1/tenants/no%20one/stats", headers=AUTH)).json()
     assert nobody["tenant"] == "no one"
     assert nobody["attempts"] == nobody["endpoints"] == nobody["events"] == 0
+    # Any printable name can be asked for, percent-encoded ("/" included).
+    slashed = await api.get(URL("/api/v1/tenants/a%2Fb%3F/stats", encoded=True), headers=AUTH)
+    assert (await slashed.json())["tenant"] == "a/b?"
 
 
 async def test_idempotency_keys_are_per_tenant(conn: asyncpg.Connection) -> None:
