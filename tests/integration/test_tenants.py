@@ -4,7 +4,9 @@ refusals that write nothing, filters and per-tenant stats. Real Postgres, real H
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -99,7 +101,7 @@ async def test_routing_matrix_over_real_http(
     assert stats["success_rate"] == 1.0
     assert stats["pending"] == stats["dead"] == 0
     assert stats["latency_p50_ms"] is not None
-    code, out, err = await pgcourier("tenant", "stats", "globex", dsn=dsn)
+    code, out, err = await pgcourier("tenant", "stats", "globex", "--window", "24h", dsn=dsn)
     assert code == 0, err
     assert json.loads(out)["attempts"] == 2
     nobody = await (await api.get("/api/v1/tenants/no%20one/stats", headers=AUTH)).json()
@@ -359,3 +361,30 @@ async def test_0007_upgrades_a_database_with_events_and_a_producer(
         await conn.execute(f"DROP OWNED BY {role}")
         await conn.execute(f"DROP ROLE {role}")
         await conn.close()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+async def test_the_readme_sql_runs_as_written(conn: asyncpg.Connection) -> None:
+    """The producer examples of "Sending to your customers", run as operators read them."""
+    found = re.search(r"<!-- tenants-sql -->\s*```sql\n(.*?)```", README.read_text(), re.S)
+    assert found, "README.md lost its tenants-sql snippet"
+    target = "5f0c8a2e-4d1b-4c1e-9a57-3b0d6f2e8c41"  # the id the README uses
+    await conn.execute(
+        "INSERT INTO courier.endpoints (id, url, event_types, secret, tenant)"
+        " VALUES ($1, 'https://acme.example/hooks', '{invoice.*}', 'whsec_' || repeat('A', 32),"
+        " 'acme')",
+        uuid.UUID(target),
+    )
+    await conn.execute(found.group(1))
+    rows = await conn.fetch(
+        "SELECT payload->>'invoice_id' AS invoice, tenant, endpoint_id::text AS target"
+        " FROM courier.outbox ORDER BY seq"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("7", "acme", None),
+        ("9", "globex", None),
+        ("8", "acme", None),
+        ("7", "acme", target),
+    ]
