@@ -3,7 +3,9 @@ pipeline, the attempt returned, marked as a test, never reaching another endpoin
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import asyncpg
@@ -129,3 +131,26 @@ async def test_cli_test_send_with_a_type(
     code, _, err = await pgcourier("endpoint", "test", target["id"], "--type", "bad type", dsn=dsn)
     assert code == 1
     assert "not an event type" in err
+
+
+async def test_waiting_holds_no_pooled_connection(
+    conn: asyncpg.Connection, receiver: Receiver, api: Any
+) -> None:
+    """In `pgcourier run` the API shares the relay's small pool: test sends waiting for an
+    attempt must leave its connections free (the api fixture's pool has two)."""
+    target = await ops.create_endpoint(conn, url=receiver.url("/t"), event_types=["*"])
+
+    async def wait_for_nothing() -> int:
+        response = await api.post(
+            f"/api/v1/endpoints/{target['id']}/test", headers=AUTH, json={"wait_seconds": 2}
+        )
+        status: int = response.status
+        return status
+
+    waiting = [asyncio.create_task(wait_for_nothing()) for _ in range(3)]
+    await asyncio.sleep(0.5)  # all three are waiting now
+    started = time.monotonic()
+    listed = await api.get("/api/v1/endpoints", headers=AUTH)
+    assert listed.status == 200
+    assert time.monotonic() - started < 1.0
+    assert await asyncio.gather(*waiting) == [202, 202, 202]

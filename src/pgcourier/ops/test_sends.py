@@ -9,8 +9,10 @@ the receiver sees is exactly what it sees in production.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -28,6 +30,21 @@ WAIT_SLACK = 5.0
 MAX_WAIT = 330.0
 POLL_INTERVAL = 0.1
 
+# Gives a connection for one short step. The wait holds no connection between its looks: in
+# `pgcourier run` the admin API shares the relay's small pool, and a connection held through the
+# wait would be one fewer for the relay that is to make the attempt.
+Acquire = Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]]
+
+
+def holding(conn: asyncpg.Connection) -> Acquire:
+    """An :data:`Acquire` that gives ``conn`` every time (a caller with one connection)."""
+
+    @contextlib.asynccontextmanager
+    async def give() -> AsyncIterator[asyncpg.Connection]:
+        yield conn
+
+    return give
+
 
 def example_payload(event_type: str) -> dict[str, Any]:
     """The payload a test send carries for ``event_type``.
@@ -44,7 +61,7 @@ def example_payload(event_type: str) -> dict[str, Any]:
 
 
 async def send_test(
-    conn: asyncpg.Connection,
+    acquire: Acquire,
     endpoint_id: str,
     *,
     event_type: str | None = None,
@@ -57,9 +74,11 @@ async def send_test(
     error, outcome), or ``attempt: None`` with a ``message`` when no relay made an attempt
     within ``wait_seconds`` (default: the endpoint's timeout, or the relay's default, plus a few
     seconds). The event stays queued then, and is sent when a relay runs. Must not run inside a
-    transaction: the relay has to see the event while this waits.
+    transaction: the relay has to see the event while this waits. ``acquire`` gives a
+    connection for each step (:func:`holding` for a single connection).
     """
-    endpoint = await get_endpoint(conn, endpoint_id)
+    async with acquire() as conn:
+        endpoint = await get_endpoint(conn, endpoint_id)
     event_type = validate_event_type(event_type or TEST_EVENT_TYPE, field="event_type")
     if wait_seconds is None:
         wait_seconds = (endpoint["timeout_seconds"] or DEFAULT_TIMEOUT) + WAIT_SLACK
@@ -71,10 +90,12 @@ async def send_test(
     body = json.dumps(payload if payload is not None else example_payload(event_type))
     eid = parse_uuid(endpoint_id, field="id")
     with translate_errors():
-        event_id = await conn.fetchval(QUERIES["enqueue_test"], event_type, body, eid)
+        async with acquire() as conn:
+            event_id = await conn.fetchval(QUERIES["enqueue_test"], event_type, body, eid)
         deadline = time.monotonic() + wait_seconds
         while True:
-            attempt = await conn.fetchrow(QUERIES["first_attempt"], event_id)
+            async with acquire() as conn:
+                attempt = await conn.fetchrow(QUERIES["first_attempt"], event_id)
             if attempt is not None or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(POLL_INTERVAL)

@@ -217,13 +217,12 @@ async def endpoint_stats(request: web.Request) -> web.Response:
 
 async def test_endpoint(request: web.Request) -> web.Response:
     body = await read_body(request, TestSend)
-    async with connection(request) as conn:
-        sent = await ops.send_test(
-            conn,
-            request.match_info["id"],
-            event_type=body.event_type,
-            wait_seconds=body.wait_seconds,
-        )
+    sent = await ops.send_test(
+        lambda: connection(request),  # one per step: no connection is held while waiting
+        request.match_info["id"],
+        event_type=body.event_type,
+        wait_seconds=body.wait_seconds,
+    )
     # 202: accepted and queued, but no attempt to show yet (no relay running, or a slow one).
     return web.json_response(sent, status=200 if sent["attempt"] is not None else 202)
 

@@ -10,6 +10,7 @@ import asyncpg
 
 from pgcourier import ops
 from pgcourier.errors import InvalidInput
+from pgcourier.ops.test_sends import holding
 
 
 async def endpoint_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
@@ -83,7 +84,7 @@ async def endpoint_list(args: argparse.Namespace, conn: asyncpg.Connection) -> A
 
 
 async def endpoint_test(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
-    sent = await ops.send_test(conn, args.id, event_type=args.type, wait_seconds=args.wait)
+    sent = await ops.send_test(holding(conn), args.id, event_type=args.type, wait_seconds=args.wait)
     if sent["attempt"] is None:
         # Not an error of the caller's: the event is queued. Said on stderr, the result printed.
         print(f"pgcourier: {sent['message']}", file=sys.stderr)
