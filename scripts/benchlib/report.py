@@ -84,6 +84,7 @@ TARGETS: list[Target] = [
         Target(f"isolation {c} p50 +ms", fig("isolation", f"{c}_p50_delta_ms"), "<=", fixed(1.0))
         for c in HOSTILE
     ),
+    Target("tenant flood (50k) p50 +ms", fig("tenants", "p50_delta_ms"), "<=", fixed(1.0)),
 ]
 
 # (label, measurement, figure): pgcourier's figure beside PgQueuer's in the same run.

@@ -20,6 +20,8 @@ class Sizes:
     history_rows: int
     isolation_seconds: float  # each case of the isolation measurement, events 20 ms apart
     hostile_backlog: int  # events waiting for the hostile endpoint in each isolation case
+    tenant_backlog: int = 50_000  # the flooding tenant's queued events (issue 13)
+    tenant_seconds: float = 10  # each phase of the tenant measurement, 20 events/s
 
 
 FULL = Sizes(
@@ -47,6 +49,7 @@ QUICK = Sizes(
     history_rows=20_000,
     isolation_seconds=1,
     hostile_backlog=200,
+    tenant_seconds=3,
 )
 
 

@@ -5,8 +5,9 @@
 -- create_endpoint --
 INSERT INTO courier.endpoints
     (url, event_types, secret, description, enabled, timeout_seconds, headers, signature_scheme,
-     permanent_statuses, max_in_flight, rate_limit, kind, slack_channel, slack_token, template)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15)
+     permanent_statuses, max_in_flight, rate_limit, kind, slack_channel, slack_token, template,
+     tenant)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 RETURNING id;
 
 -- manage_default_slack --
@@ -30,8 +31,10 @@ SET enabled = false, disabled_reason = 'PGCOURIER_SLACK_BOT_TOKEN is not set', d
 WHERE managed AND deleted_at IS NULL AND enabled;
 
 -- list_endpoints --
--- Endpoints not deleted, oldest first (the view leaves secrets out).
-SELECT * FROM courier.endpoint_public ORDER BY created_at, id;
+-- Endpoints not deleted, oldest first (the view leaves secrets out); only tenant $1's when given.
+SELECT * FROM courier.endpoint_public
+WHERE $1::text IS NULL OR tenant = $1
+ORDER BY created_at, id;
 
 -- lock_endpoint --
 -- Lock endpoint $1 (not deleted) until the end of the transaction, for a read-modify-write.
@@ -50,7 +53,7 @@ SET url = $2, event_types = $3, description = $4, enabled = $5,
     circuit_state = CASE WHEN $5 AND NOT enabled THEN 'closed' ELSE circuit_state END,
     timeout_seconds = $7, headers = $8::jsonb, signature_scheme = $9, permanent_statuses = $10,
     max_in_flight = $11, rate_limit = $12, slack_channel = $13, template = $14,
-    slack_token = coalesce($15, slack_token), updated_at = now()
+    slack_token = coalesce($15, slack_token), tenant = $16, updated_at = now()
 WHERE id = $1 AND deleted_at IS NULL;
 
 -- rotate_secret --

@@ -3,12 +3,14 @@
 -- what it does. Loaded by pgcourier.db.load_queries() from every file in sql/queries/.
 
 -- enqueue --
-SELECT courier.enqueue($1, $2::jsonb, $3, $4) AS id;
+-- Positional: event type, payload, ordering key, idempotency key, tenant, target endpoint.
+SELECT courier.enqueue($1, $2::jsonb, $3, $4, $5, $6) AS id;
 
 -- list_events --
 -- Newest first, filtered by type ($1), created at or after $2 and before $3, keyset-paginated
 -- after the cursor ($4 created_at, $5 id): the page walks outbox_created, never an OFFSET.
-SELECT id, event_type, payload::text AS payload, ordering_key, created_at, fanned_out_at
+SELECT id, event_type, payload::text AS payload, ordering_key, created_at, fanned_out_at,
+       tenant, endpoint_id, test
 FROM courier.outbox
 WHERE ($1::text IS NULL OR event_type = $1)
   AND ($2::timestamptz IS NULL OR created_at >= $2)
@@ -18,9 +20,24 @@ ORDER BY created_at DESC, id DESC
 LIMIT $6;
 
 -- get_event --
-SELECT id, event_type, payload::text AS payload, ordering_key, created_at, fanned_out_at
+SELECT id, event_type, payload::text AS payload, ordering_key, created_at, fanned_out_at,
+       tenant, endpoint_id, test
 FROM courier.outbox
 WHERE id = $1;
+
+-- list_tenant_events --
+-- list_events for tenant $7 only: the same filters and cursor, walking outbox_tenant_created
+-- (a tenant's page costs its own events, never the others').
+SELECT id, event_type, payload::text AS payload, ordering_key, created_at, fanned_out_at,
+       tenant, endpoint_id, test
+FROM courier.outbox
+WHERE tenant = $7
+  AND ($1::text IS NULL OR event_type = $1)
+  AND ($2::timestamptz IS NULL OR created_at >= $2)
+  AND ($3::timestamptz IS NULL OR created_at < $3)
+  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $6;
 
 -- event_deliveries --
 -- Where one event stands with each endpoint it was fanned out to: its rows in the queue, the

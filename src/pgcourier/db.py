@@ -247,11 +247,21 @@ _CONSTRAINT_FIELDS = {
     "endpoint_template_short": "template",
     "endpoint_timeout_in_range": "timeout_seconds",
     "endpoint_headers_valid": "headers",
+    "endpoint_tenant_valid": "tenant",
 }
 
 
 def _field_from_message(message: str) -> str | None:
-    for field in ("event_type", "payload", "ordering_key", "idempotency_key", "url", "secret"):
+    for field in (
+        "event_type",
+        "payload",
+        "ordering_key",
+        "idempotency_key",
+        "url",
+        "secret",
+        "endpoint_id",
+        "tenant",
+    ):
         if field in message:
             return field
     if "event_types" in message or "patterns" in message:

@@ -239,6 +239,8 @@ EXPECTED_ROUTES = {
     ("GET", "/api/v1/dead-letters/{id}"),
     ("DELETE", "/api/v1/dead-letters/{id}"),
     ("POST", "/api/v1/dead-letters/{id}/replay"),
+    ("POST", "/api/v1/endpoints/{id}/test"),
+    ("GET", "/api/v1/tenants/{tenant}/stats"),
 }
 
 
@@ -262,7 +264,8 @@ async def test_openapi_document_matches_the_routes(api: Any) -> None:
     for method, path in sorted(EXPECTED_ROUTES):
         sample = "12345" if path.startswith("/api/v1/dead-letters/") else str(uuid.uuid4())
         body: dict[str, Any] | None = {} if method in ("POST", "PATCH") else None
-        response = await api.request(method, path.replace("{id}", sample), headers=AUTH, json=body)
+        url = path.replace("{id}", sample).replace("{tenant}", "acme")
+        response = await api.request(method, url, headers=AUTH, json=body)
         answer = await response.json()
         assert response.status != 405, (method, path)
         assert response.status < 500, (method, path, answer)

@@ -136,5 +136,5 @@ async def test_migrate_closes_every_courier_function_but_what_was_granted(
     )
     assert [r["f"] for r in callable_by if r["public"]] == []
     assert [r["f"] for r in callable_by if r["producer"]] == [
-        "courier.enqueue(text,jsonb,text,text)"
+        "courier.enqueue(text,jsonb,text,text,text,uuid)"
     ]

@@ -320,7 +320,11 @@ async def _claim(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
     source = await _function_source(conn, "courier.claim(integer, double precision, uuid, integer)")
     variables = ["p_limit", "p_lease", "p_relay", "p_fan_out", "fresh", "locked"]
     statements = body_statements(source, variables)
-    assert len(statements) == 5, statements  # fan-out: take, mark, insert; lock; lease
+    # Step 1 is courier.fan_out (0007): its statements are the claim's too.
+    statements += body_statements(
+        await _function_source(conn, "courier.fan_out(integer)"), variables
+    )
+    assert len(statements) == 5, statements  # lock; lease; fan-out: take, mark, insert
     types = ["integer", "double precision", "uuid", "integer", "uuid[]", "uuid[]"]
     args = [128, 30.0, uuid.uuid4(), 128, f["fresh"], f["enabled"]]
     return [await explain(conn, s, args, types) for s in statements]
@@ -329,19 +333,23 @@ async def _claim(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
 async def _trigger(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
     """What a producer's INSERT runs: enqueue's statements and both outbox triggers'."""
     plans = []
-    enqueue = await _function_source(conn, "courier.enqueue(text, jsonb, text, text)")
-    variables = [
-        f"enqueue.{v}" for v in ("event_type", "payload", "ordering_key", "idempotency_key")
-    ]
+    enqueue = await _function_source(conn, "courier.enqueue(text, jsonb, text, text, text, uuid)")
+    names = ("event_type", "payload", "ordering_key", "idempotency_key", "tenant", "endpoint_id")
+    variables = [f"enqueue.{v}" for v in names]
     statements = body_statements(enqueue, variables)
     assert len(statements) == 3, statements  # insert, insert with a key, look the key up
-    args = ["order.paid", '{"n": 1}', None, "key-1"]
-    types = ["text", "jsonb", "text", "text"]
+    args = ["order.paid", '{"n": 1}', None, "key-1", "acme", f["enabled"][0]]
+    types = ["text", "jsonb", "text", "text", "text", "uuid"]
     plans += [await explain(conn, s, args, types) for s in statements]
-    for trigger, count in (("outbox_validate", 1), ("outbox_wake", 2)):
-        statements = body_statements(await _function_source(conn, f"courier.{trigger}()"), [])
+    # The validation looks up a targeted event's endpoint (0007): NEW.endpoint_id as a parameter.
+    for trigger, count, new in (
+        ("outbox_validate", 2, ["NEW.endpoint_id"]),
+        ("outbox_wake", 2, []),
+    ):
+        statements = body_statements(await _function_source(conn, f"courier.{trigger}()"), new)
         assert len(statements) == count, statements
-        plans += [await explain(conn, s, []) for s in statements]
+        values = [f["enabled"][0]] if new else []
+        plans += [await explain(conn, s, values, ["uuid"] if new else None) for s in statements]
     return plans
 
 
@@ -388,7 +396,7 @@ STATEMENTS: dict[str, Any] = {
     "housekeeping sweep": _named("sweep_deleted_endpoints"),
     "vacuum check": _named("queue_vacuum_due", 10_000, 60.0),
     "relay idle flag": _named("set_relay_idle", lambda f: f["relay"], True, "host", 1),
-    "dead letters: list": _named("list_dead", None, None, None, None, None, None, 101),
+    "dead letters: list": _named("list_dead", None, None, None, None, None, None, 101, None),
     "dead letters: list filtered": _named(
         "list_dead",
         lambda f: f["enabled"][0],
@@ -398,9 +406,10 @@ STATEMENTS: dict[str, Any] = {
         NOW,
         2**62,
         101,
+        "acme",
     ),
     "dead letters: show": _named("get_dead", lambda f: f["dead"][0]),
-    "dead letters: match": _named("matching_dead_ids", None, "order.failed", None, None),
+    "dead letters: match": _named("matching_dead_ids", None, "order.failed", None, None, "acme"),
     "dead letters: replay": _named("replay_dead", lambda f: f["dead"]),
     "dead letters: discard": _named("discard_dead", lambda f: f["dead"][0]),
     "event: deliveries": _named("event_deliveries", lambda f: f["old_event"]),
@@ -410,6 +419,9 @@ STATEMENTS: dict[str, Any] = {
     "endpoint: recoverable": _named(
         "recoverable_deliveries", lambda f: f["enabled"][0], NOW - timedelta(days=1)
     ),
+    "events: one tenant's": _named("list_tenant_events", None, None, None, None, None, 101, "acme"),
+    "tenant stats": _named("tenant_stats", "acme", 86400.0),
+    "test send: first attempt": _named("first_attempt", lambda f: f["old_event"]),
     "endpoint: recover": _named(
         "recover_deliveries",
         lambda f: f["dead"],

@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 from pgcourier import __version__, ops
 from pgcourier.cli import inputs
-from pgcourier.cli.commands import dead_letters, endpoints, events, service
+from pgcourier.cli.commands import dead_letters, endpoints, events, service, tenants
 from pgcourier.cli.database import db_command
 from pgcourier.signing import SCHEMES
 
@@ -25,6 +25,7 @@ def _add_dead_filters(p: argparse.ArgumentParser) -> None:
         "--since", type=inputs.aware_time, help="dead at or after (ISO-8601 with a zone)"
     )
     p.add_argument("--until", type=inputs.aware_time, help="dead before (ISO-8601 with a zone)")
+    p.add_argument("--tenant", help="only this tenant's events")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("payload", type=inputs.json_object, help="a JSON object")
     enq.add_argument("--ordering-key")
     enq.add_argument("--idempotency-key")
+    enq.add_argument("--tenant", help="only this tenant's endpoints (and untenanted ones) get it")
+    enq.add_argument(
+        "--endpoint", metavar="ID", help="deliver to this endpoint only, whatever its patterns"
+    )
     enq.set_defaults(func=db_command(events.enqueue))
 
     endpoint = sub.add_parser("endpoint", help="manage webhook endpoints").add_subparsers(
@@ -109,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--max-in-flight", type=int, default=10, help="concurrent requests (10)")
     add.add_argument("--rate-limit", type=float, help="requests per second (default: none)")
+    add.add_argument("--tenant", help="receive only this tenant's events (default: every tenant's)")
     add.set_defaults(func=db_command(endpoints.endpoint_add))
     up = endpoint.add_parser("update", help="change an endpoint's settings")
     up.add_argument("id")
@@ -132,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--slack-channel")
     inputs.add_secret_option(up, "slack-token", "this endpoint's Slack bot token")
     up.add_argument("--template", help="'' clears it")
+    up.add_argument("--tenant", help="'' removes it: the endpoint then gets every tenant's events")
     state = up.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_true", default=None)
     state.add_argument("--disable", dest="enabled", action="store_false", default=None)
@@ -156,9 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("id")
     rec.add_argument("--since", type=inputs.aware_time, required=True, help="ISO-8601 with a zone")
     rec.set_defaults(func=db_command(endpoints.endpoint_recover))
-    endpoint.add_parser("list", help="list endpoints").set_defaults(
-        func=db_command(endpoints.endpoint_list)
+    ls = endpoint.add_parser("list", help="list endpoints")
+    ls.add_argument("--tenant", help="only this tenant's endpoints")
+    ls.set_defaults(func=db_command(endpoints.endpoint_list))
+    et = endpoint.add_parser(
+        "test", help="send a signed test event to this endpoint alone; print the attempt"
     )
+    et.add_argument("id")
+    et.add_argument("--type", help=f"the event type (default {ops.TEST_EVENT_TYPE})")
+    et.add_argument(
+        "--wait", type=float, metavar="SECONDS", help="default: the endpoint's timeout + 5"
+    )
+    et.set_defaults(func=db_command(endpoints.endpoint_test))
     for name, action in (
         ("show", endpoints.endpoint_show),
         ("enable", endpoints.endpoint_enable),
@@ -178,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     el.add_argument("--until", type=inputs.aware_time, help="ISO-8601 with a zone")
     el.add_argument("--cursor", help="next_cursor from the previous page")
     el.add_argument("--limit", type=int, default=100)
+    el.add_argument("--tenant", help="only this tenant's events")
     el.set_defaults(func=db_command(events.events_list))
     es = event_cmds.add_parser("show", help="one event and its status at each endpoint")
     es.add_argument("id")
@@ -212,4 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     dd = dlq.add_parser("discard", help="throw dead letters away for good (recorded)")
     dd.add_argument("ids", nargs="+", metavar="ID")
     dd.set_defaults(func=db_command(dead_letters.dlq_discard))
+
+    tenant_cmds = sub.add_parser("tenant", help="per-tenant views").add_subparsers(
+        dest="tenant_command", required=True, parser_class=_Sub
+    )
+    ts = tenant_cmds.add_parser("stats", help="a tenant's endpoints: attempts, latency, backlog")
+    ts.add_argument("name")
+    ts.add_argument("--window", type=inputs.seconds, default=86400, help="e.g. 1h, 24h (default)")
+    ts.set_defaults(func=db_command(tenants.tenant_stats))
     return parser

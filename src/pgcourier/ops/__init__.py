@@ -32,6 +32,8 @@ from pgcourier.ops.paging import (
     decode_cursor,
     encode_cursor,
 )
+from pgcourier.ops.tenants import TENANT_PATTERN, tenant_stats, validate_tenant
+from pgcourier.ops.test_sends import TEST_EVENT_TYPE, example_payload, send_test
 from pgcourier.ops.validation import (
     DEFAULT_GRACE_SECONDS,
     HEADER_NAME,
@@ -79,6 +81,8 @@ __all__ = [
     "SECRET_PATTERN",
     "SLACK_CHANNEL_PATTERN",
     "SLACK_TOKEN_PATTERN",
+    "TENANT_PATTERN",
+    "TEST_EVENT_TYPE",
     "UPDATABLE",
     "URL_PATTERN",
     "DeadFilter",
@@ -90,6 +94,7 @@ __all__ = [
     "encode_cursor",
     "endpoint_stats",
     "enqueue",
+    "example_payload",
     "get_dead",
     "get_endpoint",
     "get_event",
@@ -105,8 +110,10 @@ __all__ = [
     "recover_endpoint",
     "replay_dead",
     "rotate_secret",
+    "send_test",
     "set_endpoint_enabled",
     "slack_post_url",
+    "tenant_stats",
     "update_endpoint",
     "validate_event_type",
     "validate_event_types",
@@ -116,6 +123,7 @@ __all__ = [
     "validate_scheme",
     "validate_secret",
     "validate_slack",
+    "validate_tenant",
     "validate_timeout",
     "validate_url",
 ]

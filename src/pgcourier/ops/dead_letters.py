@@ -23,6 +23,7 @@ from pgcourier.ops.paging import (
     encode_cursor,
     fetch_page,
 )
+from pgcourier.ops.tenants import validate_tenant
 from pgcourier.ops.validation import parse_uuid, plain, validate_event_type
 
 
@@ -34,9 +35,13 @@ class DeadFilter:
     event_type: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    # The event's tenant.
+    tenant: str | None = None
 
     def args(self) -> tuple[UUID | None, str | None, datetime | None, datetime | None]:
-        """The filter as the queries' first four parameters, validated."""
+        """The filter as the queries' first four parameters, validated (the tenant is
+        validated here too; the queries take it after their other parameters)."""
+        validate_tenant(self.tenant)
         if self.since and self.until and self.since >= self.until:
             raise InvalidInput("since must be earlier than until", field="since")
         eid = (
@@ -59,13 +64,15 @@ async def list_dead(
     the page ends early once its errors and URLs hold ``max_bytes``."""
     check_limit(limit)
     after = decode_dead_cursor(cursor) if cursor else (None, None)
+    where = where or DeadFilter()
     with translate_errors():
         page, more = await fetch_page(
             conn,
             QUERIES["list_dead"],
-            *(where or DeadFilter()).args(),
+            *where.args(),
             *after,
             limit + 1,
+            where.tenant,
             limit=limit,
             max_bytes=max_bytes,
             size=lambda row: len(row["last_error"] or "") + len(row["url"] or ""),
@@ -119,7 +126,8 @@ async def replay_dead(
     """
     with translate_errors():
         if ids is None:
-            args = (where or DeadFilter()).args()
+            where = where or DeadFilter()
+            args = (*where.args(), where.tenant)
             ids = [r["id"] for r in await conn.fetch(QUERIES["matching_dead_ids"], *args)]
         queued: list[int] = []
         for batch in batches(ids, batch_size):

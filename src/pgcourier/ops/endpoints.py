@@ -12,6 +12,7 @@ import asyncpg
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.errors import InvalidInput, NotFound
 from pgcourier.ops.paging import BATCH_SIZE, batches
+from pgcourier.ops.tenants import validate_tenant
 from pgcourier.ops.validation import (
     DEFAULT_GRACE_SECONDS,
     MAX_GRACE_SECONDS,
@@ -101,9 +102,14 @@ async def create_endpoint(
     slack_token: str | None = None,
     template: str | None = None,
     slack_api_url: str = "https://slack.com/api/",
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     """Register an endpoint (a webhook, or a Slack channel with ``kind="slack"``). The returned
-    dict holds the secret: the only time it is shown. A Slack token is never returned."""
+    dict holds the secret: the only time it is shown. A Slack token is never returned.
+
+    With a ``tenant`` the endpoint receives only that tenant's events; without one, matching
+    events of every tenant and of none."""
+    validate_tenant(tenant)
     validate_slack(kind, slack_channel, slack_token, template)
     if kind == "slack":
         url = url or slack_post_url(slack_api_url)
@@ -136,16 +142,21 @@ async def create_endpoint(
                 slack_channel,
                 slack_token,
                 template,
+                tenant,
             )
             created = await _read_endpoint(conn, eid)
     # The caller sent these values: they are shown back this once, as the secret is.
     return {**created, "headers": headers, "secret": secret}
 
 
-async def list_endpoints(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    """Every endpoint not deleted, oldest first, without secrets."""
+async def list_endpoints(
+    conn: asyncpg.Connection, *, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """Every endpoint not deleted (only ``tenant``'s when given), oldest first, without
+    secrets."""
+    validate_tenant(tenant)
     with translate_errors():
-        rows = await conn.fetch(QUERIES["list_endpoints"])
+        rows = await conn.fetch(QUERIES["list_endpoints"], tenant)
     return [_endpoint(r) for r in rows]
 
 
@@ -170,6 +181,7 @@ UPDATABLE = (
     "slack_channel",
     "slack_token",
     "template",
+    "tenant",
 )
 
 
@@ -201,6 +213,10 @@ async def update_endpoint(
         validate_scheme(changes["signature_scheme"])
     if "permanent_statuses" in changes:
         changes["permanent_statuses"] = validate_permanent_statuses(changes["permanent_statuses"])
+    if "tenant" in changes:
+        # (None: the endpoint leaves its tenant and receives every tenant's events. Deliveries
+        # already queued for it stay.)
+        validate_tenant(changes["tenant"])
     eid = parse_uuid(endpoint_id, field="endpoint_id")
     token = changes.pop("slack_token", None)
     with translate_errors():
@@ -230,6 +246,7 @@ async def update_endpoint(
                 merged["slack_channel"],
                 merged["template"],
                 token,
+                merged["tenant"],
             )
             if merged["enabled"] and not current["enabled"]:
                 await conn.execute(QUERIES["wake_relays"])

@@ -21,6 +21,7 @@ from pgcourier.ops.paging import (
     encode_id_cursor,
     fetch_page,
 )
+from pgcourier.ops.tenants import validate_tenant
 from pgcourier.ops.validation import parse_uuid, plain, validate_event_type
 
 
@@ -31,12 +32,23 @@ async def enqueue(
     *,
     ordering_key: str | None = None,
     idempotency_key: str | None = None,
+    tenant: str | None = None,
+    endpoint_id: str | UUID | None = None,
 ) -> UUID:
-    """``courier.enqueue`` from Python, in the caller's transaction if one is open."""
+    """``courier.enqueue`` from Python, in the caller's transaction if one is open.
+
+    ``tenant``: only that tenant's endpoints (and those without a tenant) receive the event.
+    ``endpoint_id``: only that endpoint receives it, whatever its patterns; it must exist, and a
+    tenant given too must be its tenant (else :class:`InvalidInput`, and nothing is written).
+    """
     text = payload if isinstance(payload, str) else json.dumps(payload)
+    validate_tenant(tenant)
+    target = endpoint_id
+    if isinstance(target, str):
+        target = parse_uuid(target, field="endpoint_id")
     with translate_errors():
         event_id: UUID = await conn.fetchval(
-            QUERIES["enqueue"], event_type, text, ordering_key, idempotency_key
+            QUERIES["enqueue"], event_type, text, ordering_key, idempotency_key, tenant, target
         )
     return event_id
 
@@ -66,12 +78,15 @@ async def list_events(
     cursor: str | None = None,
     limit: int = 100,
     max_bytes: int = PAGE_BYTES,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
-    """A page of events, newest first, with the cursor of the next page (None at the end).
+    """A page of events, newest first, with the cursor of the next page (None at the end);
+    only ``tenant``'s events when given.
 
     The page ends early once its payloads hold ``max_bytes`` (see :data:`PAGE_BYTES`).
     """
     check_limit(limit)
+    validate_tenant(tenant)
     if event_type is not None:
         validate_event_type(event_type, field="type")
     if since and until and since >= until:
@@ -80,13 +95,14 @@ async def list_events(
     with translate_errors():
         page, more = await fetch_page(
             conn,
-            QUERIES["list_events"],
+            QUERIES["list_events" if tenant is None else "list_tenant_events"],
             event_type,
             since,
             until,
             after[0],
             after[1],
             limit + 1,
+            *(() if tenant is None else (tenant,)),
             limit=limit,
             max_bytes=max_bytes,
             size=lambda row: len(row["payload"]),
@@ -142,4 +158,5 @@ async def list_attempts(
             size=_attempt_size,
         )
     following = encode_id_cursor(page[-1]["id"]) if more else None
-    return {"data": [plain(r) for r in page], "next_cursor": following}
+    # Each attempt says whether its event was a test send (see ops.test_sends).
+    return {"data": [{**plain(r), "test": row["test"]} for r in page], "next_cursor": following}

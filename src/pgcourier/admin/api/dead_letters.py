@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
 from pgcourier import ops
-from pgcourier.admin.api.fields import STRICT, DeadId, EventType
+from pgcourier.admin.api.fields import STRICT, DeadId, EventType, Tenant
 from pgcourier.admin.api.requests import connection, query_limit, query_time, read_body
 from pgcourier.admin.api.routing import (
     CURSOR_REFUSAL,
@@ -39,6 +39,7 @@ class ReplayRequest(BaseModel):
     event_type: EventType | None = None
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
+    tenant: Tenant | None = Field(default=None, description="the events' tenant")
 
 
 def _dead_filter(request: web.Request) -> ops.DeadFilter:
@@ -47,6 +48,7 @@ def _dead_filter(request: web.Request) -> ops.DeadFilter:
         event_type=request.query.get("event_type"),
         since=query_time(request, "since"),
         until=query_time(request, "until"),
+        tenant=request.query.get("tenant"),
     )
 
 
@@ -84,6 +86,7 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
         event_type=body.event_type,
         since=body.since,
         until=body.until,
+        tenant=body.tenant,
     )
     if body.ids is not None and where != ops.DeadFilter():
         raise InvalidInput("give either ids or filters, not both", field="ids")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -11,6 +11,7 @@ from pgcourier import ops
 from pgcourier.admin.api.fields import (
     STRICT,
     Description,
+    EventType,
     GraceSeconds,
     Headers,
     MaxInFlight,
@@ -22,12 +23,22 @@ from pgcourier.admin.api.fields import (
     SlackToken,
     Statuses,
     Template,
+    Tenant,
     Timeout,
     Url,
 )
 from pgcourier.admin.api.requests import connection, read_body
 from pgcourier.admin.api.routing import MASKED, Route
 from pgcourier.errors import InvalidInput
+
+WaitSeconds = Annotated[float, Field(ge=0, le=330)]
+TEST_NOTE = (
+    "The event goes through the normal pipeline (a relay signs and sends it) and is marked "
+    "`test` in event and attempt listings. 200 with `attempt` (status_code, duration_ms, the "
+    "start of response_body, error, outcome) once a relay tried it; 202 with `attempt: null` "
+    "and a `message` when none did within `wait_seconds` (the event stays queued), or at once "
+    "when the endpoint is disabled (the event is held until it is enabled)."
+)
 
 
 class EndpointCreate(BaseModel):
@@ -64,9 +75,14 @@ class EndpointCreate(BaseModel):
     template: Template | None = Field(
         default=None, description="message text with {data.field} placeholders (Slack)"
     )
+    tenant: Tenant | None = Field(
+        default=None,
+        description="receive only this tenant's events; without one, matching events of every "
+        "tenant and of none",
+    )
 
 
-NULLABLE = frozenset({"timeout_seconds", "rate_limit", "template"})
+NULLABLE = frozenset({"timeout_seconds", "rate_limit", "template", "tenant"})
 
 
 def _not_null_except_timeout(schema: dict[str, Any]) -> None:
@@ -104,6 +120,9 @@ class EndpointUpdate(BaseModel):
     slack_channel: SlackChannel | None = None
     slack_token: SlackToken | None = None
     template: Template | None = None
+    tenant: Tenant | None = Field(
+        default=None, description="null: no tenant (every tenant's events); queued deliveries stay"
+    )
 
 
 class RotateSecret(BaseModel):
@@ -115,6 +134,20 @@ class RotateSecret(BaseModel):
     grace_period_seconds: GraceSeconds = Field(
         default=ops.DEFAULT_GRACE_SECONDS,
         description="how long the old secret keeps signing beside the new one",
+    )
+
+
+class TestSend(BaseModel):
+    """POST /api/v1/endpoints/{id}/test"""
+
+    model_config = STRICT
+
+    event_type: EventType | None = Field(
+        default=None, description=f"the test event's type; {ops.TEST_EVENT_TYPE} when absent"
+    )
+    wait_seconds: WaitSeconds | None = Field(
+        default=None,
+        description="how long to wait for the attempt; the endpoint's timeout plus 5 s when absent",
     )
 
 
@@ -134,8 +167,9 @@ async def create_endpoint(request: web.Request) -> web.Response:
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
+    tenant = request.query.get("tenant")
     async with connection(request) as conn:
-        return web.json_response({"data": await ops.list_endpoints(conn)})
+        return web.json_response({"data": await ops.list_endpoints(conn, tenant=tenant)})
 
 
 async def get_endpoint(request: web.Request) -> web.Response:
@@ -181,6 +215,18 @@ async def endpoint_stats(request: web.Request) -> web.Response:
     return web.json_response(stats)
 
 
+async def test_endpoint(request: web.Request) -> web.Response:
+    body = await read_body(request, TestSend)
+    sent = await ops.send_test(
+        lambda: connection(request),  # one per step: no connection is held while waiting
+        request.match_info["id"],
+        event_type=body.event_type,
+        wait_seconds=body.wait_seconds,
+    )
+    # 202: accepted and queued, but no attempt to show yet (no relay running, or a slow one).
+    return web.json_response(sent, status=200 if sent["attempt"] is not None else 202)
+
+
 async def recover_endpoint(request: web.Request) -> web.Response:
     body = await read_body(request, RecoverRequest)
     async with connection(request) as conn:
@@ -206,6 +252,7 @@ ROUTES: tuple[Route, ...] = (
         "/api/v1/endpoints",
         list_endpoints,
         "List endpoints (never their secrets).",
+        query=("tenant",),
         notes=(MASKED,),
     ),
     Route("GET", "/api/v1/endpoints/{id}", get_endpoint, "One endpoint.", notes=(MASKED,)),
@@ -241,6 +288,14 @@ ROUTES: tuple[Route, ...] = (
         "Attempts, success rate, latency, pending and dead counts over a window (e.g. 24h).",
         query=("window",),
         refusable="the window must be between 1s and 90d",
+    ),
+    Route(
+        "POST",
+        "/api/v1/endpoints/{id}/test",
+        test_endpoint,
+        "Send a signed test event to this endpoint alone and return the first attempt.",
+        TestSend,
+        notes=(TEST_NOTE,),
     ),
     Route(
         "POST",

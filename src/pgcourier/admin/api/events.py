@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pgcourier import ops
-from pgcourier.admin.api.fields import STRICT, EventType, Key
+from pgcourier.admin.api.fields import STRICT, EventType, Key, Tenant
 from pgcourier.admin.api.requests import connection, query_limit, query_time, read_body
 from pgcourier.admin.api.routing import CURSOR_REFUSAL, PAGED, PAYLOAD_TEXT, RANGE, Route
 
@@ -22,6 +23,16 @@ class EventCreate(BaseModel):
     payload: dict[str, Any]
     ordering_key: Key | None = None
     idempotency_key: Key | None = None
+    tenant: Tenant | None = Field(
+        default=None,
+        description="only this tenant's endpoints (and those without a tenant) receive it; "
+        "idempotency and ordering keys are per tenant",
+    )
+    endpoint_id: UUID | None = Field(
+        default=None,
+        description="only this endpoint receives it, whatever its patterns; a tenant given too "
+        "must be the endpoint's",
+    )
 
 
 async def create_event(request: web.Request) -> web.Response:
@@ -33,6 +44,8 @@ async def create_event(request: web.Request) -> web.Response:
             body.payload,
             ordering_key=body.ordering_key,
             idempotency_key=body.idempotency_key,
+            tenant=body.tenant,
+            endpoint_id=body.endpoint_id,
         )
     return web.json_response({"id": str(event_id)}, status=201)
 
@@ -46,6 +59,7 @@ async def list_events(request: web.Request) -> web.Response:
             until=query_time(request, "until"),
             cursor=request.query.get("cursor"),
             limit=query_limit(request),
+            tenant=request.query.get("tenant"),
         )
     return web.json_response(page)
 
@@ -74,14 +88,15 @@ ROUTES: tuple[Route, ...] = (
         "Enqueue an event, with courier.enqueue's semantics.",
         EventCreate,
         status=201,
-        refusable="the payload must fit the size limit and hold no NUL character (\\u0000)",
+        refusable="the payload must fit the size limit and hold no NUL character (\\u0000); "
+        "endpoint_id must be an endpoint (not deleted) of the tenant given",
     ),
     Route(
         "GET",
         "/api/v1/events",
         list_events,
         "Events, newest first, keyset-paginated.",
-        query=("type", "since", "until", "limit", "cursor"),
+        query=("type", "since", "until", "limit", "cursor", "tenant"),
         refusable=f"{RANGE}; {CURSOR_REFUSAL}",
         notes=(PAGED, PAYLOAD_TEXT),
     ),

@@ -51,3 +51,7 @@ SlackToken = Annotated[
     str, Field(pattern=ops.SLACK_TOKEN_PATTERN, json_schema_extra={"writeOnly": True})
 ]
 Template = Annotated[str, Field(max_length=3000)]
+
+
+# Any characters but control characters, 1-255 (courier.valid_tenant).
+Tenant = Annotated[str, Field(pattern=ops.TENANT_PATTERN)]

@@ -37,6 +37,9 @@ def openapi_document() -> dict[str, Any]:
             if "{id}" in route.path
             else []
         )
+        if "{tenant}" in route.path:
+            schema = QUERY_SCHEMAS["tenant"]
+            parameters.append({"name": "tenant", "in": "path", "required": True, "schema": schema})
         parameters += [
             {"name": q, "in": "query", "required": False, "schema": QUERY_SCHEMAS[q]}
             for q in route.query

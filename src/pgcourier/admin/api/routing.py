@@ -61,6 +61,7 @@ QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "type": {"type": "string", "pattern": patterns.EVENT_TYPE_RE.pattern},
     "event_type": {"type": "string", "pattern": patterns.EVENT_TYPE_RE.pattern},
     "endpoint_id": {"type": "string", "format": "uuid"},
+    "tenant": {"type": "string", "pattern": ops.TENANT_PATTERN},
     "since": _TIME,
     "until": _TIME,
     "limit": {"type": "integer", "minimum": 1, "maximum": ops.MAX_PAGE, "default": 100},
@@ -76,7 +77,7 @@ RANGE = "since must be earlier than until"
 # The one refusal no schema can state: which opaque strings this server issued as cursors.
 CURSOR_REFUSAL = "a cursor must be one this server issued"
 
-DEAD_FILTERS = ("endpoint_id", "event_type", "since", "until")
+DEAD_FILTERS = ("endpoint_id", "event_type", "since", "until", "tenant")
 
 # Notes on replies: what the document cannot say with the request schemas alone.
 PAGED = (

@@ -13,7 +13,11 @@ from pgcourier.errors import InvalidInput
 
 def _dead_filter(args: argparse.Namespace) -> ops.DeadFilter:
     return ops.DeadFilter(
-        endpoint_id=args.endpoint, event_type=args.type, since=args.since, until=args.until
+        endpoint_id=args.endpoint,
+        event_type=args.type,
+        since=args.since,
+        until=args.until,
+        tenant=args.tenant,
     )
 
 

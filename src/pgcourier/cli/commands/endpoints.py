@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import asyncpg
 
 from pgcourier import ops
 from pgcourier.errors import InvalidInput
+from pgcourier.ops.test_sends import holding
 
 
 async def endpoint_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
@@ -29,6 +31,7 @@ async def endpoint_add(args: argparse.Namespace, conn: asyncpg.Connection) -> An
         slack_channel=args.slack_channel,
         slack_token=args.slack_token,
         template=args.template,
+        tenant=args.tenant,
     )
 
 
@@ -51,9 +54,9 @@ async def endpoint_update(args: argparse.Namespace, conn: asyncpg.Connection) ->
         changes["max_in_flight"] = args.max_in_flight
     if args.rate_limit is not None:
         changes["rate_limit"] = None if args.rate_limit == "none" else args.rate_limit
-    for name in ("slack_channel", "slack_token", "template"):
+    for name in ("slack_channel", "slack_token", "template", "tenant"):
         if getattr(args, name) is not None:
-            changes[name] = getattr(args, name) or None  # --template '' clears it
+            changes[name] = getattr(args, name) or None  # --template '' clears it (--tenant too)
     if not changes:
         raise InvalidInput("nothing to change: give at least one option (see --help)")
     return await ops.update_endpoint(conn, args.id, changes)
@@ -77,7 +80,15 @@ async def endpoint_recover(args: argparse.Namespace, conn: asyncpg.Connection) -
 
 
 async def endpoint_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
-    return await ops.list_endpoints(conn)
+    return await ops.list_endpoints(conn, tenant=args.tenant)
+
+
+async def endpoint_test(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    sent = await ops.send_test(holding(conn), args.id, event_type=args.type, wait_seconds=args.wait)
+    if sent["attempt"] is None:
+        # Not an error of the caller's: the event is queued. Said on stderr, the result printed.
+        print(f"pgcourier: {sent['message']}", file=sys.stderr)
+    return sent
 
 
 async def endpoint_show(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:

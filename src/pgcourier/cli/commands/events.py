@@ -17,6 +17,8 @@ async def enqueue(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
         args.payload,
         ordering_key=args.ordering_key,
         idempotency_key=args.idempotency_key,
+        tenant=args.tenant,
+        endpoint_id=args.endpoint,
     )
     return {"id": str(event_id)}
 
@@ -29,6 +31,7 @@ async def events_list(args: argparse.Namespace, conn: asyncpg.Connection) -> Any
         until=args.until,
         cursor=args.cursor,
         limit=args.limit,
+        tenant=args.tenant,
     )
 
 
