@@ -8,6 +8,12 @@
 -- rules and why it is a function, and 0006 for the shape of its statements).
 SELECT * FROM courier.claim($1, $2, $3, $4);
 
+-- fan_out --
+-- Fan out up to $1 fresh events without claiming anything; returns how many it took (0 when
+-- another relay holds the fan-out lock). For a backlog beyond what claims fan out (see
+-- Relay._fan_out_backlog).
+SELECT courier.fan_out($1);
+
 -- complete_deliveries --
 -- Apply a batch of attempt outcomes: $1 ids, $2 new status, $3 retry delay in seconds (NULL when
 -- not retrying), $4 HTTP status codes, $5 errors, $6 attempt start times, all for relay $7.

@@ -67,6 +67,10 @@ class Relay:
     MAX_WRITE_BATCH = Completer.MAX_WRITE_BATCH
     #: Seconds between looks at due work that endpoints' limits or ordering keys hold back.
     HELD_BACK_RECHECK = 0.05
+    #: Events one fan-out of a backlog takes, and how often a relay with no room for more work
+    #: (or whose claim took nothing) looks for a backlog (see _fan_out_backlog).
+    FAN_OUT_BATCH = 1000
+    FAN_OUT_RECHECK = 0.1
     #: Seconds a stop allows past ``shutdown_timeout`` for the last write of outcomes, and again
     #: for handing back leases and deregistering.
     SHUTDOWN_GRACE = 1.0
@@ -125,6 +129,9 @@ class Relay:
         # Due work exists that the last claim could not take (endpoint limits, ordering keys).
         self._held_back = False
         self._timer_at = float("inf")
+        # Whether the last fan-out of a backlog took a full batch, and when to look again.
+        self._fan_out_behind = False
+        self._next_fan_out_check = 0.0
         self.delivered = 0  # attempts that ended delivered, for callers that wait on progress
         self.wakeups: dict[str, int] = {"notify": 0, "poll": 0, "retry_timer": 0}
 
@@ -237,6 +244,8 @@ class Relay:
         while not stop.is_set():
             free = self._prefetch - self._active
             if free < self._min_claim:
+                if await self._fan_out_backlog():
+                    continue
                 # Enough work queued or in flight: wait until attempts finish and free room.
                 self._slot_freed.clear()
                 await first(stop.wait(), self._slot_freed.wait())
@@ -257,12 +266,38 @@ class Relay:
                     self._metrics.claim_batch_size.observe(len(jobs))
                 self._start(jobs)
                 continue
+            if await self._fan_out_backlog():
+                continue  # new deliveries: claim them before going idle
             # Going idle: from now on producers notify us. Claim once more before sleeping to pick
             # up anything committed by a producer that saw us busy.
             if not self._idle and await self._mark_idle():
                 continue
             await self._arm_next_due()
             await self._sleep(stop)
+
+    async def _fan_out_backlog(self) -> bool:
+        """Fan out a batch of a backlog of events; True if it took any.
+
+        Claims fan out ~100 events each, and claims slow down when the work in hand is held
+        back (an endpoint at its limit, no room in the relay): a flood for one slow endpoint
+        was then fanned out at the pace of its deliveries, and every event committed after it,
+        for any endpoint or tenant, waited behind it (issue 13). Asked when the claim took
+        nothing or there is no room for more work; at most every FAN_OUT_RECHECK seconds
+        unless the last batch was full (a backlog is then fanned out batch after batch,
+        claims in between).
+        """
+        now = asyncio.get_running_loop().time()
+        if not self._fan_out_behind and now < self._next_fan_out_check:
+            return False
+        self._next_fan_out_check = now + self.FAN_OUT_RECHECK
+        try:
+            taken = await self._store.fan_out(self.FAN_OUT_BATCH)
+        except Exception as exc:
+            log_failure("fan-out failed; retrying", exc)
+            self._fan_out_behind = False
+            return False
+        self._fan_out_behind = taken >= self.FAN_OUT_BATCH
+        return taken > 0
 
     async def _mark_idle(self) -> bool:
         """Flag ourselves idle so that producers notify us; False if the write failed."""

@@ -84,6 +84,9 @@ class FakeStore:
     def abandon(self) -> None:
         self.abandoned = True
 
+    async def fan_out(self, limit: int) -> int:
+        return 0  # the fake's claim hands out jobs directly: nothing to fan out
+
     async def release(self, relay_id: uuid.UUID, ids: Sequence[int]) -> None:
         self.released.extend(ids)
 
