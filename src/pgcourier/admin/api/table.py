@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pgcourier.admin.api import dead_letters, endpoints, events
+from pgcourier.admin.api import dead_letters, endpoints, events, verify
 from pgcourier.admin.api.routing import Route, known_query_only
 
-ROUTES: tuple[Route, ...] = (*endpoints.ROUTES, *events.ROUTES, *dead_letters.ROUTES)
+ROUTES: tuple[Route, ...] = (
+    *endpoints.ROUTES,
+    *events.ROUTES,
+    *dead_letters.ROUTES,
+    *verify.ROUTES,
+)
 
 
 def add_routes(app: web.Application) -> None:
