@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 from pgcourier import __version__, ops
 from pgcourier.cli import inputs
 from pgcourier.cli.commands import dead_letters, endpoints, events, service
+from pgcourier.cli.commands import event_types as event_types_commands
 from pgcourier.cli.commands import verify as verify_command
 from pgcourier.cli.database import db_command
 from pgcourier.signing import SCHEMES
@@ -215,4 +216,5 @@ def build_parser() -> argparse.ArgumentParser:
     dd.set_defaults(func=db_command(dead_letters.dlq_discard))
 
     verify_command.add_command(sub)
+    event_types_commands.add_commands(sub)
     return parser
