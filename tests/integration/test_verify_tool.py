@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from pgcourier import signing
+from pgcourier.logs import configure_logging
 from tests.integration.helpers import AUTH
 from tests.integration.test_cli import cli_env, pgcourier
 
@@ -201,3 +206,37 @@ async def test_cli_top_level_json_flag(tmp_path: Path) -> None:
         "code": "signature_mismatch",
         "reason": json.loads(out)["reason"],
     }
+
+
+@pytest.fixture
+def log_lines(caplog: pytest.LogCaptureFixture) -> Iterator[io.StringIO]:
+    """pgcourier's logs as the CLI sets them up (JSON, debug) into a buffer; libraries' go to
+    caplog (as in test_secrets_never_logged)."""
+    caplog.set_level(logging.DEBUG)
+    buffer = io.StringIO()
+    configure_logging("debug", "json", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        structlog.reset_defaults()
+
+
+async def test_the_secret_is_never_logged(api: Any, log_lines: io.StringIO, caplog: Any) -> None:
+    secret = "whsec_" + "c2VjcmV0LW9uZS1zZWNyZXQtb25lLXNlY3JldC1vbmU="
+    requests = [
+        {
+            "scheme": "standard",
+            "secret": secret,
+            "headers": fresh("standard", secret),
+            "body": BODY,
+        },
+        {"scheme": "standard", "secret": secret, "headers": {}, "body": BODY},
+        {"scheme": "github", "secret": secret, "headers": {"x": 5}, "body": BODY},  # a 422
+        {"scheme": "svix", "secret": secret, "body": BODY},  # a 422
+    ]
+    for request in requests:
+        response = await api.post("/api/v1/verify", headers=AUTH, json=request)
+        assert secret not in await response.text()
+    logged = log_lines.getvalue() + caplog.text
+    assert secret not in logged
+    assert secret.removeprefix("whsec_") not in logged
