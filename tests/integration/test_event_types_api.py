@@ -203,3 +203,29 @@ async def test_a_changed_schema_applies_at_once(api: Any) -> None:
     await api.patch("/api/v1/event-types/a.b", headers=AUTH, json={"schema": False})
     status, reply = await post(api, "/api/v1/events", event)
     assert (status, reply["error"]["field"]) == (422, "payload")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "a.b", "description": "nul\u0000"}, "description"),
+        ({"name": "a.b", "schema": {"description": "nul\u0000"}}, "schema"),
+        ({"name": "a.b", "example": {"k\u0000": 1}}, "example"),
+    ],
+)
+async def test_nul_characters_are_refused_naming_the_field(
+    api: Any, body: dict[str, Any], field: str
+) -> None:
+    status, reply = await post(api, "/api/v1/event-types", body)
+    assert (status, reply["error"]["field"]) == (422, field)
+
+
+async def test_a_schema_written_around_pgcourier_is_reported(
+    api: Any, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(
+        "INSERT INTO courier.event_types (name, schema) VALUES ('a.b', '{\"type\": 5}')"
+    )
+    status, reply = await post(api, "/api/v1/events", {"event_type": "a.b", "payload": {}})
+    assert (status, reply["error"]["field"]) == (422, "event_type")
+    assert "event-types update" in reply["error"]["message"]

@@ -69,6 +69,7 @@ async def test_bad_input_is_one_line_and_non_zero(dsn: str, tmp_path: Path) -> N
         (("show", "a.b"), 1, "no event type a.b"),
         (("delete", "a.b"), 1, "no event type a.b"),
         (("update", "a.b", "--description", "x"), 1, "no event type a.b"),
+        (("update", "a.b", "--schema", good, "--no-schema"), 2, "not allowed with"),
     ]
     for args, expected, words in cases:
         code, out, err = await pgcourier("event-types", *args, dsn=dsn)

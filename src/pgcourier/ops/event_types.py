@@ -41,10 +41,26 @@ def _record(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def _check_document(value: Any, field: str) -> str | None:
     if value is None:
         return None
-    text = json.dumps(value)
+    try:
+        nul = _holds_nul(value)
+        text = json.dumps(value)
+    except RecursionError as exc:
+        raise InvalidInput(f"{field} is nested too deeply", field=field) from exc
+    if nul:  # Postgres's jsonb cannot hold one
+        raise InvalidInput(f"{field} holds a NUL character (\\u0000)", field=field)
     if len(text.encode()) > MAX_DOCUMENT_BYTES:
         raise InvalidInput(f"{field} is larger than {MAX_DOCUMENT_BYTES} bytes", field=field)
     return text
@@ -56,6 +72,8 @@ def _validated(description: str, schema: Any, example: Any) -> tuple[str | None,
         raise InvalidInput(
             f"description holds at most {MAX_DESCRIPTION} characters", field="description"
         )
+    if "\x00" in description:
+        raise InvalidInput("description holds a NUL character", field="description")
     if example is not None and not isinstance(example, dict):
         raise InvalidInput("example must be a JSON object, like a payload", field="example")
     schema_text = _check_document(schema, "schema")
@@ -169,7 +187,14 @@ async def check_payload(conn: asyncpg.Connection, event_type: str, payload: Any)
             text = await conn.fetchval(QUERIES["event_type_schema"], event_type)
             if text is None:  # removed in between: nothing to check any more
                 return
-            validator = cached_validator(fingerprint, text)
+            try:
+                validator = cached_validator(fingerprint, text)
+            except SchemaProblem as exc:  # written around pgcourier, straight into the table
+                raise InvalidInput(
+                    f"the schema registered for {event_type} is not valid ({exc}): fix it with "
+                    "pgcourier event-types update",
+                    field="event_type",
+                ) from exc
     assert validator is not None
     try:
         check_instance(validator, payload, root="payload")

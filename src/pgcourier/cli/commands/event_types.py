@@ -104,9 +104,7 @@ def add_commands(sub: Any) -> None:
     add.set_defaults(func=db_command(event_type_add))
     up = cmds.add_parser("update", help="change an event type's description, schema or example")
     up.add_argument("name")
-    _content_options(up)
-    up.add_argument("--no-schema", action="store_true", help="remove the schema")
-    up.add_argument("--no-example", action="store_true", help="remove the example")
+    _content_options(up, removable=True)
     up.set_defaults(func=db_command(event_type_update))
     cmds.add_parser("list", help="list event types").set_defaults(func=db_command(event_type_list))
     for name, action, words in (
@@ -121,17 +119,13 @@ def add_commands(sub: Any) -> None:
     docs.set_defaults(func=db_command(event_type_docs))
 
 
-def _content_options(p: argparse.ArgumentParser) -> None:
+def _content_options(p: argparse.ArgumentParser, *, removable: bool = False) -> None:
     p.add_argument("--description", help="what the event means, for receivers")
-    p.add_argument(
-        "--schema",
-        type=json_file,
-        metavar="FILE",
-        help="JSON Schema (2020-12) the payload must match ('-': stdin)",
-    )
-    p.add_argument(
-        "--example",
-        type=json_file,
-        metavar="FILE",
-        help="an example payload, a JSON object ('-': stdin)",
-    )
+    for name, words in (
+        ("schema", "JSON Schema (2020-12) the payload must match ('-': stdin)"),
+        ("example", "an example payload, a JSON object ('-': stdin)"),
+    ):
+        group = p.add_mutually_exclusive_group() if removable else p
+        group.add_argument(f"--{name}", type=json_file, metavar="FILE", help=words)
+        if removable:
+            group.add_argument(f"--no-{name}", action="store_true", help=f"remove the {name}")
