@@ -41,6 +41,10 @@ INSERT INTO courier.outbox (event_type, payload, endpoint_id, test)
 VALUES ($1, $2::jsonb, $3, true)
 RETURNING id;
 
+-- event_type_example --
+-- The catalog's example payload of type $1 (JSON text), NULL when unregistered or without one.
+SELECT example::text FROM courier.event_types WHERE name = $1;
+
 -- first_attempt --
 -- The first attempt made for event $1, if any (attempts_event). The response body is cut to its
 -- first 1,000 characters: enough to see what the receiver said.

@@ -58,6 +58,7 @@ async def prepare_schema(dsn: str, settings: Settings) -> list[int]:
         with db.translate_errors():
             applied = await db.migrate(conn)
             await conn.execute(db.QUERIES["set_max_payload_bytes"], settings.max_payload_bytes)
+        await ops.apply_event_types_mode(conn, settings.event_types)
         await ops.manage_default_slack(
             conn,
             enabled=settings.slack_bot_token is not None,

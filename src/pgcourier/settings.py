@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     )
     max_payload_bytes: int = Field(default=256 * 1024, ge=1, le=64 * 1024 * 1024)
     response_body_limit: int = Field(default=4096, ge=0, le=1024 * 1024)
+    event_types: Literal["open", "strict"] = Field(
+        default="open",
+        description="strict: the database refuses events whose type is not in the catalog "
+        "(applied by migrate and run).",
+    )
 
     allow_networks: str = Field(
         default="",
@@ -138,7 +143,7 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "event_types", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

@@ -33,6 +33,12 @@ Receivers call :func:`verify`::
 Always verify the exact bytes received; never parse and re-serialise JSON first. Header values
 pgcourier reads must be ASCII (timestamps plain digits): anything else is a
 :class:`WebhookVerificationError`, never another exception.
+
+Each way a message can fail is its own subclass with a stable ``code`` (:class:`MissingHeader`,
+:class:`MalformedHeader`, :class:`TimestampOutsideTolerance`, :class:`SignatureMismatch`), so
+that :func:`check` (behind ``pgcourier verify`` and ``POST /api/v1/verify``) can say exactly why
+a message does not verify. A secret that cannot be a key of the scheme is :class:`InvalidSecret`,
+a :class:`ValueError` (the receiver's configuration is wrong, not the message).
 """
 
 from __future__ import annotations
@@ -56,6 +62,52 @@ _DIGITS = re.compile(r"[0-9]{1,15}")
 class WebhookVerificationError(Exception):
     """The message's signature is missing, malformed, stale or wrong."""
 
+    code = "invalid"
+
+
+class MissingHeader(WebhookVerificationError):
+    """A header the scheme needs is absent (``header`` names it)."""
+
+    code = "missing_header"
+
+    def __init__(self, header: str) -> None:
+        super().__init__(f"missing header {header}")
+        self.header = header
+
+
+class MalformedHeader(WebhookVerificationError):
+    """A header is present but cannot hold a signature or timestamp pgcourier sends."""
+
+    code = "malformed_header"
+
+
+class TimestampOutsideTolerance(WebhookVerificationError):
+    """The signed timestamp is too far from now: ``offset`` seconds (negative: in the past)."""
+
+    code = "timestamp_outside_tolerance"
+
+    def __init__(self, offset: float, tolerance: int) -> None:
+        when = "in the past" if offset < 0 else "in the future"
+        beyond = abs(offset) - tolerance
+        super().__init__(
+            f"timestamp is outside the tolerance window: {abs(offset):.0f} s {when}, "
+            f"{beyond:.0f} s beyond the {tolerance} s tolerance"
+        )
+        self.offset = offset
+        self.tolerance = tolerance
+
+
+class SignatureMismatch(WebhookVerificationError):
+    """Signatures are present and well-formed, but none matches the secret(s) and body."""
+
+    code = "signature_mismatch"
+
+
+class InvalidSecret(ValueError):
+    """The secret cannot be a key of the scheme (e.g. no ``whsec_`` for ``standard``)."""
+
+    code = "wrong_secret_format"
+
 
 def generate_secret(nbytes: int = 24) -> str:
     """A new ``whsec_`` secret holding ``nbytes`` (at least 24) random bytes."""
@@ -67,11 +119,17 @@ def generate_secret(nbytes: int = 24) -> str:
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_`` secret (base64 after the prefix)."""
     if not secret.startswith(SECRET_PREFIX):
-        raise ValueError("a Standard Webhooks secret starts with 'whsec_'")
+        raise InvalidSecret("a Standard Webhooks secret starts with 'whsec_'")
     try:
         return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except binascii.Error as exc:
-        raise ValueError("the secret after 'whsec_' is not valid base64") from exc
+        raise InvalidSecret("the secret after 'whsec_' is not valid base64") from exc
+
+
+_MISMATCH = (
+    "no matching signature: none in the header matches this secret and body (check the secret, "
+    "and that the body is the exact bytes received, not re-serialised JSON)"
+)
 
 
 def _hmac_sha256(key: bytes, content: bytes) -> bytes:
@@ -147,14 +205,14 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     """Every value of header ``name`` (any case), joined as one comma-separated list."""
     values = [value for key, value in headers.items() if key.lower() == name]
     if not values:
-        raise WebhookVerificationError(f"missing header {name}")
+        raise MissingHeader(name)
     joined = ", ".join(values)
     # pgcourier only ever sends ASCII here. Anything else is forged or mangled, and would
     # otherwise escape as TypeError (hmac.compare_digest refuses non-ASCII str) or
     # UnicodeEncodeError (aiohttp hands undecodable bytes over as lone surrogates): a 500 in
     # the receiver instead of a rejection.
     if not joined.isascii():
-        raise WebhookVerificationError(f"header {name} holds non-ASCII characters")
+        raise MalformedHeader(f"header {name} holds non-ASCII characters")
     return joined
 
 
@@ -162,15 +220,15 @@ def _list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _match_hex(secrets: Sequence[str], content: bytes, offered: Sequence[str]) -> None:
+def _match_hex(secrets: Sequence[str], content: bytes, offered: Sequence[str], header: str) -> None:
     if not offered:
-        raise WebhookVerificationError("no signature in the header")
+        raise MalformedHeader(f"no signature in header {header}")
     for secret in secrets:
         expected = _hex(secret, content)
         for candidate in offered:
             if hmac.compare_digest(expected, candidate.lower()):
                 return
-    raise WebhookVerificationError("no matching signature")
+    raise SignatureMismatch(_MISMATCH)
 
 
 def _verify_github(headers: Mapping[str, str], body: bytes, secrets: Sequence[str]) -> None:
@@ -179,7 +237,7 @@ def _verify_github(headers: Mapping[str, str], body: bytes, secrets: Sequence[st
         for part in _list(_header(headers, "x-hub-signature-256"))
         if part.startswith("sha256=")
     ]
-    _match_hex(secrets, body, offered)
+    _match_hex(secrets, body, offered, "x-hub-signature-256")
 
 
 def _verify_timestamped_hex(
@@ -191,7 +249,7 @@ def _verify_timestamped_hex(
 ) -> None:
     ts = _check_timestamp(_header(headers, "x-webhook-timestamp"), tolerance, now)
     offered = _list(_header(headers, "x-webhook-signature"))
-    _match_hex(secrets, f"{ts}.".encode() + body, offered)
+    _match_hex(secrets, f"{ts}.".encode() + body, offered, "x-webhook-signature")
 
 
 def _verify_stripe_style(
@@ -204,20 +262,20 @@ def _verify_stripe_style(
     pairs = [part.partition("=") for part in _list(_header(headers, "x-webhook-signature"))]
     stamps = [value for key, _, value in pairs if key == "t"]
     if len(stamps) != 1:
-        raise WebhookVerificationError("the signature header needs exactly one t=")
+        raise MalformedHeader("header x-webhook-signature needs exactly one t=")
     ts = _check_timestamp(stamps[0], tolerance, now)
     offered = [value for key, _, value in pairs if key == "v1" and value]
-    _match_hex(secrets, f"{ts}.".encode() + body, offered)
+    _match_hex(secrets, f"{ts}.".encode() + body, offered, "x-webhook-signature")
 
 
 def _check_timestamp(raw: str, tolerance: int, now: float | None) -> int:
     # Digits only: int() would also take " 17", "+17" and "1_7", none of which pgcourier sends.
     if not _DIGITS.fullmatch(raw):
-        raise WebhookVerificationError("timestamp is not an integer")
+        raise MalformedHeader("timestamp is not an integer")
     ts = int(raw)
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance:
-        raise WebhookVerificationError("timestamp is outside the tolerance window")
+        raise TimestampOutsideTolerance(ts - current, tolerance)
     return ts
 
 
@@ -237,14 +295,14 @@ def _verify_standard(
         if part.startswith("v1,")
     ]
     if not any(offered):
-        raise WebhookVerificationError("no v1 signature in webhook-signature")
+        raise MalformedHeader("no v1 signature in webhook-signature")
     content = f"{msg_id}.{ts}.".encode() + body
     for secret in secrets:
         expected = base64.b64encode(_hmac_sha256(secret_key(secret), content)).decode()
         for candidate in offered:
             if candidate and hmac.compare_digest(expected, candidate):
                 return
-    raise WebhookVerificationError("no matching signature")
+    raise SignatureMismatch(_MISMATCH)
 
 
 def verify(
@@ -276,3 +334,68 @@ def verify(
         _verify_stripe_style(headers, body, secret_list, tolerance, now)
     else:
         raise ValueError(f"unknown signature scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+
+
+# Secrets of the schemes that key HMAC with the secret's own bytes, as pgcourier accepts them
+# (ops.validation.RAW_SECRET_PATTERN; a unit test keeps the two equal).
+RAW_SECRET_PATTERN = r"^[ -~]{16,500}$"
+
+
+def check_secret(scheme: str, secret: str) -> None:
+    """Raise :class:`InvalidSecret` if ``secret`` cannot be one pgcourier signs ``scheme`` with
+    (``ValueError`` for an unknown scheme). The message never quotes the secret."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown signature scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    if scheme == "standard":
+        if not secret_key(secret):
+            raise InvalidSecret("the secret after 'whsec_' is empty")
+    elif not re.fullmatch(RAW_SECRET_PATTERN, secret):
+        raise InvalidSecret(
+            f"a {scheme} secret is 16-500 printable ASCII characters (the whole secret as "
+            "pgcourier shows it, whsec_ prefix included; no line break)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a message verifies and, when it does not, why: ``code`` is one of
+    ``missing_header``, ``malformed_header``, ``timestamp_outside_tolerance``,
+    ``signature_mismatch``, ``wrong_secret_format``; ``reason`` is one readable sentence."""
+
+    valid: bool
+    code: str | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        if self.valid:
+            return {"valid": True}
+        return {"valid": False, "reason": self.reason, "code": self.code}
+
+
+def check(
+    scheme: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: str | Sequence[str],
+    tolerance: int = DEFAULT_TOLERANCE,
+    *,
+    now: float | None = None,
+) -> Verdict:
+    """:func:`verify` as a value: why a message does not verify, for people debugging a receiver.
+
+    The secret is checked first (a wrong secret format explains every other failure), then the
+    message exactly as :func:`verify` does. ``ValueError`` only for an unknown scheme or no
+    secret: the question itself is wrong.
+    """
+    secret_list = [secrets] if isinstance(secrets, str) else list(secrets)
+    if not secret_list:
+        raise ValueError("at least one secret is needed")
+    try:
+        for secret in secret_list:
+            check_secret(scheme, secret)
+        verify(scheme, headers, body, secret_list, tolerance, now=now)
+    except InvalidSecret as exc:
+        return Verdict(False, InvalidSecret.code, f"wrong secret format: {exc}")
+    except WebhookVerificationError as exc:
+        return Verdict(False, exc.code, str(exc))
+    return Verdict(True)

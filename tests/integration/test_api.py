@@ -241,6 +241,12 @@ EXPECTED_ROUTES = {
     ("POST", "/api/v1/dead-letters/{id}/replay"),
     ("POST", "/api/v1/endpoints/{id}/test"),
     ("GET", "/api/v1/tenants/{tenant}/stats"),
+    ("POST", "/api/v1/verify"),
+    ("GET", "/api/v1/event-types"),
+    ("POST", "/api/v1/event-types"),
+    ("GET", "/api/v1/event-types/{name}"),
+    ("PATCH", "/api/v1/event-types/{name}"),
+    ("DELETE", "/api/v1/event-types/{name}"),
 }
 
 
@@ -264,7 +270,9 @@ async def test_openapi_document_matches_the_routes(api: Any) -> None:
     for method, path in sorted(EXPECTED_ROUTES):
         sample = "12345" if path.startswith("/api/v1/dead-letters/") else str(uuid.uuid4())
         body: dict[str, Any] | None = {} if method in ("POST", "PATCH") else None
-        url = path.replace("{id}", sample).replace("{tenant}", "acme")
+        url = (
+            path.replace("{id}", sample).replace("{tenant}", "acme").replace("{name}", "order.paid")
+        )
         response = await api.request(method, url, headers=AUTH, json=body)
         answer = await response.json()
         assert response.status != 405, (method, path)

@@ -114,7 +114,12 @@ async def test_definer_functions_run_with_a_fixed_search_path(conn: asyncpg.Conn
         "SELECT p.proname, p.proconfig FROM pg_proc AS p "
         "WHERE p.pronamespace = 'courier'::regnamespace AND p.prosecdef ORDER BY 1"
     )
-    assert [r["proname"] for r in rows] == ["enqueue", "outbox_validate", "outbox_wake"]
+    assert [r["proname"] for r in rows] == [
+        "enqueue",
+        "outbox_require_registered_type",  # strict event types (0008)
+        "outbox_validate",
+        "outbox_wake",
+    ]
     assert all(r["proconfig"] == ["search_path=pg_catalog, pg_temp"] for r in rows)
 
 

@@ -154,3 +154,24 @@ async def test_waiting_holds_no_pooled_connection(
     assert listed.status == 200
     assert time.monotonic() - started < 1.0
     assert await asyncio.gather(*waiting) == [202, 202, 202]
+
+
+async def test_a_test_send_carries_the_catalogs_example_and_passes_strict_mode(
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any, api: Any
+) -> None:
+    target = await ops.create_endpoint(conn, url=receiver.url("/target"), event_types=["*"])
+    example = {"invoice": "in_1", "amount": 1200}
+    await ops.create_event_type(conn, "invoice.paid", example=example)
+    # Strict mode refuses unregistered types from producers, not an operator's test send.
+    await ops.apply_event_types_mode(conn, "strict")
+    async with relay():
+        for event_type in ("invoice.paid", ops.TEST_EVENT_TYPE):
+            response = await api.post(
+                f"/api/v1/endpoints/{target['id']}/test",
+                headers=AUTH,
+                json={"event_type": event_type},
+            )
+            assert response.status == 200, await response.text()
+    first, second = receiver.on("/target")
+    assert first.json["data"] == example
+    assert second.json["data"]["test"] is True  # no catalog entry: the built-in example

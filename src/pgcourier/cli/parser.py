@@ -8,6 +8,8 @@ from typing import Any, NoReturn
 from pgcourier import __version__, ops
 from pgcourier.cli import inputs
 from pgcourier.cli.commands import dead_letters, endpoints, events, service, tenants
+from pgcourier.cli.commands import event_types as event_types_commands
+from pgcourier.cli.commands import verify as verify_command
 from pgcourier.cli.database import db_command
 from pgcourier.signing import SCHEMES
 
@@ -237,4 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("name")
     ts.add_argument("--window", type=inputs.seconds, default=86400, help="e.g. 1h, 24h (default)")
     ts.set_defaults(func=db_command(tenants.tenant_stats))
+    verify_command.add_command(sub)
+    event_types_commands.add_commands(sub)
     return parser

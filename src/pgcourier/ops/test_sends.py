@@ -47,12 +47,8 @@ def holding(conn: asyncpg.Connection) -> Acquire:
 
 
 def example_payload(event_type: str) -> dict[str, Any]:
-    """The payload a test send carries for ``event_type``.
-
-    Hook for the event-type catalog: once event types can be registered with an example, the
-    registered example of ``event_type`` belongs here (looked up by the caller and passed in as
-    ``payload``); until then every type gets this small built-in one, which says it is a test.
-    """
+    """The payload a test send carries for a type the catalog has no example of: a small
+    built-in one that says it is a test (:func:`send_test` prefers the catalog's example)."""
     return {
         "test": True,
         "message": "A test event sent by pgcourier to check this endpoint.",
@@ -87,10 +83,15 @@ async def send_test(
     if not endpoint["enabled"]:
         # A disabled endpoint's deliveries are held: no relay will try it, so do not wait.
         wait_seconds = 0
-    body = json.dumps(payload if payload is not None else example_payload(event_type))
     eid = parse_uuid(endpoint_id, field="id")
     with translate_errors():
         async with acquire() as conn:
+            if payload is None:
+                # The catalog's example of the type when it has one (what receivers are told to
+                # expect), else the built-in one.
+                example = await conn.fetchval(QUERIES["event_type_example"], event_type)
+                payload = example_payload(event_type) if example is None else json.loads(example)
+            body = json.dumps(payload)
             event_id = await conn.fetchval(QUERIES["enqueue_test"], event_type, body, eid)
         deadline = time.monotonic() + wait_seconds
         while True:

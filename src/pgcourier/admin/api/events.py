@@ -38,6 +38,8 @@ class EventCreate(BaseModel):
 async def create_event(request: web.Request) -> web.Response:
     body = await read_body(request, EventCreate)
     async with connection(request) as conn:
+        # The catalog's schema for this type, when one is registered (422 naming the path).
+        await ops.check_payload(conn, body.event_type, body.payload)
         event_id = await ops.enqueue(
             conn,
             body.event_type,
@@ -88,8 +90,10 @@ ROUTES: tuple[Route, ...] = (
         "Enqueue an event, with courier.enqueue's semantics.",
         EventCreate,
         status=201,
-        refusable="the payload must fit the size limit and hold no NUL character (\\u0000); "
-        "endpoint_id must be an endpoint (not deleted) of the tenant given",
+        refusable="the payload must fit the size limit and hold no NUL character (\\u0000), and "
+        "match its type's schema in the catalog (the field names the path, e.g. payload.amount); "
+        "with PGCOURIER_EVENT_TYPES=strict the type must be registered; endpoint_id must be an "
+        "endpoint (not deleted) of the tenant given",
     ),
     Route(
         "GET",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgcourier import __version__
+from pgcourier import __version__, patterns
 from pgcourier.admin.api.routing import QUERY_SCHEMAS
 from pgcourier.admin.api.table import ROUTES
 
 _REF = "#/components/schemas/"
+_NAME = {"type": "string", "pattern": patterns.EVENT_TYPE_RE.pattern}
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
@@ -40,6 +41,8 @@ def openapi_document() -> dict[str, Any]:
         if "{tenant}" in route.path:
             schema = QUERY_SCHEMAS["tenant"]
             parameters.append({"name": "tenant", "in": "path", "required": True, "schema": schema})
+        if "{name}" in route.path:  # an event type's name (the catalog)
+            parameters.append({"name": "name", "in": "path", "required": True, "schema": _NAME})
         parameters += [
             {"name": q, "in": "query", "required": False, "schema": QUERY_SCHEMAS[q]}
             for q in route.query

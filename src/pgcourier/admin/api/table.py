@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pgcourier.admin.api import dead_letters, endpoints, events, tenants
+from pgcourier.admin.api import dead_letters, endpoints, event_types, events, tenants, verify
 from pgcourier.admin.api.routing import Route, known_query_only
 
 ROUTES: tuple[Route, ...] = (
@@ -12,6 +12,8 @@ ROUTES: tuple[Route, ...] = (
     *events.ROUTES,
     *dead_letters.ROUTES,
     *tenants.ROUTES,
+    *verify.ROUTES,
+    *event_types.ROUTES,
 )
 
 

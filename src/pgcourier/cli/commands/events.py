@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import asyncpg
@@ -11,6 +12,8 @@ from pgcourier import ops
 
 
 async def enqueue(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+    # The catalog's schema for this type, when one is registered (as POST /api/v1/events).
+    await ops.check_payload(conn, args.event_type, json.loads(args.payload))
     event_id = await ops.enqueue(
         conn,
         args.event_type,
