@@ -317,7 +317,9 @@ async def _facts(conn: asyncpg.Connection) -> dict[str, Any]:
 
 
 async def _claim(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
-    source = await _function_source(conn, "courier.claim(integer, double precision, uuid, integer, integer)")
+    source = await _function_source(
+        conn, "courier.claim(integer, double precision, uuid, integer, integer)"
+    )
     variables = ["p_limit", "p_lease", "p_relay", "p_fan_out", "p_max_claims", "fresh", "locked"]
     statements = body_statements(source, variables)
     assert len(statements) == 5, statements  # fan-out: take, mark, insert; lock; lease
