@@ -3,6 +3,10 @@
 -- Named queries: each block starts with a line "-- name --"; the comment lines after it say
 -- what it does. Loaded by pgcourier.db.load_queries() from every file in sql/queries/.
 
+-- secrets_table_exists --
+-- Whether there is anything to check yet (a relay may start before `pgcourier migrate` ran).
+SELECT to_regclass('courier.endpoints') IS NOT NULL;
+
 -- lock_stored_secrets --
 -- One re-encryption at a time across every relay and command (several relays starting at once
 -- each run it): the others wait, then find the work done. Transaction-scoped; a one-bigint key,

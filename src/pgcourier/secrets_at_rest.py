@@ -46,6 +46,8 @@ async def secure(
     """
     values = encrypted = reencrypted = 0
     with translate_errors():
+        if not await conn.fetchval(QUERIES["secrets_table_exists"]):
+            return Secured(values=0, encrypted=0, reencrypted=0)  # no schema, nothing stored
         async with conn.transaction():
             await conn.execute(QUERIES["lock_stored_secrets"])
             rows = await conn.fetch(QUERIES["stored_secrets"])
