@@ -5,8 +5,10 @@
 -- claim_due --
 -- Fan out up to $4 fresh events, then lease up to $1 due deliveries to relay $3 for $2 seconds
 -- within every endpoint's policies: one round trip (see courier.claim in migrations 0003 for the
--- rules and why it is a function, and 0006 for the shape of its statements).
-SELECT * FROM courier.claim($1, $2, $3, $4);
+-- rules and why it is a function, and 0006 for the shape of its statements). Deliveries claimed
+-- $5 times without an attempt recorded are dead-lettered instead, and come back with
+-- poisoned = true (0010).
+SELECT * FROM courier.claim($1, $2, $3, $4, $5);
 
 -- fan_out --
 -- Fan out up to $1 fresh events without claiming anything; returns how many it took (0 when
@@ -31,6 +33,7 @@ WITH gone AS (
 ), kept AS (
     UPDATE courier.queue AS q
     SET attempts = q.attempts + 1,
+        claims = 0,  -- an attempt is recorded: the poison count starts again (0010)
         due_at = now() + make_interval(secs => ($3::float8[])[array_position($1::bigint[], q.id)]),
         lease_token = NULL,
         last_attempt_at = ($6::timestamptz[])[array_position($1::bigint[], q.id)],
@@ -93,8 +96,9 @@ RETURNING id;
 
 -- release_leases --
 -- Hand deliveries $1 held by relay $2 back, due at once, for another relay (used on shutdown).
+-- Their claim is given back: this relay chose not to send them, it did not die on them (0010).
 UPDATE courier.queue
-SET due_at = now(), lease_token = NULL
+SET due_at = now(), lease_token = NULL, claims = greatest(claims - 1, 0)
 WHERE id = ANY($1::bigint[]) AND lease_token = $2;
 
 -- next_due --

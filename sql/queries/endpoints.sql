@@ -68,10 +68,12 @@ RETURNING id;
 
 -- delete_endpoint --
 -- Delete endpoint $1 softly: it stops receiving at once, its secrets are forgotten (overwritten
--- with a fresh random one no-one knows), and attempts keep a row that says where they went.
+-- with a fresh random one no-one knows, $2), its Slack token too, and attempts keep a row that
+-- says where they went.
 UPDATE courier.endpoints
 SET deleted_at = now(), enabled = false, disabled_reason = 'deleted', secret = $2,
-    previous_secret = NULL, previous_secret_expires_at = NULL, updated_at = now()
+    previous_secret = NULL, previous_secret_expires_at = NULL, slack_token = NULL,
+    updated_at = now()
 WHERE id = $1 AND deleted_at IS NULL
 RETURNING id;
 

@@ -96,6 +96,7 @@ async def _demo(settings: Settings, dsn: str) -> int:
                 url=f"http://127.0.0.1:{port}/hook",
                 event_types=["order.*", "request_submitted"],
                 description="demo receiver",
+                keyring=settings.keyring,
             )
             receiver.secret = endpoint["secret"]
             async with conn.transaction():

@@ -20,6 +20,8 @@ from pgcourier.errors import ConfigurationError
 from pgcourier.listener import Listener
 from pgcourier.metrics import Metrics
 from pgcourier.relay import Relay, RelayConfig
+from pgcourier.sealing import Keyring, Unsealer
+from pgcourier.secrets_at_rest import secure, secure_at_start
 from pgcourier.settings import Settings
 from pgcourier.slack import Router, SlackTransport
 from pgcourier.store import CircuitConfig, PgStore
@@ -64,8 +66,19 @@ async def prepare_schema(dsn: str, settings: Settings) -> list[int]:
             enabled=settings.slack_bot_token is not None,
             channel=settings.slack_default_channel,
             api_url=settings.slack_api_url,
+            keyring=settings.keyring,
         )
+        # With a key, plain secrets left from before are encrypted now (idempotent).
+        await secure(conn, settings.keyring)
     return applied
+
+
+async def _check_secrets(pool: asyncpg.Pool, keyring: Keyring | None) -> None:
+    """Start-up: stored secrets open with the configured keys (or there are no keys and none
+    is encrypted, with one warning), else a ConfigurationError before anything runs."""
+    with db.translate_errors():
+        async with pool.acquire() as conn:
+            await secure_at_start(conn, keyring)
 
 
 @dataclass
@@ -90,7 +103,9 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
         max_in_flight=settings.max_in_flight, allowed_networks=settings.allowed_networks
     )
     stop = asyncio.Event()
+    keyring = settings.keyring
     try:
+        await _check_secrets(pool, keyring)
         transport = Router(
             WebhookTransport(
                 session,
@@ -110,7 +125,12 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
         )
         metrics = Metrics(per_endpoint=settings.metrics_endpoint_labels)
         relay = Relay(
-            store=PgStore(pool, circuit_config(settings)),
+            store=PgStore(
+                pool,
+                circuit_config(settings),
+                max_claims=settings.max_claims,
+                unsealer=Unsealer(keyring),
+            ),
             transport=transport,
             config=relay_config(settings),
             metrics=metrics,
@@ -160,6 +180,7 @@ def admin_context(
         max_body=max(1024 * 1024, 2 * settings.max_payload_bytes + 64 * 1024),
         open_operations=settings.admin_open_operations,
         ui_enabled=settings.ui_enabled,
+        keyring=settings.keyring,
     )
 
 
@@ -210,6 +231,7 @@ async def serve_admin(settings: Settings, dsn: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
+        await _check_secrets(pool, settings.keyring)
         admin, _port = await _start_admin(settings, admin_context(settings, pool, Metrics(), None))
         assert admin is not None
         for sig in (signal.SIGTERM, signal.SIGINT):

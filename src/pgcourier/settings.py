@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pgcourier import policy
 from pgcourier.errors import ConfigurationError
 from pgcourier.netguard import Network, parse_networks
+from pgcourier.sealing import Keyring, key_problem, keyring_from
 
 Seconds = Annotated[float, BeforeValidator(policy.parse_duration)]
 # 32 characters of a random token are beyond guessing over HTTP.
@@ -123,6 +124,20 @@ class Settings(BaseSettings):
         description="Event loop of run/admin: uvloop when installed (auto), or asyncio's own.",
     )
 
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Keys that encrypt endpoint secrets and Slack tokens at rest, comma-separated "
+        "(the first encrypts, every one decrypts); make one with `pgcourier keys generate`. "
+        "Unset: stored unencrypted (a warning at start).",
+    )
+    max_claims: int = Field(
+        default=10,
+        ge=2,
+        le=1000,
+        description="Claims without a recorded attempt (its relay died or stalled each time) "
+        "after which a delivery is dead-lettered as poison.",
+    )
+
     @field_validator("retry_schedule")
     @classmethod
     def _schedule_parses(cls, value: str) -> str:
@@ -139,6 +154,14 @@ class Settings(BaseSettings):
     @classmethod
     def _token_guards_something(cls, value: SecretStr | None) -> SecretStr | None:
         problem = None if value is None else admin_token_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _keys_are_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        problem = None if value is None else key_problem(value.get_secret_value())
         if problem:
             raise ValueError(problem)
         return value
@@ -177,6 +200,11 @@ class Settings(BaseSettings):
         """The admin token, or None when none is set (the validator refuses empty ones, so
         None is the one way to say "no token")."""
         return self.admin_token.get_secret_value() if self.admin_token is not None else None
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The keys of ``secret_key`` (None when unset), for whatever writes or reads secrets."""
+        return keyring_from(self.secret_key.get_secret_value() if self.secret_key else None)
 
     @property
     def retry_delays(self) -> tuple[float, ...]:

@@ -17,6 +17,7 @@ import structlog
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.model import Completion, Job
 from pgcourier.policy import Dead, Delivered, EndpointReport, Retry, endpoint_reports
+from pgcourier.sealing import SecretUnavailable, Unsealer
 
 log = structlog.get_logger("pgcourier.store")
 
@@ -40,13 +41,23 @@ class RelayStore(Protocol):
 
 _NO_HEADERS: dict[str, str] = {}
 
+# PGCOURIER_MAX_CLAIMS' default: claims without a recorded attempt before a delivery is buried.
+DEFAULT_MAX_CLAIMS = 10
+
 # The relay vacuums courier.queue itself past this many dead rows, when no vacuum ran on it for
 # VACUUM_INTERVAL seconds (autovacuum's own threshold for the queue is 1,000: see 0006).
 VACUUM_DEAD_ROWS = 10_000
 VACUUM_INTERVAL = 60.0
 
 
-def _job(row: asyncpg.Record) -> Job:
+def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
+    try:
+        secrets = tuple(unsealer.open(s) for s in row["secrets"])
+        slack_token = unsealer.open_optional(row["slack_token"])
+        problem = None
+    except SecretUnavailable as exc:
+        # Never sign with garbage: the relay records a failed attempt instead of sending.
+        secrets, slack_token, problem = (), None, str(exc)
     return Job(
         delivery_id=row["id"],
         event_id=row["event_id"],
@@ -57,7 +68,7 @@ def _job(row: asyncpg.Record) -> Job:
         payload=row["payload"],
         created_at=row["created_at"],
         url=row["url"],
-        secrets=tuple(row["secrets"]),
+        secrets=secrets,
         timeout=row["timeout_seconds"],
         headers=_NO_HEADERS if row["headers"] == "{}" else json.loads(row["headers"]),
         signature_scheme=row["signature_scheme"],
@@ -66,8 +77,9 @@ def _job(row: asyncpg.Record) -> Job:
         troubled=row["troubled"],
         kind=row["kind"],
         slack_channel=row["slack_channel"],
-        slack_token=row["slack_token"],
+        slack_token=slack_token,
         template=row["template"],
+        secret_problem=problem,
     )
 
 
@@ -84,9 +96,19 @@ class CircuitConfig:
 class PgStore:
     """:class:`RelayStore` on an asyncpg pool, using the named queries of ``sql/queries/``."""
 
-    def __init__(self, pool: asyncpg.Pool, circuit: CircuitConfig | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        circuit: CircuitConfig | None = None,
+        *,
+        max_claims: int = DEFAULT_MAX_CLAIMS,
+        unsealer: Unsealer | None = None,
+    ) -> None:
         self._pool = pool
         self._circuit = circuit or CircuitConfig()
+        self._max_claims = max_claims
+        # Opens the endpoints' stored secrets and Slack tokens, once per distinct ciphertext.
+        self._unsealer = unsealer or Unsealer(None)
         self._vacuum_allowed = True
 
     async def register(self, relay_id: UUID) -> None:
@@ -144,9 +166,24 @@ class PgStore:
         limits (retries and fresh deliveries alike, earliest first per endpoint)."""
         with translate_errors():
             rows = await self._pool.fetch(
-                QUERIES["claim_due"], limit, lease, relay_id, max(limit, 100)
+                QUERIES["claim_due"], limit, lease, relay_id, max(limit, 100), self._max_claims
             )
-        return [_job(row) for row in rows]
+        jobs = []
+        for row in rows:
+            if row["poisoned"]:
+                # Buried by the claim itself (migration 0009); nothing to send.
+                log.error(
+                    "delivery dead-lettered: claimed too often without an attempt recorded; "
+                    "a relay may be crashing on it",
+                    delivery_id=row["id"],
+                    event_id=str(row["event_id"]),
+                    endpoint_id=str(row["endpoint_id"]),
+                    max_claims=self._max_claims,
+                    relay_id=str(relay_id),
+                )
+            else:
+                jobs.append(_job(row, self._unsealer))
+        return jobs
 
     async def fan_out(self, limit: int) -> int:
         """Fan out up to ``limit`` fresh events, claiming nothing; how many it took."""

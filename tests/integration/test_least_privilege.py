@@ -91,7 +91,8 @@ async def test_the_producer_role_can_enqueue_and_insert(producer: asyncpg.Connec
         "VALUES ('a.b', '{}', now() - interval '1 year')",
         "INSERT INTO courier.endpoints (url, event_types, secret) "
         "VALUES ('https://x.example/', '{*}', 'whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA')",
-        "SELECT * FROM courier.claim(10, 30, gen_random_uuid(), 10)",
+        "SELECT * FROM courier.claim(10, 30, gen_random_uuid(), 10, 10)",
+        "SELECT courier.poison_reason(10)",
         "SELECT courier.valid_event_type('a.b')",
         "SELECT courier.event_type_matches('{*}', 'a.b')",
         "SELECT courier.valid_headers('{}')",

@@ -317,16 +317,18 @@ async def _facts(conn: asyncpg.Connection) -> dict[str, Any]:
 
 
 async def _claim(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
-    source = await _function_source(conn, "courier.claim(integer, double precision, uuid, integer)")
-    variables = ["p_limit", "p_lease", "p_relay", "p_fan_out", "fresh", "locked"]
+    source = await _function_source(
+        conn, "courier.claim(integer, double precision, uuid, integer, integer)"
+    )
+    variables = ["p_limit", "p_lease", "p_relay", "p_fan_out", "p_max_claims", "fresh", "locked"]
     statements = body_statements(source, variables)
     # Step 1 is courier.fan_out (0007): its statements are the claim's too.
     statements += body_statements(
         await _function_source(conn, "courier.fan_out(integer)"), variables
     )
     assert len(statements) == 5, statements  # lock; lease; fan-out: take, mark, insert
-    types = ["integer", "double precision", "uuid", "integer", "uuid[]", "uuid[]"]
-    args = [128, 30.0, uuid.uuid4(), 128, f["fresh"], f["enabled"]]
+    types = ["integer", "double precision", "uuid", "integer", "integer", "uuid[]", "uuid[]"]
+    args = [128, 30.0, uuid.uuid4(), 128, 10, f["fresh"], f["enabled"]]
     return [await explain(conn, s, args, types) for s in statements]
 
 

@@ -153,7 +153,7 @@ async def test_ordering_keys_are_per_tenant(conn: asyncpg.Connection) -> None:
         for n, t in enumerate(("acme", "acme", "globex", None, None))
     ]
     relay_id = uuid.uuid4()
-    claimed = await conn.fetch("SELECT * FROM courier.claim(10, 30, $1, 10)", relay_id)
+    claimed = await conn.fetch("SELECT * FROM courier.claim(10, 30, $1, 10, 10)", relay_id)
     # The head of each (tenant, key): acme's first, globex's, the untenanted first.
     assert sorted(r["event_id"] for r in claimed) == sorted([ids[0], ids[2], ids[3]])
     assert {r["endpoint_id"] for r in claimed} == {uuid.UUID(shared["id"])}
@@ -162,7 +162,7 @@ async def test_ordering_keys_are_per_tenant(conn: asyncpg.Connection) -> None:
         "DELETE FROM courier.queue WHERE event_id = ANY($1::uuid[])", [ids[0], ids[2]]
     )
     await conn.execute("UPDATE courier.queue SET due_at = now(), lease_token = NULL")
-    again = await conn.fetch("SELECT * FROM courier.claim(10, 30, $1, 10)", relay_id)
+    again = await conn.fetch("SELECT * FROM courier.claim(10, 30, $1, 10, 10)", relay_id)
     assert sorted(r["event_id"] for r in again) == sorted([ids[1], ids[3]])
 
 
@@ -331,7 +331,7 @@ async def test_0007_upgrades_a_database_with_events_and_a_producer(
         assert await ops.enqueue(conn, "a.b", {}, idempotency_key="idem-1", tenant="t") != old
         # The old row's key and a new untenanted event of the same key stay in one order.
         follower = await ops.enqueue(conn, "a.b", {}, ordering_key="key-1")
-        await conn.fetchval("SELECT count(*) FROM courier.claim(0, 30, gen_random_uuid(), 10)")
+        await conn.fetchval("SELECT count(*) FROM courier.claim(0, 30, gen_random_uuid(), 10, 10)")
         keys = await conn.fetch(
             "SELECT event_id, ordering_key FROM courier.queue"
             " WHERE ordering_key IS NOT NULL ORDER BY id"

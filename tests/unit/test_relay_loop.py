@@ -622,3 +622,4 @@ async def test_a_bug_after_an_attempt_costs_that_attempt_not_the_worker(
     [error] = [e for e in logs if e["event"].startswith("delivery failed")]
     assert error["delivery_id"] == 0
     assert error["error"].startswith("KeyError")
+

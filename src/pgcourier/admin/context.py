@@ -13,6 +13,7 @@ from aiohttp import web
 from pgcourier import db
 from pgcourier.errors import DatabaseUnavailable, PgCourierError
 from pgcourier.metrics import Metrics
+from pgcourier.sealing import Keyring
 from pgcourier.settings import admin_token_problem
 
 
@@ -39,6 +40,8 @@ class AdminContext:
     open_operations: bool = True
     # False: no console under /ui/ (PGCOURIER_UI_ENABLED).
     ui_enabled: bool = True
+    # PGCOURIER_SECRET_KEY: endpoint secrets and Slack tokens are stored encrypted with it.
+    keyring: Keyring | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # The settings already refuse such tokens; checking here too means no other way of

@@ -14,12 +14,15 @@ import structlog
 from pgcourier import db
 from pgcourier.cli.output import output
 from pgcourier.errors import ConfigurationError
+from pgcourier.sealing import Keyring
 from pgcourier.settings import Settings
 
 log = structlog.get_logger("pgcourier.cli")
 
 Command = Callable[[argparse.Namespace, Settings], int]
 Action = Callable[[argparse.Namespace, asyncpg.Connection], Awaitable[Any]]
+# An action that stores or re-encrypts secrets: it also gets PGCOURIER_SECRET_KEY's keys.
+KeyedAction = Callable[[argparse.Namespace, asyncpg.Connection, Keyring | None], Awaitable[Any]]
 
 
 @contextlib.contextmanager
@@ -61,6 +64,22 @@ def db_command(action: Action) -> Command:
     def command(args: argparse.Namespace, settings: Settings) -> int:
         with database(settings) as dsn:
             result = asyncio.run(_with_conn(settings, dsn, lambda conn: action(args, conn)))
+        if result is not None:
+            output(args, result)
+        return 0
+
+    return command
+
+
+def keyed_db_command(action: KeyedAction) -> Command:
+    """As :func:`db_command`, for an action that also needs the keys (None when unset)."""
+
+    def command(args: argparse.Namespace, settings: Settings) -> int:
+        keyring = settings.keyring
+        with database(settings) as dsn:
+            result = asyncio.run(
+                _with_conn(settings, dsn, lambda conn: action(args, conn, keyring))
+            )
         if result is not None:
             output(args, result)
         return 0

@@ -7,10 +7,10 @@ from typing import Any, NoReturn
 
 from pgcourier import __version__, ops
 from pgcourier.cli import inputs
-from pgcourier.cli.commands import dead_letters, endpoints, events, service, tenants
+from pgcourier.cli.commands import dead_letters, endpoints, events, keys, service, tenants
 from pgcourier.cli.commands import event_types as event_types_commands
 from pgcourier.cli.commands import verify as verify_command
-from pgcourier.cli.database import db_command
+from pgcourier.cli.database import db_command, keyed_db_command
 from pgcourier.signing import SCHEMES
 
 
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--max-in-flight", type=int, default=10, help="concurrent requests (10)")
     add.add_argument("--rate-limit", type=float, help="requests per second (default: none)")
     add.add_argument("--tenant", help="receive only this tenant's events (default: every tenant's)")
-    add.set_defaults(func=db_command(endpoints.endpoint_add))
+    add.set_defaults(func=keyed_db_command(endpoints.endpoint_add))
     up = endpoint.add_parser("update", help="change an endpoint's settings")
     up.add_argument("id")
     up.add_argument("--url")
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     state = up.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_true", default=None)
     state.add_argument("--disable", dest="enabled", action="store_false", default=None)
-    up.set_defaults(func=db_command(endpoints.endpoint_update))
+    up.set_defaults(func=keyed_db_command(endpoints.endpoint_update))
     rot = endpoint.add_parser(
         "rotate-secret", help="new secret, printed once; the old one signs too for --grace"
     )
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=ops.DEFAULT_GRACE_SECONDS,
         help="e.g. 24h (default), 0",
     )
-    rot.set_defaults(func=db_command(endpoints.endpoint_rotate))
+    rot.set_defaults(func=keyed_db_command(endpoints.endpoint_rotate))
     st = endpoint.add_parser("stats", help="attempts, success rate, latency, open deliveries")
     st.add_argument("id")
     st.add_argument("--window", type=inputs.seconds, default=86400, help="e.g. 1h, 24h (default)")
@@ -181,11 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("show", endpoints.endpoint_show),
         ("enable", endpoints.endpoint_enable),
         ("disable", endpoints.endpoint_disable),
-        ("delete", endpoints.endpoint_delete),
     ):
         p = endpoint.add_parser(name, help=f"{name} an endpoint")
         p.add_argument("id")
         p.set_defaults(func=db_command(action))
+    rm = endpoint.add_parser("delete", help="delete an endpoint")
+    rm.add_argument("id")
+    rm.set_defaults(func=keyed_db_command(endpoints.endpoint_delete))
 
     event_cmds = sub.add_parser("events", help="inspect events").add_subparsers(
         dest="events_command", required=True, parser_class=_Sub
@@ -241,4 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     ts.set_defaults(func=db_command(tenants.tenant_stats))
     verify_command.add_command(sub)
     event_types_commands.add_commands(sub)
+    key_cmds = sub.add_parser(
+        "keys", help="keys that encrypt endpoint secrets and Slack tokens at rest"
+    ).add_subparsers(dest="keys_command", required=True, parser_class=_Sub)
+    key_cmds.add_parser("generate", help="print a new key for PGCOURIER_SECRET_KEY").set_defaults(
+        func=keys.keys_generate
+    )
+    key_cmds.add_parser(
+        "rotate", help="re-encrypt every stored secret under the first key; then drop the others"
+    ).set_defaults(func=keyed_db_command(keys.keys_rotate))
     return parser

@@ -29,6 +29,8 @@ from pgcourier.ops.validation import (
     validate_timeout,
     validate_url,
 )
+from pgcourier.sealing import Keyring, Unsealer
+from pgcourier.secrets_at_rest import seal_for_writing
 from pgcourier.signing import generate_secret
 
 # What every custom header value reads as once stored: receivers' credentials go in headers, so
@@ -69,15 +71,43 @@ def _unmask(sent: dict[str, str], stored: dict[str, str]) -> dict[str, str]:
     return kept
 
 
+async def _check_secrets_fit(
+    conn: asyncpg.Connection, eid: UUID, scheme: str, keyring: Keyring | None
+) -> None:
+    """The stored secrets, decrypted, fit ``scheme`` (the database can check plain ones only)."""
+    row = await conn.fetchrow(QUERIES["endpoint_stored_secrets"], eid)
+    if row is None:
+        raise NotFound(f"no endpoint {eid}")
+    opener = Unsealer(keyring)
+    for stored in (row["secret"], row["previous_secret"]):
+        if stored is None:
+            continue
+        try:
+            validate_secret(opener.open(stored), scheme)
+        except InvalidInput:
+            raise InvalidInput(
+                "the secret does not fit the signature scheme: the standard scheme needs a "
+                "whsec_ secret (rotate-secret with a whsec_ one first)",
+                field="signature_scheme",
+            ) from None
+
+
 async def manage_default_slack(
-    conn: asyncpg.Connection, *, enabled: bool, channel: str, api_url: str
+    conn: asyncpg.Connection,
+    *,
+    enabled: bool,
+    channel: str,
+    api_url: str,
+    keyring: Keyring | None = None,
 ) -> None:
     """Keep the endpoint that sends request_submitted to the default Slack channel in step with
-    the settings (created when a bot token is set; held when it is not)."""
+    the settings (created when a bot token is set; held when it is not). Its token is the
+    relay's setting, never stored; its unused signing secret is stored like any other."""
     with translate_errors():
         if enabled:
+            secret = await seal_for_writing(conn, keyring, generate_secret())
             await conn.execute(
-                QUERIES["manage_default_slack"], slack_post_url(api_url), generate_secret(), channel
+                QUERIES["manage_default_slack"], slack_post_url(api_url), secret, channel
             )
         else:
             await conn.execute(QUERIES["disable_default_slack"])
@@ -103,9 +133,11 @@ async def create_endpoint(
     template: str | None = None,
     slack_api_url: str = "https://slack.com/api/",
     tenant: str | None = None,
+    keyring: Keyring | None = None,
 ) -> dict[str, Any]:
     """Register an endpoint (a webhook, or a Slack channel with ``kind="slack"``). The returned
-    dict holds the secret: the only time it is shown. A Slack token is never returned.
+    dict holds the secret: the only time it is shown. A Slack token is never returned. With a
+    ``keyring`` (PGCOURIER_SECRET_KEY) both are stored encrypted.
 
     With a ``tenant`` the endpoint receives only that tenant's events; without one, matching
     events of every tenant and of none."""
@@ -123,13 +155,17 @@ async def create_endpoint(
     headers = _unmask(validate_headers(headers or {}), {})
     statuses = validate_permanent_statuses(permanent_statuses or [])
     validate_limits(max_in_flight, rate_limit)
+    stored_secret = await seal_for_writing(conn, keyring, secret)
+    stored_token = (
+        None if slack_token is None else await seal_for_writing(conn, keyring, slack_token)
+    )
     with translate_errors():
         async with conn.transaction():
             eid = await conn.fetchval(
                 QUERIES["create_endpoint"],
                 url,
                 event_types,
-                secret,
+                stored_secret,
                 description,
                 enabled,
                 timeout_seconds,
@@ -140,7 +176,7 @@ async def create_endpoint(
                 rate_limit,
                 kind,
                 slack_channel,
-                slack_token,
+                stored_token,
                 template,
                 tenant,
             )
@@ -191,11 +227,13 @@ async def update_endpoint(
     changes: dict[str, Any],
     *,
     reason: str | None = None,
+    keyring: Keyring | None = None,
 ) -> dict[str, Any]:
     """Change some of an endpoint's settings (keys of ``changes`` among :data:`UPDATABLE`).
 
     Enabling wakes the relays, since the endpoint's held deliveries are due; disabling records
-    ``reason`` (default: "disabled by an operator").
+    ``reason`` (default: "disabled by an operator"). A new Slack token is stored encrypted with
+    ``keyring``, whose keys also open the stored secrets to check them against a new scheme.
     """
     unknown = set(changes) - set(UPDATABLE)
     if unknown:
@@ -229,6 +267,10 @@ async def update_endpoint(
             merged = {**current, **changes}
             validate_limits(merged["max_in_flight"], merged["rate_limit"])
             validate_slack(merged["kind"], merged["slack_channel"], token, merged["template"])
+            if merged["signature_scheme"] != current["signature_scheme"]:
+                await _check_secrets_fit(conn, eid, merged["signature_scheme"], keyring)
+            if token is not None:
+                token = await seal_for_writing(conn, keyring, token)
             await conn.execute(
                 QUERIES["update_endpoint"],
                 eid,
@@ -269,9 +311,11 @@ async def rotate_secret(
     *,
     secret: str | None = None,
     grace_seconds: int = DEFAULT_GRACE_SECONDS,
+    keyring: Keyring | None = None,
 ) -> dict[str, Any]:
     """Give an endpoint a new secret (generated unless given) and return it: the only time it
-    is shown. The old secret keeps signing beside the new one for ``grace_seconds``."""
+    is shown (stored encrypted with ``keyring``). The old secret keeps signing beside the new
+    one for ``grace_seconds``."""
     eid = parse_uuid(endpoint_id, field="endpoint_id")
     if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
         raise InvalidInput(
@@ -282,18 +326,23 @@ async def rotate_secret(
         async with conn.transaction():
             scheme = (await _read_endpoint(conn, eid))["signature_scheme"]
             secret = validate_secret(secret, scheme)
-            await conn.execute(QUERIES["rotate_secret"], eid, secret, grace_seconds)
+            stored = await seal_for_writing(conn, keyring, secret)
+            await conn.execute(QUERIES["rotate_secret"], eid, stored, grace_seconds)
             rotated = await _read_endpoint(conn, eid)
     return {**rotated, "secret": secret}
 
 
-async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: str) -> int:
+async def delete_endpoint(
+    conn: asyncpg.Connection, endpoint_id: str, *, keyring: Keyring | None = None
+) -> int:
     """Delete an endpoint: it receives nothing more, and its pending and dead deliveries are
     discarded (recorded). Returns how many deliveries were discarded."""
     eid = parse_uuid(endpoint_id, field="endpoint_id")
+    # Its secrets are overwritten with a random one no-one knows, stored like any other.
+    forgotten = await seal_for_writing(conn, keyring, generate_secret())
     with translate_errors():
         async with conn.transaction():
-            deleted = await conn.fetchval(QUERIES["delete_endpoint"], eid, generate_secret())
+            deleted = await conn.fetchval(QUERIES["delete_endpoint"], eid, forgotten)
             if deleted is None:
                 raise NotFound(f"no endpoint {endpoint_id}")
             status = await conn.execute(QUERIES["discard_endpoint_deliveries"], eid)

@@ -29,7 +29,9 @@ from pgcourier.admin.api.fields import (
 )
 from pgcourier.admin.api.requests import connection, read_body
 from pgcourier.admin.api.routing import MASKED, Route
+from pgcourier.admin.context import CONTEXT
 from pgcourier.errors import InvalidInput
+from pgcourier.sealing import Keyring
 
 WaitSeconds = Annotated[float, Field(ge=0, le=330)]
 TEST_NOTE = (
@@ -159,10 +161,15 @@ class RecoverRequest(BaseModel):
     since: AwareDatetime
 
 
+def _keyring(request: web.Request) -> Keyring | None:
+    """PGCOURIER_SECRET_KEY, for operations that store secrets."""
+    return request.app[CONTEXT].keyring
+
+
 async def create_endpoint(request: web.Request) -> web.Response:
     body = await read_body(request, EndpointCreate)
     async with connection(request) as conn:
-        created = await ops.create_endpoint(conn, **body.model_dump())
+        created = await ops.create_endpoint(conn, **body.model_dump(), keyring=_keyring(request))
     return web.json_response(created, status=201)
 
 
@@ -186,13 +193,17 @@ async def update_endpoint(request: web.Request) -> web.Response:
     if not changes:
         raise InvalidInput("give at least one field to change", field="body")
     async with connection(request) as conn:
-        updated = await ops.update_endpoint(conn, request.match_info["id"], changes)
+        updated = await ops.update_endpoint(
+            conn, request.match_info["id"], changes, keyring=_keyring(request)
+        )
     return web.json_response(updated)
 
 
 async def delete_endpoint(request: web.Request) -> web.Response:
     async with connection(request) as conn:
-        discarded = await ops.delete_endpoint(conn, request.match_info["id"])
+        discarded = await ops.delete_endpoint(
+            conn, request.match_info["id"], keyring=_keyring(request)
+        )
     return web.json_response({"deleted": request.match_info["id"], "discarded": discarded})
 
 
@@ -204,6 +215,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
             request.match_info["id"],
             secret=body.secret,
             grace_seconds=body.grace_period_seconds,
+            keyring=_keyring(request),
         )
     return web.json_response(rotated)
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from yarl import URL
 
 from pgcourier import ops
+from pgcourier.admin.context import CONTEXT
 from pgcourier.admin.ui.charts import minute_buckets, stacked_minutes
 from pgcourier.admin.ui.render import (
     PREFIX,
@@ -102,7 +103,13 @@ async def disable(request: web.Request) -> web.StreamResponse:
     if reason is not None and len(reason) > 500:
         raise InvalidInput("reason must be at most 500 characters", field="reason")
     async with connection(request) as conn:
-        await ops.update_endpoint(conn, endpoint_id, {"enabled": False}, reason=reason)
+        await ops.update_endpoint(
+            conn,
+            endpoint_id,
+            {"enabled": False},
+            reason=reason,
+            keyring=request.config_dict[CONTEXT].keyring,
+        )
     return _back(endpoint_id, done="disabled")
 
 
@@ -118,7 +125,12 @@ async def rotate(request: web.Request) -> web.StreamResponse:
             field="grace_period_seconds",
         )
     async with connection(request) as conn:
-        rotated = await ops.rotate_secret(conn, endpoint_id, grace_seconds=int(grace_text))
+        rotated = await ops.rotate_secret(
+            conn,
+            endpoint_id,
+            grace_seconds=int(grace_text),
+            keyring=request.config_dict[CONTEXT].keyring,
+        )
     # The one page that shows a secret: no-store (see render), and not reachable again.
     return render(request, "secret.html", {"endpoint": rotated, "secret": rotated["secret"]})
 

@@ -11,9 +11,12 @@ import asyncpg
 from pgcourier import ops
 from pgcourier.errors import InvalidInput
 from pgcourier.ops.test_sends import holding
+from pgcourier.sealing import Keyring
 
 
-async def endpoint_add(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+async def endpoint_add(
+    args: argparse.Namespace, conn: asyncpg.Connection, keyring: Keyring | None
+) -> Any:
     return await ops.create_endpoint(
         conn,
         url=args.url,
@@ -32,10 +35,13 @@ async def endpoint_add(args: argparse.Namespace, conn: asyncpg.Connection) -> An
         slack_token=args.slack_token,
         template=args.template,
         tenant=args.tenant,
+        keyring=keyring,
     )
 
 
-async def endpoint_update(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
+async def endpoint_update(
+    args: argparse.Namespace, conn: asyncpg.Connection, keyring: Keyring | None
+) -> Any:
     changes: dict[str, Any] = {}
     for name in ("url", "description", "enabled"):
         if getattr(args, name) is not None:
@@ -59,15 +65,22 @@ async def endpoint_update(args: argparse.Namespace, conn: asyncpg.Connection) ->
             changes[name] = getattr(args, name) or None  # --template '' clears it (--tenant too)
     if not changes:
         raise InvalidInput("nothing to change: give at least one option (see --help)")
-    return await ops.update_endpoint(conn, args.id, changes)
+    return await ops.update_endpoint(conn, args.id, changes, keyring=keyring)
 
 
-async def endpoint_rotate(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
-    return await ops.rotate_secret(conn, args.id, secret=args.secret, grace_seconds=args.grace)
+async def endpoint_rotate(
+    args: argparse.Namespace, conn: asyncpg.Connection, keyring: Keyring | None
+) -> Any:
+    return await ops.rotate_secret(
+        conn, args.id, secret=args.secret, grace_seconds=args.grace, keyring=keyring
+    )
 
 
-async def endpoint_delete(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
-    return {"deleted": args.id, "discarded": await ops.delete_endpoint(conn, args.id)}
+async def endpoint_delete(
+    args: argparse.Namespace, conn: asyncpg.Connection, keyring: Keyring | None
+) -> Any:
+    discarded = await ops.delete_endpoint(conn, args.id, keyring=keyring)
+    return {"deleted": args.id, "discarded": discarded}
 
 
 async def endpoint_stats(args: argparse.Namespace, conn: asyncpg.Connection) -> Any:
