@@ -244,10 +244,13 @@ class Relay:
         while not stop.is_set():
             free = self._prefetch - self._active
             if free < self._min_claim:
+                # Enough work queued or in flight: wait until attempts finish and free room.
+                # Cleared before anything is awaited: room freed during the fan-out below sets
+                # it again, so that wake-up is not lost (it was: a relay with nothing in flight
+                # slept until stopped).
+                self._slot_freed.clear()
                 if await self._fan_out_backlog():
                     continue
-                # Enough work queued or in flight: wait until attempts finish and free room.
-                self._slot_freed.clear()
                 await first(stop.wait(), self._slot_freed.wait())
                 continue
             # Clear before claiming: a NOTIFY that lands during the claim sets it again and the

@@ -623,3 +623,28 @@ async def test_a_bug_after_an_attempt_costs_that_attempt_not_the_worker(
     assert error["delivery_id"] == 0
     assert error["error"].startswith("KeyError")
 
+
+class FanOutOutlastsTheWorkStore(FakeStore):
+    """Its fan-out returns only once every attempt in hand has finished and been recorded: the
+    room they free arrives while the relay waits on the fan-out."""
+
+    def __init__(self, jobs: Sequence[Job], transport: FakeTransport) -> None:
+        super().__init__(jobs)
+        self.transport = transport
+
+    async def fan_out(self, limit: int) -> int:
+        while self.transport.in_flight:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # the completion writer's flush
+        return 0
+
+
+async def test_room_freed_during_a_fan_out_wakes_the_claim_loop() -> None:
+    # A relay with no room asks for a fan-out of any backlog before waiting for room. Room
+    # freed during that call used to be forgotten (the flag was cleared after it): the relay
+    # then waited, with nothing in flight, until it was stopped.
+    transport = FakeTransport(delay=0.01)
+    store = FanOutOutlastsTheWorkStore([make_job(i) for i in range(40)], transport)
+    relay = Relay(store=store, transport=transport, config=CONFIG)
+    await run_until(relay, asyncio.Event(), lambda: len(store.completed) == 40)
+    assert sorted(c.job.delivery_id for c in store.completed) == list(range(40))
