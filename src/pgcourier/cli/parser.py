@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 from pgcourier import __version__, ops
 from pgcourier.cli import inputs
-from pgcourier.cli.commands import dead_letters, endpoints, events, service
+from pgcourier.cli.commands import dead_letters, endpoints, events, retention, service
 from pgcourier.cli.database import db_command
 from pgcourier.signing import SCHEMES
 
@@ -212,4 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     dd = dlq.add_parser("discard", help="throw dead letters away for good (recorded)")
     dd.add_argument("ids", nargs="+", metavar="ID")
     dd.set_defaults(func=db_command(dead_letters.dlq_discard))
+
+    pr = sub.add_parser(
+        "prune",
+        help="run one retention pass now and print what it removed per table "
+        "(PGCOURIER_RETENTION, PGCOURIER_DEAD_RETENTION)",
+    )
+    pr.add_argument(
+        "--dry-run", action="store_true", help="count what it would remove; change nothing"
+    )
+    pr.set_defaults(func=retention.cmd_prune)
     return parser

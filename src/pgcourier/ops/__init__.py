@@ -32,6 +32,7 @@ from pgcourier.ops.paging import (
     decode_cursor,
     encode_cursor,
 )
+from pgcourier.ops.retention import PruneBusy, prune
 from pgcourier.ops.validation import (
     DEFAULT_GRACE_SECONDS,
     HEADER_NAME,
@@ -82,6 +83,7 @@ __all__ = [
     "UPDATABLE",
     "URL_PATTERN",
     "DeadFilter",
+    "PruneBusy",
     "console",
     "create_endpoint",
     "decode_cursor",
@@ -102,6 +104,7 @@ __all__ = [
     "parse_uuid",
     "parse_window",
     "plain",
+    "prune",
     "recover_endpoint",
     "replay_dead",
     "rotate_secret",
