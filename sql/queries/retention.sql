@@ -18,8 +18,8 @@
 -- prune_events --
 -- Walk up to $6 events in (created_at, id) order after ($1, $2) and before ($3, $4) exclusive, and
 -- delete those whose deliveries have all finished (or that matched no endpoint) with their
--- history rows and attempts; with $5 false nothing is deleted and the ids are returned instead
--- (a dry run). Events not fanned out yet, with a delivery in the queue or a dead letter are left
+-- history rows and attempts; with $5 false nothing is deleted and what would be is counted (a
+-- dry run). Events not fanned out yet, with a delivery in the queue or a dead letter are left
 -- alone. Returns how many were walked, the last key walked, and what was deleted per table.
 WITH walked AS (
     SELECT o.id, o.created_at, o.fanned_out_at
@@ -47,27 +47,26 @@ WITH walked AS (
     DELETE FROM courier.outbox AS o
     WHERE $5::boolean AND o.id = ANY ((SELECT d.ids FROM doomed AS d)::uuid[])
     RETURNING o.id
+), history_seen AS (
+    -- A dry run counts instead, by the same index.
+    SELECT count(*) AS n FROM courier.delivery_history AS h
+    WHERE NOT $5::boolean AND h.event_id = ANY ((SELECT d.ids FROM doomed AS d)::uuid[])
+), attempts_seen AS (
+    SELECT count(*) AS n FROM courier.attempts AS a
+    WHERE NOT $5::boolean AND a.event_id = ANY ((SELECT d.ids FROM doomed AS d)::uuid[])
 ), last AS (
     SELECT w.created_at, w.id FROM walked AS w ORDER BY w.created_at DESC, w.id DESC LIMIT 1
 )
 SELECT (SELECT count(*) FROM walked)::integer AS walked,
        (SELECT l.created_at FROM last AS l) AS last_at,
        (SELECT l.id FROM last AS l) AS last_id,
-       coalesce(cardinality((SELECT d.ids FROM doomed AS d)), 0) AS doomed,
-       (SELECT count(*) FROM events_gone)::integer AS outbox,
-       (SELECT count(*) FROM history_gone)::integer AS delivery_history,
-       (SELECT count(*) FROM attempts_gone)::integer AS attempts,
-       (SELECT max(h.id) FROM history_gone AS h) AS max_delivery_id,
-       -- (For a dry run: the events it would have deleted, for count_event_rows.)
-       CASE WHEN NOT $5 THEN (SELECT d.ids FROM doomed AS d) END AS doomed_ids;
-
--- count_event_rows --
--- What deleting events $1 would delete besides them (for dry runs: the history rows and attempts
--- of the events prune_events would delete). Both by index on event_id.
-SELECT (SELECT count(*) FROM courier.delivery_history AS h
-        WHERE h.event_id = ANY ($1::uuid[]))::integer AS delivery_history,
-       (SELECT count(*) FROM courier.attempts AS a
-        WHERE a.event_id = ANY ($1::uuid[]))::integer AS attempts;
+       CASE WHEN $5 THEN (SELECT count(*) FROM events_gone)
+            ELSE coalesce(cardinality((SELECT d.ids FROM doomed AS d)), 0) END::integer AS outbox,
+       CASE WHEN $5 THEN (SELECT count(*) FROM history_gone)
+            ELSE (SELECT n FROM history_seen) END::integer AS delivery_history,
+       CASE WHEN $5 THEN (SELECT count(*) FROM attempts_gone)
+            ELSE (SELECT n FROM attempts_seen) END::integer AS attempts,
+       (SELECT max(h.id) FROM history_gone AS h) AS max_delivery_id;
 
 -- prune_dead --
 -- Walk up to $4 dead letters in (dead_at, id) order after ($1, $2) that died before $3, and delete

@@ -175,15 +175,8 @@ class _Pass:
                     self.walk = key
                 else:
                     self.recheck = key
-            if dry:
-                self.result.removed["outbox"] += row["doomed"]
-                if row["doomed_ids"]:
-                    counts = await self.conn.fetchrow(
-                        QUERIES["count_event_rows"], row["doomed_ids"]
-                    )
-                    self.result.add(counts)
-            else:
-                self.result.add(row)
+            self.result.add(row)
+            if not dry:
                 await self._save(row["max_delivery_id"])
         await self._after_batch()
         return int(row["walked"])
