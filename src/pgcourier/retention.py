@@ -257,7 +257,9 @@ class Pruner:
             # so what is cut short rolls back whole, and the next pass resumes from its record.
             current = asyncio.ensure_future(self._guarded_once())
             await first(stop.wait(), current)
-            more = current.done() and not current.cancelled() and current.result()
+            # (Cancelled by first() when stopping: let it close its connection before we return.)
+            await asyncio.wait({current})
+            more = not current.cancelled() and current.result()
             if not more:
                 await first(stop.wait(), asyncio.sleep(self._config.interval))
 

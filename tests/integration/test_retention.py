@@ -13,7 +13,14 @@ import asyncpg
 import pytest
 
 from pgcourier import ops
-from pgcourier.retention import PRUNE_LOCK_KEY, RetentionConfig, format_duration, prune_pass
+from pgcourier.metrics import Metrics
+from pgcourier.retention import (
+    PRUNE_LOCK_KEY,
+    Pruner,
+    RetentionConfig,
+    format_duration,
+    prune_pass,
+)
 from tests.integration.helpers import AUTH, Receiver, add_endpoint, wait_until
 from tests.integration.test_cli import pgcourier
 
@@ -228,22 +235,33 @@ async def test_pruning_racing_a_replay_leaves_no_half_state(dsn: str) -> None:
     try:
         letters: dict[int, uuid.UUID] = {}
         for _ in range(60):
-            event = await make_event(setup, 100)
+            # Events younger than the retention, so that the pass starts on the dead letters
+            # at once (the events go with their letters: nothing else refers to them).
+            event = await make_event(setup, 1)
             letters[await make_delivery(setup, event, "dead", dead_days=95)] = event
-        ids = sorted(letters)
+        # The pass walks the letters from the lowest id, the replay from the highest: they meet
+        # and contend somewhere in the middle, one batch at a time each.
+        ids = sorted(letters, reverse=True)
 
         async def replay() -> list[int]:
+            # Once the pass has taken its first batch (it has a few statements to make first).
+            await wait_until(
+                lambda: setup.fetchval("SELECT count(*) < 60 FROM courier.dead_letters"),
+                interval=0.001,
+            )
             queued = []
-            for i in range(0, len(ids), 3):  # interleaved with the pass's batches
+            for i in range(0, len(ids), 3):
                 queued += await ops.replay_dead(replayer, ids[i : i + 3])
                 await asyncio.sleep(0)
             return queued
 
-        config = RetentionConfig(retention=30 * DAY, dead_retention=90 * DAY, batch=3, pause=0)
+        config = RetentionConfig(retention=30 * DAY, dead_retention=90 * DAY, batch=3, pause=0.02)
         result, queued = await asyncio.gather(prune_pass(pruner, config), replay())
 
         assert result is not None
         assert result.removed["dead_letters"] + len(queued) == len(ids)
+        assert result.removed["dead_letters"] > 0
+        assert queued
         assert result.removed["outbox"] == result.removed["dead_letters"]
         for delivery_id, event in letters.items():
             rows = await rows_of(setup, event)
@@ -396,6 +414,32 @@ async def test_the_relay_prunes_in_the_background(
             text = await response.text()
         assert 'pgcourier_table_size_bytes{table="outbox"}' in text
         assert 'pgcourier_pruned_rows_total{table="attempts"} 5.0' in text
+
+
+async def test_stopping_cuts_a_pass_short_between_batches(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A relay stopping mid-pass does not wait for the pass: it is cancelled, the batches done
+    stay done with their progress, and the next pass goes on from there."""
+    for _ in range(6):
+        await make_delivery(conn, await make_event(conn, 40), "delivered")
+    slow = RetentionConfig(retention=30 * DAY, dead_retention=90 * DAY, batch=1, pause=0.3)
+    metrics = Metrics()
+    stop = asyncio.Event()
+    task = asyncio.create_task(Pruner(dsn, slow, metrics).run(stop))
+
+    async def some_pruned() -> bool:
+        return bool(await conn.fetchval("SELECT count(*) < 6 FROM courier.outbox"))
+
+    await wait_until(some_pruned, timeout=10)
+    stop.set()
+    await asyncio.wait_for(task, timeout=2)
+    left = await conn.fetchval("SELECT count(*) FROM courier.outbox")
+    assert 0 < left < 6
+    assert await conn.fetchval("SELECT events_at IS NOT NULL FROM courier.retention")
+    result = await prune_pass(conn, CONFIG)
+    assert result is not None
+    assert result.removed["outbox"] == left
 
 
 def test_durations_read_as_written() -> None:
