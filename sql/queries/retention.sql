@@ -133,7 +133,7 @@ SELECT (SELECT count(*) FROM events_gone)::integer AS outbox,
        (SELECT max(h.id) FROM history_gone AS h) AS max_delivery_id;
 
 -- retention_state --
--- How far pruning has got (one row; see migration 0008).
+-- How far pruning has got (one row; see migration 0011).
 SELECT retention_seconds, dead_retention_seconds, events_at, events_id, recheck_at, recheck_id,
        dead_before, max_pruned_delivery_id, last_pass_at
 FROM courier.retention;

@@ -23,7 +23,7 @@ that cannot race a replay or a completion into a half state), with a pause betwe
   stopped last time, and starts over when it reaches the first walk.
 * Dead letters are walked by ``dead_letters_dead_at`` up to now - dead_retention.
 
-Batched DELETEs rather than time partitions: see migration 0008 for the measurement.
+Batched DELETEs rather than time partitions: see migration 0011 for the measurement.
 """
 
 from __future__ import annotations

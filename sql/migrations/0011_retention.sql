@@ -1,4 +1,4 @@
--- 0008: retention (issue 12, part 1): how far pruning has got, so that a pass resumes where the
+-- 0011: retention (issue 12, part 1): how far pruning has got, so that a pass resumes where the
 -- last one stopped and a "not found" can say whether retention may have removed the thing.
 --
 -- Pruning itself is batched DELETEs (sql/queries/retention.sql, pgcourier/retention.py), not
