@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import latency, measures, pgq, report, servers, tenants
+from benchlib import latency, measures, pgq, report, servers, soak, tenants
 from benchlib.procs import RELAY_ENV
 from benchlib.receiver import receiver_process
 from benchlib.sizes import FULL, QUICK
@@ -58,6 +58,8 @@ async def run_version(
                     await getattr(latency, name)(bench)
                 elif name == "tenants":
                     await tenants.tenants(bench)
+                elif name == "soak":
+                    await soak.soak(bench, soak_plan(args))
                 else:
                     await getattr(bench, name)()
                 took = time.monotonic() - t0
@@ -86,11 +88,25 @@ async def run(args: argparse.Namespace) -> int:
     all_met = report.print_summary(rows, args.quick)
     if args.json:
         write_json(args, per_version, servers_seen, rows, all_met)
-    if args.plot:
+    if args.plot and args.only == "soak":
+        soak.plot(next(iter(per_version.values()))["soak"], args.plot)
+    elif args.plot:
         report.plot(per_version, args.plot)
     if args.quick:
         return 0  # a smoke run: any failure above has raised already; targets not enforced
     return 0 if all_met else 1
+
+
+def soak_plan(args: argparse.Namespace) -> soak.SoakPlan:
+    """--quick's short soak, or the options' (defaults: 1,000 events/s for 3 minutes, 30 s)."""
+    if args.quick:
+        return soak.QUICK_PLAN
+    return soak.SoakPlan(
+        rate=args.soak_rate,
+        seconds=args.soak_seconds,
+        retention=args.soak_retention,
+        interval=max(1.0, min(10.0, args.soak_seconds / 12)),
+    )
 
 
 def write_json(
@@ -119,7 +135,20 @@ def main(doc: str) -> int:
         description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes; targets not enforced")
-    parser.add_argument("--only", choices=(*MEASUREMENTS, "memory"))
+    # soak is never part of a full or --quick run: it takes minutes (see benchlib.soak).
+    parser.add_argument("--only", choices=(*MEASUREMENTS, "memory", "soak"))
+    parser.add_argument(
+        "--soak-rate", type=float, default=1000.0, help="soak: events/s (default 1000)"
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=180.0, help="soak: seconds of load (default 180)"
+    )
+    parser.add_argument(
+        "--soak-retention",
+        type=float,
+        default=30.0,
+        help="soak: PGCOURIER_RETENTION in seconds (default 30)",
+    )
     parser.add_argument(
         "--postgres",
         default="18",
@@ -129,7 +158,10 @@ def main(doc: str) -> int:
     )
     parser.add_argument("--dsn", help="use this database instead (PgQueuer's goes beside it)")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--plot", help="write a PNG (needs matplotlib)")
+    parser.add_argument(
+        "--plot",
+        help="write a PNG (needs matplotlib; the soak writes a CSV and an SVG without it)",
+    )
     parser.add_argument(
         "--profile",
         help="run the relay under py-spy; collapsed stacks go to this file (use with --only)",

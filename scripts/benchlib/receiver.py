@@ -82,7 +82,10 @@ async def receiver_main(port_file: str) -> None:
                 "count": state.count,
                 "first": state.first,
                 "last": state.last,
-                "latencies": state.latencies if request.query.get("latencies") else [],
+                # since=N: only those after the first N (arrival order), for a sampler.
+                "latencies": state.latencies[int(request.query.get("since", 0)) :]
+                if request.query.get("latencies")
+                else [],
             }
         )
 
@@ -115,8 +118,8 @@ class ReceiverClient:
         async with self.session.post(f"{self.base}/_reset", params={"mode": mode}) as r:
             await r.read()
 
-    async def stats(self, latencies: bool = False) -> dict[str, Any]:
-        params = {"latencies": "1"} if latencies else {}
+    async def stats(self, latencies: bool = False, since: int = 0) -> dict[str, Any]:
+        params = {"latencies": "1", "since": str(since)} if latencies else {}
         async with self.session.get(f"{self.base}/_stats", params=params) as r:
             data: dict[str, Any] = await r.json()
             return data

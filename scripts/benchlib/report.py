@@ -139,7 +139,7 @@ def print_version(label: str, server: dict[str, str], results: Results, quick: b
     print(f"\n{'measurement':<24} {'figure':<28} {'value':>12}")
     for name, data in results.items():
         for key, value in data.items():
-            if key == "samples_ms":
+            if key in ("samples_ms", "intervals"):  # (the soak prints its intervals itself)
                 continue
             text = (
                 number(value)

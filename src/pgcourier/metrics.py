@@ -83,8 +83,22 @@ class Metrics:
             "Dead deliveries waiting for replay (at scrape).",
             registry=r,
         )
+        self.pruned_rows = Counter(
+            "pgcourier_pruned_rows",
+            "Rows removed by retention, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.table_bytes = Gauge(
+            "pgcourier_table_size_bytes",
+            "pg_total_relation_size of courier's growing tables (at scrape).",
+            ["table"],
+            registry=r,
+        )
         # Label values known up front, so they show as 0 before the first occurrence.
         for outcome in ("delivered", "retry", "dead"):
             self.deliveries.labels(outcome)
         for source in ("notify", "poll", "retry_timer", "completion"):
             self.wakeups.labels(source)
+        for table in ("outbox", "delivery_history", "attempts", "dead_letters"):
+            self.pruned_rows.labels(table)

@@ -20,6 +20,7 @@ from pgcourier.errors import ConfigurationError
 from pgcourier.listener import Listener
 from pgcourier.metrics import Metrics
 from pgcourier.relay import Relay, RelayConfig
+from pgcourier.retention import Pruner, RetentionConfig
 from pgcourier.sealing import Keyring, Unsealer
 from pgcourier.secrets_at_rest import secure, secure_at_start
 from pgcourier.settings import Settings
@@ -42,6 +43,11 @@ def relay_config(settings: Settings) -> RelayConfig:
         completion_flush_interval=settings.completion_flush_interval,
         retry_after_cap=settings.retry_after_cap,
     )
+
+
+def retention_config(settings: Settings) -> RetentionConfig:
+    """What the background pruner keeps, from the settings."""
+    return RetentionConfig(retention=settings.retention, dead_retention=settings.dead_retention)
 
 
 def circuit_config(settings: Settings) -> CircuitConfig:
@@ -148,6 +154,12 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                     name="pgcourier-listener",
                 )
                 group.create_task(relay.run(stop), name="pgcourier-relay")
+                if settings.retention > 0:
+                    pruner = Pruner(dsn, retention_config(settings), metrics)
+                    group.create_task(
+                        supervised("pruner", lambda: pruner.run(stop), retry_interval=5.0),
+                        name="pgcourier-pruner",
+                    )
                 try:
                     yield Runtime(
                         relay=relay,

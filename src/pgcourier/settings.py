@@ -83,6 +83,17 @@ class Settings(BaseSettings):
         ge=0,
         description="Disable an endpoint that has failed continuously this long (0: never).",
     )
+    retention: Seconds = Field(
+        default=30 * 86400.0,
+        ge=0,
+        description="Prune events older than this whose deliveries all finished, with their "
+        "deliveries and attempts (0: keep everything, dead letters too).",
+    )
+    dead_retention: Seconds = Field(
+        default=90 * 86400.0,
+        ge=0,
+        description="Prune dead letters dead this long, with their attempts (0: keep them).",
+    )
 
     admin_enabled: bool = Field(default=True, description="Serve the admin HTTP server.")
     admin_host: str = Field(default="127.0.0.1", min_length=1)

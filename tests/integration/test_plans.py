@@ -364,6 +364,8 @@ def _named(name: str, *args: Any) -> Any:
 
 
 NOW = datetime.now(UTC)
+START = datetime.min.replace(tzinfo=UTC)
+NIL = uuid.UUID(int=0)
 
 
 def _completion(f: dict[str, Any]) -> list[Any]:
@@ -430,6 +432,19 @@ STATEMENTS: dict[str, Any] = {
         lambda f: f["enabled"][0],
         NOW - timedelta(days=1),
     ),
+    # Retention (issue 12): the walks start at the beginning of time and reach past the whole
+    # history; the deletes take their ids by = ANY.
+    "retention: prune events": _named(
+        "prune_events", START, NIL, NOW - timedelta(days=1), NIL, True, 500
+    ),
+    "retention: dry run": _named(
+        "prune_events", START, NIL, NOW - timedelta(days=1), NIL, False, 500
+    ),
+    "retention: prune dead": _named("prune_dead", START, 0, NOW, 500),
+    "retention: orphaned events": _named(
+        "prune_orphaned_events", lambda f: f["fresh"], NOW - timedelta(days=1)
+    ),
+    "retention: not found": _named("delivery_whereabouts", 12345),
 }
 
 

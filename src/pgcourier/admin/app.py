@@ -214,6 +214,14 @@ async def metrics(request: web.Request) -> web.Response:
         m.dead_letters.set(row["dead"])
         m.open_circuits.set(row["open_circuits"])
         m.oldest_pending_age.set(row["oldest_pending_age"] or 0.0)
+    try:
+        with db.translate_errors():
+            # Catalog lookups only (retention, issue 12): whether the tables stay bounded.
+            sizes = await ctx.pool.fetch(db.QUERIES["table_sizes"])
+    except PgCourierError:
+        sizes = []
+    for size in sizes:
+        m.table_bytes.labels(size["name"]).set(size["bytes"])
     body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

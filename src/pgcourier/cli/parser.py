@@ -7,7 +7,15 @@ from typing import Any, NoReturn
 
 from pgcourier import __version__, ops
 from pgcourier.cli import inputs
-from pgcourier.cli.commands import dead_letters, endpoints, events, keys, service, tenants
+from pgcourier.cli.commands import (
+    dead_letters,
+    endpoints,
+    events,
+    keys,
+    retention,
+    service,
+    tenants,
+)
 from pgcourier.cli.commands import event_types as event_types_commands
 from pgcourier.cli.commands import verify as verify_command
 from pgcourier.cli.database import db_command, keyed_db_command
@@ -252,4 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     key_cmds.add_parser(
         "rotate", help="re-encrypt every stored secret under the first key; then drop the others"
     ).set_defaults(func=keyed_db_command(keys.keys_rotate))
+    pr = sub.add_parser(
+        "prune",
+        help="run one retention pass now and print what it removed per table "
+        "(PGCOURIER_RETENTION, PGCOURIER_DEAD_RETENTION)",
+    )
+    pr.add_argument(
+        "--dry-run", action="store_true", help="count what it would remove; change nothing"
+    )
+    pr.set_defaults(func=retention.cmd_prune)
     return parser

@@ -42,6 +42,7 @@ from pgcourier.ops.paging import (
     decode_cursor,
     encode_cursor,
 )
+from pgcourier.ops.retention import PruneBusy, prune
 from pgcourier.ops.tenants import TENANT_PATTERN, tenant_stats, validate_tenant
 from pgcourier.ops.test_sends import TEST_EVENT_TYPE, example_payload, send_test
 from pgcourier.ops.validation import (
@@ -96,6 +97,7 @@ __all__ = [
     "UPDATABLE",
     "URL_PATTERN",
     "DeadFilter",
+    "PruneBusy",
     "apply_event_types_mode",
     "check_payload",
     "console",
@@ -124,6 +126,7 @@ __all__ = [
     "parse_uuid",
     "parse_window",
     "plain",
+    "prune",
     "recover_endpoint",
     "replay_dead",
     "rotate_secret",

@@ -11,7 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from pgcourier.db import QUERIES, translate_errors
-from pgcourier.errors import InvalidInput, NotFound
+from pgcourier.errors import InvalidInput
 from pgcourier.ops.events import event_record
 from pgcourier.ops.paging import (
     BATCH_SIZE,
@@ -23,6 +23,7 @@ from pgcourier.ops.paging import (
     encode_cursor,
     fetch_page,
 )
+from pgcourier.ops.retention import dead_letter_not_found
 from pgcourier.ops.tenants import validate_tenant
 from pgcourier.ops.validation import parse_uuid, plain, validate_event_type
 
@@ -94,7 +95,7 @@ async def get_dead(conn: asyncpg.Connection, dead_id: str | int) -> dict[str, An
     with translate_errors():
         row = await conn.fetchrow(QUERIES["get_dead"], did)
     if row is None:
-        raise NotFound(f"no dead letter {did}")
+        raise await dead_letter_not_found(conn, did)
     return event_record(row)
 
 
@@ -104,7 +105,7 @@ async def discard_dead(conn: asyncpg.Connection, dead_id: str | int) -> int:
     with translate_errors():
         row = await conn.fetchval(QUERIES["discard_dead"], did)
     if row is None:
-        raise NotFound(f"no dead letter {did}")
+        raise await dead_letter_not_found(conn, did)
     return did
 
 

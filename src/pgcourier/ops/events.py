@@ -11,7 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from pgcourier.db import QUERIES, translate_errors
-from pgcourier.errors import InvalidInput, NotFound
+from pgcourier.errors import InvalidInput
 from pgcourier.ops.paging import (
     PAGE_BYTES,
     check_limit,
@@ -21,6 +21,7 @@ from pgcourier.ops.paging import (
     encode_id_cursor,
     fetch_page,
 )
+from pgcourier.ops.retention import event_not_found
 from pgcourier.ops.tenants import validate_tenant
 from pgcourier.ops.validation import parse_uuid, plain, validate_event_type
 
@@ -116,7 +117,7 @@ async def _require_event(conn: asyncpg.Connection, event_id: str) -> asyncpg.Rec
     with translate_errors():
         row = await conn.fetchrow(QUERIES["get_event"], eid)
     if row is None:
-        raise NotFound(f"no event {event_id}")
+        raise await event_not_found(conn, event_id)
     return row
 
 
