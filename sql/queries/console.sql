@@ -30,10 +30,12 @@ ORDER BY started_at, id;
 
 -- console_endpoint_attempts --
 -- Endpoint $1's attempts, newest first, after the cursor ($2 started_at, $3 id), $4 at most, with
--- the first $5 characters of each response body: a backward walk of attempts_endpoint.
+-- the first $5 characters of each response body: a backward walk of attempts_endpoint. Whether
+-- the attempt's event was a test send is one primary-key probe of the outbox per row shown.
 SELECT id, delivery_id, event_id, attempt, started_at, duration_ms, status_code,
-       left(response_body, $5) AS response_body, error, outcome
-FROM courier.attempts
+       left(response_body, $5) AS response_body, error, outcome,
+       coalesce((SELECT o.test FROM courier.outbox AS o WHERE o.id = a.event_id), false) AS test
+FROM courier.attempts AS a
 WHERE endpoint_id = $1
   AND ($2::timestamptz IS NULL OR (started_at, id) < ($2, $3::bigint))
 ORDER BY started_at DESC, id DESC
@@ -41,17 +43,19 @@ LIMIT $4;
 
 -- console_count_dead --
 -- How many dead letters match the filters of list_dead ($1 endpoint, $2 event type, $3 since,
--- $4 until, each NULL for any): what a bulk action's confirmation page announces. The event's
--- type is looked up only when filtered on, by a correlated subquery: one primary-key probe per
--- dead letter, whatever the statistics say, where a join or an EXISTS may be planned as a scan
--- of the whole outbox.
+-- $4 until, $5 the event's tenant, each NULL for any): what a bulk action's confirmation page
+-- announces. The event's type and tenant are looked up only when filtered on, by correlated
+-- subqueries: one primary-key probe per dead letter, whatever the statistics say, where a join
+-- or an EXISTS may be planned as a scan of the whole outbox.
 SELECT count(*)
 FROM courier.dead_letters AS d
 WHERE ($1::uuid IS NULL OR d.endpoint_id = $1)
   AND ($2::text IS NULL
        OR (SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id) = $2)
   AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
-  AND ($4::timestamptz IS NULL OR d.dead_at < $4);
+  AND ($4::timestamptz IS NULL OR d.dead_at < $4)
+  AND ($5::text IS NULL
+       OR (SELECT o.tenant FROM courier.outbox AS o WHERE o.id = d.event_id) = $5);
 
 -- console_discard_dead --
 -- Throw dead letters $1 away for good: they move to the history as discarded (see discard_dead);
@@ -68,8 +72,9 @@ FROM gone
 RETURNING id;
 
 -- console_discard_matching_dead --
--- Throw away every dead letter matching the filters of list_dead ($1..$4, each NULL for any; the
--- type looked up as in console_count_dead), as console_discard_dead does. Returns the ids.
+-- Throw away every dead letter matching the filters of list_dead ($1..$5, each NULL for any; the
+-- type and tenant looked up as in console_count_dead), as console_discard_dead does. Returns
+-- the ids.
 WITH gone AS (
     DELETE FROM courier.dead_letters AS d
     WHERE ($1::uuid IS NULL OR d.endpoint_id = $1)
@@ -77,6 +82,8 @@ WITH gone AS (
            OR (SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id) = $2)
       AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
       AND ($4::timestamptz IS NULL OR d.dead_at < $4)
+      AND ($5::text IS NULL
+           OR (SELECT o.tenant FROM courier.outbox AS o WHERE o.id = d.event_id) = $5)
     RETURNING *
 )
 INSERT INTO courier.delivery_history

@@ -272,3 +272,33 @@ async def test_a_form_without_its_csrf_token_is_refused(
 
         await browser.run(steps)
     assert await conn.fetchval("SELECT enabled FROM courier.endpoints WHERE id = $1", good)
+
+
+async def test_send_a_test_event_shows_the_receivers_answer(
+    browser: Any, relay: Any, conn: Any, receiver: Receiver
+) -> None:
+    target = await ops.create_endpoint(
+        conn, url=receiver.url("/hook"), event_types=["never.*"], tenant="acme"
+    )
+    async with serving(relay) as rt:
+        base = f"http://127.0.0.1:{rt.admin_port}"
+
+        def steps(page: Page) -> None:
+            log_in(page, base)
+            page.click("nav >> text=Endpoints")
+            row = page.locator("tr", has=page.locator(f"a[href='/ui/endpoints/{target['id']}']"))
+            expect(row).to_contain_text("acme")  # the tenant column
+            row.locator(f"a[href='/ui/endpoints/{target['id']}']").click()
+            page.fill("input[name=event_type]", "invoice.paid")
+            page.click("button:has-text('Send a test event')")
+            expect(page.locator("h1")).to_have_text("Test event delivered")
+            expect(page.locator("dd.status")).to_have_text("200")
+            expect(page.locator("pre.response")).to_have_text("ok")  # the receiver's answer
+            browser.shot(page, "test-send")
+            page.click("text=Back to the endpoint")
+            expect(page.locator("table.attempts .badge", has_text="test")).to_have_count(1)
+
+        await browser.run(steps)
+    [request] = receiver.requests
+    assert request.path == "/hook"
+    assert request.json["type"] == "invoice.paid"

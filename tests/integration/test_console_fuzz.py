@@ -53,6 +53,7 @@ QUERY_KEYS = [
     "event_type",
     "action",
     "scope",
+    "tenant",
 ]
 FORM_KEYS = [
     "since",
@@ -64,6 +65,8 @@ FORM_KEYS = [
     "event_type",
     "until",
     "next",
+    "tenant",
+    "wait_seconds",
 ]
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -71,7 +74,7 @@ FUZZ = settings(
 
 
 @pytest.fixture
-async def setup(aiohttp_client: Any, dsn: str) -> AsyncIterator[tuple[Any, str]]:
+async def setup(aiohttp_client: Any, dsn: str) -> AsyncIterator[tuple[Any, str, str]]:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
@@ -79,9 +82,14 @@ async def setup(aiohttp_client: Any, dsn: str) -> AsyncIterator[tuple[Any, str]]
                 conn, url="https://example.com/hook", event_types=["*"]
             )
             await ops.enqueue(conn, "order.paid", {"n": 1})
+            # Test sends go to a disabled endpoint: the operation then answers at once (the
+            # event is held) instead of waiting for a relay this test does not run.
+            held = await ops.create_endpoint(
+                conn, url="https://example.com/held", event_types=["*"], enabled=False
+            )
         client = await aiohttp_client(create_app(AdminContext(pool, Metrics(), None, TOKEN)))
         await login(client)
-        yield client, endpoint["id"]
+        yield client, endpoint["id"], held["id"]
     finally:
         await pool.close()
 
@@ -103,7 +111,7 @@ async def assert_clean(response: Any) -> None:
 @FUZZ
 @given(params=st.dictionaries(st.sampled_from(QUERY_KEYS), values, max_size=5), ident=values)
 async def test_pages_never_500(setup: Any, params: Any, ident: Any) -> None:
-    client, eid = setup
+    client, eid, _ = setup
     for path in (
         "/ui/",
         "/ui/endpoints",
@@ -121,12 +129,14 @@ async def test_pages_never_500(setup: Any, params: Any, ident: Any) -> None:
 @FUZZ
 @given(
     fields=st.fixed_dictionaries({}, optional=dict.fromkeys(FORM_KEYS, values)),
-    action=st.sampled_from(["enable", "disable", "rotate", "recover", "replay", "discard"]),
+    action=st.sampled_from(["enable", "disable", "rotate", "recover", "replay", "discard", "test"]),
 )
 async def test_forms_never_500(setup: Any, fields: Any, action: Any) -> None:
-    client, eid = setup
+    client, eid, held = setup
     if action in ("replay", "discard"):
         path = f"/ui/dead-letters/{action}"
+    elif action == "test":
+        path = f"/ui/endpoints/{held}/test"
     else:
         path = f"/ui/endpoints/{eid}/{action}"
     data = {**fields, "csrf_token": csrf(client, path)}

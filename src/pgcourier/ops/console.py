@@ -93,9 +93,9 @@ async def endpoint_attempts(
 
 async def count_dead(conn: asyncpg.Connection, where: DeadFilter | None = None) -> int:
     """How many dead letters ``where`` matches (all when None)."""
-    args = (where or DeadFilter()).args()
+    where = where or DeadFilter()
     with translate_errors():
-        count: int = await conn.fetchval(QUERIES["console_count_dead"], *args)
+        count: int = await conn.fetchval(QUERIES["console_count_dead"], *where.args(), where.tenant)
     return count
 
 
@@ -113,8 +113,10 @@ async def discard_many(
     (all when None); return the ids discarded. One no longer dead is left alone."""
     with translate_errors():
         if ids is None:
-            args = (where or DeadFilter()).args()
-            rows = await conn.fetch(QUERIES["console_discard_matching_dead"], *args)
+            where = where or DeadFilter()
+            rows = await conn.fetch(
+                QUERIES["console_discard_matching_dead"], *where.args(), where.tenant
+            )
         else:
             rows = await conn.fetch(QUERIES["console_discard_dead"], ids)
     return sorted(r["id"] for r in rows)

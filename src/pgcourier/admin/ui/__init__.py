@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pgcourier.admin.context import CONTEXT, AdminContext
-from pgcourier.admin.ui import dead_letters, endpoints, events
+from pgcourier.admin.ui import dead_letters, endpoints, events, test_sends
 from pgcourier.admin.ui.auth import Signer
 from pgcourier.admin.ui.overview import overview
 from pgcourier.admin.ui.render import PREFIX, SIGNER, html_errors, setup_templates
@@ -34,6 +34,7 @@ def create_console(context: AdminContext) -> web.Application:
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
     endpoints.add_routes(app)
+    test_sends.add_routes(app)
     events.add_routes(app)
     dead_letters.add_routes(app)
     app.router.add_static("/static/", STATIC, name="static", append_version=True)

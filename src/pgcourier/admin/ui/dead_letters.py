@@ -23,7 +23,7 @@ from pgcourier.errors import InvalidInput
 
 PAGE = 50
 ACTIONS = ("replay", "discard")
-FILTER_FIELDS = ("endpoint_id", "event_type", "since", "until")
+FILTER_FIELDS = ("endpoint_id", "event_type", "tenant", "since", "until")
 
 
 def _filter_values(values: Mapping[str, str]) -> dict[str, str]:

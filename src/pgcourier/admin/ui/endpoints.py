@@ -39,15 +39,25 @@ def _window(request: web.Request) -> tuple[str, int]:
 
 async def list_page(request: web.Request) -> web.StreamResponse:
     window_text, window = _window(request)
+    tenant = query_text(request, "tenant")
     rows: list[dict[str, Any]] = []
+    tenant_stats = None
     async with connection(request) as conn:
-        for endpoint in await ops.list_endpoints(conn):
+        for endpoint in await ops.list_endpoints(conn, tenant=tenant):
             stats = await ops.endpoint_stats(conn, endpoint["id"], window_seconds=window)
             rows.append({"endpoint": endpoint, "stats": stats})
+        if tenant is not None:
+            tenant_stats = await ops.tenant_stats(conn, tenant, window_seconds=window)
     return render(
         request,
         "endpoints.html",
-        {"rows": rows, "window": window_text, "windows": WINDOWS},
+        {
+            "rows": rows,
+            "window": window_text,
+            "windows": WINDOWS,
+            "tenant": tenant or "",
+            "tenant_stats": tenant_stats,
+        },
     )
 
 
@@ -153,4 +163,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/endpoints/{id}/disable", disable)
     app.router.add_post("/endpoints/{id}/rotate", rotate)
     app.router.add_post("/endpoints/{id}/recover", recover)
-    # Issue 13 adds "send a test event" here: POST /endpoints/{id}/test, through its operation.
+    # POST /endpoints/{id}/test ("send a test event") is added by .test_sends.

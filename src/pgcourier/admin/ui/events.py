@@ -1,4 +1,4 @@
-"""Event pages: search by type, time range or id, and one event with every attempt."""
+"""Event pages: search by type, tenant, time range or id, and one event with every attempt."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ async def list_page(request: web.Request) -> web.StreamResponse:
         event_id = ops.parse_uuid(wanted, field="id")
         raise web.HTTPSeeOther(f"{PREFIX}/events/{event_id}")
     event_type = query_text(request, "type")
+    tenant = query_text(request, "tenant")
     since, until = query_time(request, "since"), query_time(request, "until")
     async with connection(request) as conn:
         page = await ops.list_events(
@@ -28,9 +29,11 @@ async def list_page(request: web.Request) -> web.StreamResponse:
             until=until,
             cursor=query_text(request, "cursor"),
             limit=PAGE,
+            tenant=tenant,
         )
     search = {
         "type": event_type or "",
+        "tenant": tenant or "",
         "since": query_text(request, "since") or "",
         "until": query_text(request, "until") or "",
     }

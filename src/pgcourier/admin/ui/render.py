@@ -173,6 +173,7 @@ def dead_filter(values: Mapping[str, str]) -> ops.DeadFilter:
         event_type=text("event_type"),
         since=None if since is None else ops.parse_aware_time(since, field="since"),
         until=None if until is None else ops.parse_aware_time(until, field="until"),
+        tenant=text("tenant"),
     )
 
 
