@@ -27,7 +27,11 @@ ENDPOINT = {"url": "https://example.com/hook", "event_types": ["*"]}
 JSON = {"Content-Type": "application/json"}
 # Every route that reads a body, with a path that reaches its handler.
 ZERO = "00000000-0000-0000-0000-000000000000"
-BODY_ROUTES = [(r.method, r.path.replace("{id}", ZERO)) for r in ROUTES if r.body is not None]
+BODY_ROUTES = [
+    (r.method, r.path.replace("{id}", ZERO).replace("{name}", "order.paid"))
+    for r in ROUTES
+    if r.body is not None
+]
 
 
 @pytest.fixture
