@@ -246,10 +246,14 @@ class Pruner:
     seconds (at once again while a pass stops at its cap), on a connection of its own so that it
     never holds one of the hot path's pooled connections."""
 
+    #: Seconds a stop waits for a cut-short pass to close its connection.
+    CLOSE_GRACE = 1.0
+
     def __init__(self, dsn: str, config: RetentionConfig, metrics: Metrics) -> None:
         self._dsn = dsn
         self._config = config
         self._metrics = metrics
+        self._conn: asyncpg.Connection | None = None  # the pass's connection, while one runs
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -257,8 +261,13 @@ class Pruner:
             # so what is cut short rolls back whole, and the next pass resumes from its record.
             current = asyncio.ensure_future(self._guarded_once())
             await first(stop.wait(), current)
-            # (Cancelled by first() when stopping: let it close its connection before we return.)
-            await asyncio.wait({current})
+            # (Cancelled by first() when stopping: let it close its connection before we return,
+            # within a grace: a database host that stopped answering never acknowledges a close,
+            # so past the grace the connection is dropped where it stands.)
+            _, late = await asyncio.wait({current}, timeout=self.CLOSE_GRACE)
+            if late and self._conn is not None:
+                self._conn.terminate()
+                await asyncio.wait({current})
             more = not current.cancelled() and current.result()
             if not more:
                 await first(stop.wait(), asyncio.sleep(self._config.interval))
@@ -273,6 +282,7 @@ class Pruner:
     async def run_once(self) -> bool:
         """One pass; True when it stopped with more to do."""
         async with db.connection(self._dsn) as conn:
+            self._conn = conn
             with translate_errors():
                 # A batch lost in a crash is only pruned again (its progress row goes with it).
                 await conn.execute("SET synchronous_commit = off")

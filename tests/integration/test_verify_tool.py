@@ -52,7 +52,15 @@ def cases(scheme: str) -> list[tuple[str, dict[str, str], str, str]]:
     return [(code, h, b, s or SECRETS[scheme]) for code, h, b, s in out]
 
 
-ALL = [(scheme, *case) for scheme in signing.SCHEMES for case in cases(scheme)]
+# (scheme, code) only: the headers are signed when the test runs, not at collection (a full run
+# reaches these tests minutes later, when a timestamp signed then is outside the tolerance).
+ALL = [(scheme, case[0]) for scheme in signing.SCHEMES for case in cases(scheme)]
+
+
+def case(scheme: str, code: str) -> tuple[dict[str, str], str, str]:
+    """(headers, body, secret) of ``scheme``'s failure ``code``, signed now."""
+    [(headers, body, secret)] = [(h, b, s) for c, h, b, s in cases(scheme) if c == code]
+    return headers, body, secret
 
 
 @pytest.mark.parametrize("scheme", signing.SCHEMES)
@@ -66,10 +74,9 @@ async def test_api_says_valid(api: Any, scheme: str) -> None:
     assert await response.json() == {"valid": True}
 
 
-@pytest.mark.parametrize(("scheme", "code", "headers", "body", "secret"), ALL)
-async def test_api_says_why_not(
-    api: Any, scheme: str, code: str, headers: dict[str, str], body: str, secret: str
-) -> None:
+@pytest.mark.parametrize(("scheme", "code"), ALL)
+async def test_api_says_why_not(api: Any, scheme: str, code: str) -> None:
+    headers, body, secret = case(scheme, code)
     response = await api.post(
         "/api/v1/verify",
         headers=AUTH,
@@ -145,10 +152,9 @@ async def test_cli_valid_from_stdin_and_from_a_file(scheme: str, tmp_path: Path)
     assert await verify_cli(*args, "--body-file", str(body_file)) == (0, "valid\n", "")
 
 
-@pytest.mark.parametrize(("scheme", "code", "headers", "body", "secret"), ALL)
-async def test_cli_says_why_not_in_one_line(
-    scheme: str, code: str, headers: dict[str, str], body: str, secret: str
-) -> None:
+@pytest.mark.parametrize(("scheme", "code"), ALL)
+async def test_cli_says_why_not_in_one_line(scheme: str, code: str) -> None:
+    headers, body, secret = case(scheme, code)
     status, out, err = await verify_cli(
         "--scheme", scheme, "--secret", secret, *header_args(headers), stdin=body.encode()
     )
