@@ -100,6 +100,45 @@ SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_
        created_at
 FROM dead;
 
+-- lock_fan_out --
+-- Wait for any fan-out in flight and keep the next one out until this transaction ends (the
+-- key courier.fan_out try-locks, 0007).
+SELECT pg_advisory_xact_lock(1668247919, 0);
+
+-- discard_foreign_tenant_deliveries --
+-- Endpoint $1 now belongs to tenant $2 (NULL: every tenant): its queued and dead deliveries of
+-- events it may no longer receive are discarded (to the history, reason recorded), so that
+-- neither a claim nor a replay or recover sends one tenant's events to another's receiver. The
+-- caller holds the fan-out lock first (see update_endpoint), so no fan-out in flight can still
+-- queue an event of the old tenant. Leased ones too: the completion is fenced by its lease.
+WITH foreign_events AS (
+    SELECT o.id FROM courier.outbox AS o
+    WHERE o.id IN (SELECT q.event_id FROM courier.queue AS q WHERE q.endpoint_id = $1
+                   UNION ALL
+                   SELECT d.event_id FROM courier.dead_letters AS d WHERE d.endpoint_id = $1)
+      AND $2::text IS NOT NULL AND o.tenant IS DISTINCT FROM $2::text
+), queued AS (
+    DELETE FROM courier.queue AS q
+    WHERE q.endpoint_id = $1 AND q.event_id IN (SELECT id FROM foreign_events) RETURNING q.*
+), dead AS (
+    DELETE FROM courier.dead_letters AS d
+    WHERE d.endpoint_id = $1 AND d.event_id IN (SELECT id FROM foreign_events) RETURNING d.*
+)
+INSERT INTO courier.delivery_history
+    (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base, last_attempt_at,
+     last_status_code, last_error, dead_at, discarded_at, created_at)
+SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_base,
+       last_attempt_at, last_status_code,
+       coalesce(last_error || '; ', '') || 'discarded: the endpoint moved to another tenant',
+       NULL, now(), created_at
+FROM queued
+UNION ALL
+SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_base,
+       last_attempt_at, last_status_code,
+       coalesce(last_error || '; ', '') || 'discarded: the endpoint moved to another tenant',
+       dead_at, now(), created_at
+FROM dead;
+
 -- sweep_deleted_endpoints --
 -- Discard deliveries that a fan-out created for an endpoint in the instant it was deleted (the
 -- fan-out's snapshot still saw it). Run by relays' housekeeping; only endpoints deleted in the

@@ -101,12 +101,20 @@ def check_instance(validator: Validator, instance: Any, *, root: str) -> None:
         error = _first_error(validator, instance)
     except RecursionError as exc:
         raise SchemaProblem(f"{root} is nested too deeply to check", root) from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        # jsonschema's own arithmetic on what JSON parsers accept but Postgres does not (NaN,
+        # Infinity, 1e400 with multipleOf), or keywords of drafts before 4 it cannot apply.
+        raise SchemaProblem(f"{root} cannot be checked against its schema: {exc}", root) from exc
     if error is None:
         return
     parts = list(error.absolute_path)
-    if error.validator == "required" and isinstance(error.instance, dict):
+    if (
+        error.validator == "required"
+        and isinstance(error.instance, dict)
+        and isinstance(error.validator_value, list)
+    ):
         # Name the missing property itself, not the object that lacks it.
-        wanted: list[Any] = list(error.validator_value)  # type: ignore[arg-type]
+        wanted: list[Any] = list(error.validator_value)
         missing = [p for p in wanted if p not in error.instance]
         parts += missing[:1]
     where = _path(root, parts)

@@ -83,15 +83,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Disable an endpoint that has failed continuously this long (0: never).",
     )
+    # At most ~100 years: longer would overflow the date arithmetic of a pruning pass.
     retention: Seconds = Field(
         default=30 * 86400.0,
         ge=0,
+        le=36500 * 86400,
         description="Prune events older than this whose deliveries all finished, with their "
         "deliveries and attempts (0: keep everything, dead letters too).",
     )
     dead_retention: Seconds = Field(
         default=90 * 86400.0,
         ge=0,
+        le=36500 * 86400,
         description="Prune dead letters dead this long, with their attempts (0: keep them).",
     )
 

@@ -122,7 +122,7 @@ def secret_key(secret: str) -> bytes:
         raise InvalidSecret("a Standard Webhooks secret starts with 'whsec_'")
     try:
         return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII text
         raise InvalidSecret("the secret after 'whsec_' is not valid base64") from exc
 
 

@@ -3,6 +3,7 @@ refusals that write nothing, filters and per-tenant stats. Real Postgres, real H
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -388,3 +389,35 @@ async def test_the_readme_sql_runs_as_written(conn: asyncpg.Connection) -> None:
         ("8", "acme", None),
         ("7", "acme", target),
     ]
+
+
+async def test_an_endpoint_moved_to_another_tenant_never_sends_the_old_tenants_events(
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any, api: Any
+) -> None:
+    endpoint = await ops.create_endpoint(
+        conn, url=receiver.url("/moved"), event_types=["*"], tenant="acme", enabled=False
+    )
+    for i in range(3):
+        await ops.enqueue(conn, "a.b", {"i": i}, tenant="acme")
+    # Fanned out and held while the endpoint is disabled; then one of them dead.
+    await conn.fetch("SELECT * FROM courier.claim(0, 30, gen_random_uuid(), 10, 10)")
+    assert await conn.fetchval("SELECT count(*) FROM courier.queue") == 3
+    response = await api.patch(
+        f"/api/v1/endpoints/{endpoint['id']}",
+        headers=AUTH,
+        json={"tenant": "globex", "enabled": True},
+    )
+    assert response.status == 200, await response.text()
+    assert await conn.fetchval("SELECT count(*) FROM courier.queue") == 0
+    reasons = await conn.fetch(
+        "SELECT status, last_error FROM courier.delivery_history WHERE endpoint_id = $1",
+        endpoint["id"],
+    )
+    assert [(r["status"], r["last_error"]) for r in reasons] == [
+        ("discarded", "discarded: the endpoint moved to another tenant")
+    ] * 3
+    await ops.enqueue(conn, "a.b", {"for": "globex"}, tenant="globex")
+    async with relay():
+        await receiver.wait_count(1, "/moved")
+        await asyncio.sleep(0.3)
+    assert [r.json["data"] for r in receiver.on("/moved")] == [{"for": "globex"}]

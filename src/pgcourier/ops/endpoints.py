@@ -252,8 +252,8 @@ async def update_endpoint(
     if "permanent_statuses" in changes:
         changes["permanent_statuses"] = validate_permanent_statuses(changes["permanent_statuses"])
     if "tenant" in changes:
-        # (None: the endpoint leaves its tenant and receives every tenant's events. Deliveries
-        # already queued for it stay.)
+        # (None: the endpoint leaves its tenant and receives every tenant's events. Moved to
+        # another tenant, its deliveries of the old tenant's events are discarded below.)
         validate_tenant(changes["tenant"])
     eid = parse_uuid(endpoint_id, field="endpoint_id")
     token = changes.pop("slack_token", None)
@@ -290,6 +290,14 @@ async def update_endpoint(
                 token,
                 merged["tenant"],
             )
+            if merged["tenant"] is not None and merged["tenant"] != current["tenant"]:
+                # Wait out any fan-out in flight (it read the endpoint before this change and
+                # may still queue the old tenant's events for it), then discard what it holds
+                # of other tenants' events: never sent to the new tenant's receiver.
+                await conn.execute(QUERIES["lock_fan_out"])
+                await conn.execute(
+                    QUERIES["discard_foreign_tenant_deliveries"], eid, merged["tenant"]
+                )
             if merged["enabled"] and not current["enabled"]:
                 await conn.execute(QUERIES["wake_relays"])
             updated = await _read_endpoint(conn, eid)

@@ -130,9 +130,13 @@ def validate_secret(secret: str | None, scheme: str = "standard") -> str:
     if secret is None:
         return generate_secret()
     if scheme != "standard":
-        if not re.fullmatch(RAW_SECRET_PATTERN, secret):
+        # Not "enc:...": that prefix marks a value stored encrypted (pgcourier.sealing); a
+        # secret spelled so would be taken for one that no key opens, and no relay would start.
+        if not re.fullmatch(RAW_SECRET_PATTERN, secret) or secret.startswith("enc:"):
             raise InvalidInput(
-                f"a {scheme} secret is 16 to 500 printable ASCII characters", field="secret"
+                f"a {scheme} secret is 16 to 500 printable ASCII characters, not starting with"
+                " 'enc:'",
+                field="secret",
             )
         return secret
     try:
