@@ -16,7 +16,7 @@ from pgcourier import db, ops
 from pgcourier.admin import create_app
 from pgcourier.admin.context import AdminContext
 from pgcourier.delivery import WebhookTransport, new_session
-from pgcourier.errors import ConfigurationError
+from pgcourier.errors import ConfigurationError, DatabaseUnavailable
 from pgcourier.listener import Listener
 from pgcourier.metrics import Metrics
 from pgcourier.relay import Relay, RelayConfig
@@ -111,7 +111,15 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     stop = asyncio.Event()
     keyring = settings.keyring
     try:
-        await _check_secrets(pool, keyring)
+        # A database fault here is waited out like everywhere else (the relay never exits for
+        # one: issue 10); a key that opens nothing is a configuration error and ends the start.
+        while True:
+            try:
+                await _check_secrets(pool, keyring)
+                break
+            except DatabaseUnavailable as exc:
+                log.warning("could not check the stored secrets; retrying", error=str(exc))
+                await asyncio.sleep(1.0)
         transport = Router(
             WebhookTransport(
                 session,
