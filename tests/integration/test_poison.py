@@ -21,7 +21,7 @@ from pgcourier.store import PgStore
 from tests.integration.helpers import Receiver, add_endpoint, assert_verified, wait_until
 from tests.integration.test_processes import run_processes, stop
 
-REASON = "claimed 3 times without an attempt recorded: the relay may be crashing on it"
+REASON = "without an attempt recorded: the relay may be crashing on it"
 
 
 @pytest.fixture
@@ -62,10 +62,10 @@ async def test_the_claim_buries_what_was_claimed_too_often_without_an_attempt(
     assert await conn.fetchval("SELECT count(*) FROM courier.queue") == 0
     dead = await conn.fetch("SELECT * FROM courier.dead_letters ORDER BY id")
     assert [d["event_id"] for d in dead] == events
-    assert {d["last_error"].split(" (")[0] for d in dead} == {REASON}
+    assert {d["last_error"].split(" (")[0] for d in dead} == {"claimed 3 times " + REASON}
     attempts = await conn.fetch("SELECT * FROM courier.attempts ORDER BY id")
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "dead")] * 5
-    assert all(a["error"].startswith(REASON) for a in attempts)
+    assert all(a["error"].startswith("claimed 3 times " + REASON) for a in attempts)
     errors = [e for e in logs if e["log_level"] == "error"]
     assert len(errors) == 5
     assert {e["event_id"] for e in errors} == {str(e) for e in events}
@@ -169,7 +169,7 @@ async def test_a_delivery_that_kills_its_relay_ends_in_the_dead_letters(
     assert noticed["endpoint_id"] == str(endpoint["id"])
     dead = await conn.fetchrow("SELECT * FROM courier.dead_letters WHERE event_id = $1", poison)
     assert dead["id"] == noticed["delivery_id"]
-    assert dead["last_error"].startswith(REASON)
+    assert dead["last_error"].startswith("claimed 5 times " + REASON)
     # Everything else was delivered, signed, and nothing else is dead.
     assert await conn.fetchval("SELECT count(*) FROM courier.dead_letters") == 1
     assert str(poison) not in receiver.ids()
