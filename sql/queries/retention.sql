@@ -73,12 +73,19 @@ SELECT (SELECT count(*) FROM walked)::integer AS walked,
 -- them with their attempts. A dead letter replayed or discarded meanwhile is skipped (the DELETE
 -- finds it gone, or the replay does: whichever is second does nothing). Returns the walk's last
 -- key, what was deleted, and the events of the deleted letters (prune_orphaned_events next).
+-- The letters are locked as they are walked, skipping any that a discard, replay or recovery has
+-- locked: those statements lock several letters each in the order of their own plan, and a
+-- DELETE by id list here locked in another order, so the two could deadlock (seen once as a 500
+-- from a replay). Skipping, the pass never waits on a letter, so it is never part of a deadlock
+-- cycle; a letter skipped is either gone when the other side commits or pruned by a later pass
+-- (every pass walks the letters from the start).
 WITH walked AS (
     SELECT d.id, d.dead_at
     FROM courier.dead_letters AS d
     WHERE (d.dead_at, d.id) > ($1::timestamptz, $2::bigint) AND d.dead_at < $3
     ORDER BY d.dead_at, d.id
     LIMIT $4
+    FOR UPDATE SKIP LOCKED
 ), gone AS (
     DELETE FROM courier.dead_letters AS d
     WHERE d.id = ANY ((SELECT array_agg(w.id) FROM walked AS w)::bigint[])

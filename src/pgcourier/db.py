@@ -20,7 +20,13 @@ from typing import Any
 import asyncpg
 import structlog
 
-from pgcourier.errors import DatabaseUnavailable, InvalidInput, MigrationError, PgCourierError
+from pgcourier.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    InvalidInput,
+    MigrationError,
+    PgCourierError,
+)
 
 log = structlog.get_logger("pgcourier.db")
 _SQL_ROOT = resources.files("pgcourier") / "sql"
@@ -210,6 +216,8 @@ def translate_errors() -> Iterator[None]:
                 or _field_from_message(primary)
             )
             raise InvalidInput(message, field=column) from exc
+        if sqlstate in ("40001", "40P01"):
+            raise Conflict(f"the database aborted a concurrent operation ({sqlstate})") from exc
         if sqlstate.startswith(("08", "57P")):
             raise DatabaseUnavailable(str(exc)) from exc
         raise PgCourierError(f"database error {sqlstate}: {exc}") from exc

@@ -28,6 +28,12 @@ class NotFound(PgCourierError):
     """The thing asked for does not exist."""
 
 
+class Conflict(PgCourierError):
+    """Postgres aborted the statement because of a concurrent one (a deadlock, 40P01, or a
+    serialization failure, 40001): nothing was changed and the same request may simply be made
+    again. Operations retry it themselves a few times first (pgcourier.ops.retrying)."""
+
+
 class DatabaseUnavailable(PgCourierError):
     """Postgres could not be reached or dropped the connection."""
 

@@ -27,7 +27,7 @@ from pgcourier.admin.context import CONTEXT, AdminContext
 from pgcourier.admin.hosts import loopback_authority, loopback_origin
 from pgcourier.admin.ui import PREFIX as UI_PREFIX
 from pgcourier.admin.ui import create_console
-from pgcourier.errors import DatabaseUnavailable, InvalidInput, NotFound, PgCourierError
+from pgcourier.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound, PgCourierError
 
 log = structlog.get_logger("pgcourier.admin")
 
@@ -63,6 +63,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         for name in ("Allow", "Retry-After", "WWW-Authenticate"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
+        return response
+    except Conflict as exc:
+        # A deadlock or serialization failure the operation's own retries did not get past:
+        # nothing was changed, and the same request can be made again.
+        log.warning("admin request: concurrent conflict", path=request.path, error=str(exc))
+        response = error_response(
+            409, "conflict", "a concurrent operation got in the way; nothing changed, try again"
+        )
+        response.headers["Retry-After"] = "1"
         return response
     except DatabaseUnavailable as exc:
         # The driver's message names the database's host, port and user: for the log only.

@@ -17,6 +17,7 @@ from pgcourier.errors import InvalidInput
 from pgcourier.ops.dead_letters import DeadFilter, _dead_id
 from pgcourier.ops.endpoints import get_endpoint, list_endpoints
 from pgcourier.ops.paging import check_limit, decode_dead_cursor, encode_cursor
+from pgcourier.ops.retrying import retried
 from pgcourier.ops.validation import parse_uuid, plain
 
 # Longest chart the console draws: a day of minutes.
@@ -111,12 +112,12 @@ async def discard_many(
 ) -> list[int]:
     """Throw dead letters away for good: the given ids, or else every one matching ``where``
     (all when None); return the ids discarded. One no longer dead is left alone."""
-    with translate_errors():
-        if ids is None:
-            where = where or DeadFilter()
-            rows = await conn.fetch(
-                QUERIES["console_discard_matching_dead"], *where.args(), where.tenant
-            )
-        else:
-            rows = await conn.fetch(QUERIES["console_discard_dead"], ids)
+    if ids is None:
+        where = where or DeadFilter()
+        args = (*where.args(), where.tenant)
+        rows = await retried(
+            conn, lambda: conn.fetch(QUERIES["console_discard_matching_dead"], *args)
+        )
+    else:
+        rows = await retried(conn, lambda: conn.fetch(QUERIES["console_discard_dead"], ids))
     return sorted(r["id"] for r in rows)

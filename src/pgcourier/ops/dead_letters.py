@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,7 @@ from pgcourier.ops.paging import (
     fetch_page,
 )
 from pgcourier.ops.retention import dead_letter_not_found
+from pgcourier.ops.retrying import retried
 from pgcourier.ops.tenants import validate_tenant
 from pgcourier.ops.validation import parse_uuid, plain, validate_event_type
 
@@ -102,8 +104,7 @@ async def get_dead(conn: asyncpg.Connection, dead_id: str | int) -> dict[str, An
 async def discard_dead(conn: asyncpg.Connection, dead_id: str | int) -> int:
     """Throw a dead letter away for good (recorded as discarded), or :class:`NotFound`."""
     did = _dead_id(dead_id)
-    with translate_errors():
-        row = await conn.fetchval(QUERIES["discard_dead"], did)
+    row = await retried(conn, lambda: conn.fetchval(QUERIES["discard_dead"], did))
     if row is None:
         raise await dead_letter_not_found(conn, did)
     return did
@@ -131,10 +132,14 @@ async def replay_dead(
             args = (*where.args(), where.tenant)
             ids = [r["id"] for r in await conn.fetch(QUERIES["matching_dead_ids"], *args)]
         queued: list[int] = []
-        for batch in batches(ids, batch_size):
-            async with conn.transaction():
-                rows = await conn.fetch(QUERIES["replay_dead"], batch)
-                if rows:
-                    await conn.execute(QUERIES["wake_relays"])
-            queued.extend(r["id"] for r in rows)
+    for batch in batches(ids, batch_size):
+        rows = await retried(conn, functools.partial(_replay_batch, conn, batch))
+        queued.extend(r["id"] for r in rows)
     return queued
+
+
+async def _replay_batch(conn: asyncpg.Connection, batch: list[int]) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(QUERIES["replay_dead"], batch)
+    if rows:
+        await conn.execute(QUERIES["wake_relays"])
+    return rows

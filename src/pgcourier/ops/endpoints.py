@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,7 @@ import asyncpg
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.errors import InvalidInput, NotFound
 from pgcourier.ops.paging import BATCH_SIZE, batches
+from pgcourier.ops.retrying import retried
 from pgcourier.ops.tenants import validate_tenant
 from pgcourier.ops.validation import (
     DEFAULT_GRACE_SECONDS,
@@ -406,10 +408,16 @@ async def recover_endpoint(
     with translate_errors():
         ids = [r["id"] for r in await conn.fetch(QUERIES["recoverable_deliveries"], eid, since)]
         recovered: list[int] = []
-        for batch in batches(ids, batch_size):
-            async with conn.transaction():
-                rows = await conn.fetch(QUERIES["recover_deliveries"], batch, eid, since)
-                if rows:
-                    await conn.execute(QUERIES["wake_relays"])
-            recovered.extend(r["id"] for r in rows)
+    for batch in batches(ids, batch_size):
+        rows = await retried(conn, functools.partial(_recover_batch, conn, batch, eid, since))
+        recovered.extend(r["id"] for r in rows)
     return recovered
+
+
+async def _recover_batch(
+    conn: asyncpg.Connection, batch: list[int], eid: UUID, since: datetime
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(QUERIES["recover_deliveries"], batch, eid, since)
+    if rows:
+        await conn.execute(QUERIES["wake_relays"])
+    return rows

@@ -20,7 +20,7 @@ from markupsafe import Markup
 from pgcourier import ops
 from pgcourier.admin.context import CONTEXT, pooled_connection
 from pgcourier.admin.ui.auth import CSRF_FIELD, Session, Signer
-from pgcourier.errors import DatabaseUnavailable, InvalidInput, NotFound
+from pgcourier.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
 
 log = structlog.get_logger("pgcourier.console")
 
@@ -207,6 +207,11 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return error_page(request, exc.status, exc.reason)
+    except Conflict as exc:
+        log.warning("console: concurrent conflict", path=request.path, error=str(exc))
+        return error_page(
+            request, 409, "A concurrent operation got in the way; nothing changed, try again."
+        )
     except DatabaseUnavailable as exc:
         log.warning("console: database unavailable", path=request.path, error=str(exc))
         return error_page(request, 503, "The database is unavailable; try again shortly.")
