@@ -13,7 +13,7 @@ from pgcourier import ops
 from pgcourier.ops.console import discard_many
 from pgcourier.retention import RetentionConfig, prune_pass
 from tests.integration.helpers import AUTH
-from tests.integration.test_retention import DAY, make_event
+from tests.integration.test_retention import DAY
 
 DEAD_CONFIG = RetentionConfig(retention=30 * DAY, dead_retention=90 * DAY, batch=100, pause=0)
 
@@ -32,7 +32,9 @@ async def add_letters(conn: asyncpg.Connection, n: int) -> dict[int, uuid.UUID]:
             n,
         )
     ]
-    await conn.execute("UPDATE courier.outbox SET fanned_out_at = created_at WHERE id = ANY($1)", events)
+    await conn.execute(
+        "UPDATE courier.outbox SET fanned_out_at = created_at WHERE id = ANY($1)", events
+    )
     first: int = await conn.fetchval("SELECT nextval('courier.delivery_ids')")
     await conn.execute("SELECT setval('courier.delivery_ids', $1)", first + n + 1)
     ids = list(range(first + 1, first + n + 1))
@@ -56,17 +58,16 @@ async def test_pruning_racing_bulk_discards_and_replays_never_deadlocks(dsn: str
             letters = await add_letters(setup, 600)
             ids = sorted(letters)
 
-            async def discard() -> list[int]:
+            async def discard(delay: float) -> list[int]:
                 # Starting a little later each round, to meet the pass at different batches.
-                await asyncio.sleep(0.003 * round_)
+                await asyncio.sleep(delay)
                 return await discard_many(discarder, None)
 
-            async def replay() -> list[int]:
-                # In id order from the top, where the discard (physical order) starts too.
-                return await ops.replay_dead(replayer, ids[::-1], batch_size=200)
-
             result, discarded, queued = await asyncio.gather(
-                prune_pass(pruner, DEAD_CONFIG), discard(), replay()
+                prune_pass(pruner, DEAD_CONFIG),
+                discard(0.003 * round_),
+                # In id order from the top, where the discard (physical order) starts too.
+                ops.replay_dead(replayer, ids[::-1], batch_size=200),
             )
             assert result is not None
             pruned = result.removed["dead_letters"]
@@ -126,3 +127,41 @@ async def test_a_deadlock_in_a_bulk_replay_is_retried_not_a_500(api: Any, dsn: s
     finally:
         await setup.close()
         await other.close()
+
+
+async def test_a_pass_never_waits_on_a_letter_an_operator_holds(dsn: str) -> None:
+    """The deadlock itself, made certain: an operator's statement holds the newer of two expired
+    letters and then wants the older one (as a DELETE by filter going through the table in
+    another order does). The pass takes the older one and skips the held one instead of waiting
+    on it, so there is no cycle; the held one is pruned by the next pass once it is let go."""
+    setup = await asyncpg.connect(dsn)
+    other = await asyncpg.connect(dsn)
+    pruner = await asyncpg.connect(dsn)
+    try:
+        letters = await add_letters(setup, 2)
+        lo, hi = sorted(letters)
+        await setup.execute("CLUSTER courier.dead_letters USING dead_letters_pkey")  # lo first
+        # The other session checks for deadlocks late: were there a cycle, the pass would be
+        # the one aborted.
+        await other.execute("SET deadlock_timeout = '10s'")
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT 1 FROM courier.dead_letters WHERE id = $1 FOR UPDATE", hi)
+
+        async def want_lo() -> None:
+            await asyncio.sleep(0.3)
+            await other.execute("SELECT 1 FROM courier.dead_letters WHERE id = $1 FOR UPDATE", lo)
+
+        config = RetentionConfig(retention=30 * DAY, dead_retention=90 * DAY, batch=10, pause=0)
+        result, _ = await asyncio.gather(prune_pass(pruner, config), want_lo())
+        await tx.rollback()
+        assert result is not None
+        assert result.removed["dead_letters"] == 1
+        assert await setup.fetchval("SELECT array_agg(id) FROM courier.dead_letters") == [hi]
+        again = await prune_pass(pruner, config)
+        assert again is not None
+        assert again.removed["dead_letters"] == 1
+        assert await setup.fetchval("SELECT count(*) FROM courier.dead_letters") == 0
+    finally:
+        for c in (setup, other, pruner):
+            await c.close()
