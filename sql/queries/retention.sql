@@ -20,7 +20,11 @@
 -- delete those whose deliveries have all finished (or that matched no endpoint) with their
 -- history rows and attempts; with $5 false nothing is deleted and what would be is counted (a
 -- dry run). Events not fanned out yet, with a delivery in the queue or a dead letter are left
--- alone. Returns how many were walked, the last key walked, and what was deleted per table.
+-- alone, and (unless dry) recorded in courier.retention_held, due for a look at once: the re-check
+-- (lock_due_held, recheck_held) decides, with a fresh snapshot, how long to park them. (Parking
+-- them here on what this statement's snapshot saw could lose the wake-up of a letter discarded
+-- meanwhile: its trigger finds no row to wake yet.) Returns how many were walked, the last key
+-- walked, and what was deleted per table.
 WITH walked AS (
     SELECT o.id, o.created_at, o.fanned_out_at
     FROM courier.outbox AS o
@@ -47,6 +51,12 @@ WITH walked AS (
     DELETE FROM courier.outbox AS o
     WHERE $5::boolean AND o.id = ANY ((SELECT d.ids FROM doomed AS d)::uuid[])
     RETURNING o.id
+), held AS (
+    INSERT INTO courier.retention_held (event_id)
+    SELECT w.id FROM walked AS w
+    WHERE $5::boolean
+      AND w.id <> ALL (coalesce((SELECT d.ids FROM doomed AS d), '{}')::uuid[])
+    ON CONFLICT (event_id) DO NOTHING
 ), history_seen AS (
     -- A dry run counts instead, by the same index.
     SELECT count(*) AS n FROM courier.delivery_history AS h
@@ -65,6 +75,85 @@ SELECT (SELECT count(*) FROM walked)::integer AS walked,
        CASE WHEN $5 THEN (SELECT count(*) FROM history_gone)
             ELSE (SELECT n FROM history_seen) END::integer AS delivery_history,
        CASE WHEN $5 THEN (SELECT count(*) FROM attempts_gone)
+            ELSE (SELECT n FROM attempts_seen) END::integer AS attempts,
+       (SELECT max(h.id) FROM history_gone AS h) AS max_delivery_id;
+
+-- lock_due_held --
+-- The re-check, first statement: lock up to $1 held events due by $4 (when the re-check began:
+-- rows it parks again are not seen twice), after the key ($2, $3) (a dry run changes nothing, so
+-- it pages on), in (check_at, event_id) order by retention_held_check. Rows a dead-letter trigger
+-- is waking right now are skipped: they are due again when it commits.
+SELECT h.event_id, h.check_at
+FROM courier.retention_held AS h
+WHERE h.check_at <= $4::timestamptz AND (h.check_at, h.event_id) > ($2::timestamptz, $3::uuid)
+ORDER BY h.check_at, h.event_id
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- recheck_held --
+-- The re-check, second statement, in the same transaction: look at held events $1 (locked by
+-- lock_due_held) again. Those now finished (or gone) are pruned like prune_events does and
+-- forgotten; the others are parked again: held by dead letters only for $5 seconds (the trigger
+-- of migration 0099 wakes them as soon as one of their letters leaves), else after as long again
+-- as they have been held, at least $3 and at most $4 seconds. With $2 false nothing changes and
+-- what would be pruned is counted (a dry run).
+-- Why a wake-up is not lost here: this statement's snapshot is taken after the rows are locked. A
+-- discard committed before it is seen (its letter gone); one not committed yet must lock the same
+-- row to wake it, so it waits for this transaction and then wakes the row parked here.
+WITH looked AS (
+    SELECT h.event_id, h.held_since, o.present, o.fanned_out_at IS NOT NULL AS fanned,
+           EXISTS (SELECT 1 FROM courier.queue AS q WHERE q.event_id = h.event_id) AS queued,
+           EXISTS (SELECT 1 FROM courier.dead_letters AS d WHERE d.event_id = h.event_id) AS dead
+    FROM courier.retention_held AS h
+    -- One primary-key probe per row (a LATERAL ... LIMIT 1 is never a join over the outbox).
+    LEFT JOIN LATERAL (
+        SELECT true AS present, o.fanned_out_at FROM courier.outbox AS o WHERE o.id = h.event_id
+        LIMIT 1
+    ) AS o ON true
+    WHERE h.event_id = ANY ($1::uuid[])
+), doomed AS (
+    SELECT array_agg(l.event_id) AS ids
+    FROM looked AS l
+    WHERE l.present AND l.fanned AND NOT l.queued AND NOT l.dead
+), attempts_gone AS (
+    DELETE FROM courier.attempts AS a
+    WHERE $2::boolean AND a.event_id = ANY ((SELECT d.ids FROM doomed AS d)::uuid[])
+    RETURNING a.id
+), history_gone AS (
+    DELETE FROM courier.delivery_history AS h
+    WHERE $2::boolean AND h.event_id = ANY ((SELECT d.ids FROM doomed AS d)::uuid[])
+    RETURNING h.id
+), events_gone AS (
+    DELETE FROM courier.outbox AS o
+    WHERE $2::boolean AND o.id = ANY ((SELECT d.ids FROM doomed AS d)::uuid[])
+    RETURNING o.id
+), forgotten AS (
+    DELETE FROM courier.retention_held AS h
+    USING looked AS l
+    WHERE $2::boolean AND h.event_id = l.event_id
+      AND (l.present IS NULL OR (l.fanned AND NOT l.queued AND NOT l.dead))
+), parked AS (
+    UPDATE courier.retention_held AS h
+    SET check_at = CASE
+        WHEN l.fanned AND NOT l.queued THEN now() + make_interval(secs => $5::float8)
+        ELSE now() + make_interval(secs => least($4::float8, greatest($3::float8,
+                 extract(epoch FROM now() - h.held_since)::float8)))
+    END
+    FROM looked AS l
+    WHERE $2::boolean AND h.event_id = l.event_id AND l.present
+      AND (NOT l.fanned OR l.queued OR l.dead)
+), history_seen AS (
+    SELECT count(*) AS n FROM courier.delivery_history AS h
+    WHERE NOT $2::boolean AND h.event_id = ANY ((SELECT d.ids FROM doomed AS d)::uuid[])
+), attempts_seen AS (
+    SELECT count(*) AS n FROM courier.attempts AS a
+    WHERE NOT $2::boolean AND a.event_id = ANY ((SELECT d.ids FROM doomed AS d)::uuid[])
+)
+SELECT CASE WHEN $2 THEN (SELECT count(*) FROM events_gone)
+            ELSE coalesce(cardinality((SELECT d.ids FROM doomed AS d)), 0) END::integer AS outbox,
+       CASE WHEN $2 THEN (SELECT count(*) FROM history_gone)
+            ELSE (SELECT n FROM history_seen) END::integer AS delivery_history,
+       CASE WHEN $2 THEN (SELECT count(*) FROM attempts_gone)
             ELSE (SELECT n FROM attempts_seen) END::integer AS attempts,
        (SELECT max(h.id) FROM history_gone AS h) AS max_delivery_id;
 

@@ -18,9 +18,11 @@ that cannot race a replay or a completion into a half state), with a pause betwe
 
 * The outbox is walked in (created_at, id) order from where the last pass stopped (kept in
   courier.retention) up to now - retention: each event is looked at once in the common case.
-* Events held when walked (a pending delivery, a dead letter, not fanned out yet) stay behind the
-  walk; a second, bounded walk goes over them again, a few batches per pass, from where it
-  stopped last time, and starts over when it reaches the first walk.
+* Events held when walked (a pending delivery, a dead letter, not fanned out yet) are recorded in
+  courier.retention_held with when to look at them again (migration 0099): a pass looks only at
+  those due, so its cost follows what may have become prunable, not how much is held. Held by
+  dead letters: due when one of them leaves (a trigger), else after ``dead_park``; held by pending
+  work: after as long again as it has been held, between ``recheck_after`` and ``recheck_cap``.
 * Dead letters are walked by ``dead_letters_dead_at`` up to now - dead_retention.
 
 Batched DELETEs rather than time partitions: see migration 0011 for the measurement.
@@ -90,8 +92,13 @@ class RetentionConfig:
     #: Batches of the outbox walk and of the dead-letter walk per pass (each); more waits for
     #: the next pass, which then comes at once.
     max_batches: int = 200
-    #: Batches of the re-check walk per pass.
-    recheck_batches: int = 4
+    #: Held events (pending work, not fanned out) are looked at again after as long as they have
+    #: been held, at least this (None: the pass interval) and at most ``recheck_cap`` seconds.
+    recheck_after: float | None = None
+    recheck_cap: float = 3600.0
+    #: Events held by dead letters only are woken when a letter leaves; by the clock only after
+    #: this (a backstop; see migration 0099).
+    dead_park: float = 86400.0
     #: Pause between batches, so that a long pass leaves the database to the hot path.
     pause: float = 0.01
 
@@ -130,51 +137,59 @@ class _Pass:
         self.events_before = now - timedelta(seconds=config.retention)
         self.result.events_before = self.events_before
         self.walk = (state["events_at"] or _min_time(now), state["events_id"] or _NIL)
-        # The re-check walk goes up to where this pass's walk started: what the walk covers now
-        # it has just looked at (and a dry run would count twice).
-        self.walk_start = self.walk
-        self.recheck: tuple[datetime, uuid.UUID] | None = (
-            (state["recheck_at"], state["recheck_id"]) if state["recheck_at"] else None
-        )
         await self._walk_events()
-        await self._recheck_events()
         if config.dead_retention > 0:
             self.result.dead_before = now - timedelta(seconds=config.dead_retention)
             await self._prune_dead(self.result.dead_before)
+        # Last: the letters just pruned have woken their events (migration 0099's trigger).
+        await self._recheck_events()
         return self.result
 
     async def _walk_events(self) -> None:
         """The outbox from where the last pass stopped up to the retention horizon."""
         for _ in range(self.config.max_batches):
-            walked = await self._events_batch(self.walk, (self.events_before, _NIL), main=True)
+            walked = await self._events_batch(self.walk, (self.events_before, _NIL))
             if walked < self.config.batch:
                 return
         self.result.more = True
 
     async def _recheck_events(self) -> None:
-        """Events left behind the walk because they were held: a few batches each pass."""
-        start = self.recheck or (_min_time(self.events_before), _NIL)
-        for _ in range(self.config.recheck_batches):
-            walked = await self._events_batch(start, self.walk_start, main=False)
-            if walked < self.config.batch:
-                self.recheck = None  # reached the walk: start over next pass
-                await self._save(None)
+        """Held events due for another look (courier.retention_held): pruned once finished,
+        parked again otherwise."""
+        config = self.config
+        after: tuple[datetime, uuid.UUID] = (_min_time(self.events_before), _NIL)
+        soonest = config.interval if config.recheck_after is None else config.recheck_after
+        due_by: datetime = await self.conn.fetchval("SELECT now()")
+        for _ in range(config.max_batches):
+            async with self.conn.transaction():
+                due = await self.conn.fetch(QUERIES["lock_due_held"], config.batch, *after, due_by)
+                if not due:
+                    return
+                after = (due[-1]["check_at"], due[-1]["event_id"])
+                row = await self.conn.fetchrow(
+                    QUERIES["recheck_held"],
+                    [r["event_id"] for r in due],
+                    not self.result.dry_run,
+                    soonest,
+                    max(soonest, config.recheck_cap),
+                    config.dead_park,
+                )
+                self.result.add(row)
+                await self._save(row["max_delivery_id"])
+            await self._after_batch()
+            if len(due) < config.batch:
                 return
-            start = self.recheck or start
+        self.result.more = True
 
     async def _events_batch(
-        self, after: tuple[datetime, uuid.UUID], before: tuple[datetime, uuid.UUID], *, main: bool
+        self, after: tuple[datetime, uuid.UUID], before: tuple[datetime, uuid.UUID]
     ) -> int:
         dry = self.result.dry_run
         args = (*after, *before, not dry, self.config.batch)
         async with self.conn.transaction():
             row = await self.conn.fetchrow(QUERIES["prune_events"], *args)
             if row["walked"]:
-                key = (row["last_at"], row["last_id"])
-                if main:
-                    self.walk = key
-                else:
-                    self.recheck = key
+                self.walk = (row["last_at"], row["last_id"])
             self.result.add(row)
             if not dry:
                 await self._save(row["max_delivery_id"])
@@ -219,13 +234,13 @@ class _Pass:
     async def _save(self, max_delivery_id: int | None, dead_before: datetime | None = None) -> None:
         if self.result.dry_run:
             return
-        recheck = self.recheck or (None, None)
         await self.conn.execute(
             QUERIES["record_retention"],
             self.config.retention,
             self.config.dead_retention or None,
             *self.walk,
-            *recheck,
+            None,  # (recheck_at, recheck_id: unused since migration 0099)
+            None,
             dead_before,
             max_delivery_id,
         )

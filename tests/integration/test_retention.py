@@ -25,7 +25,16 @@ from tests.integration.helpers import AUTH, Receiver, add_endpoint, wait_until
 from tests.integration.test_cli import pgcourier
 
 DAY = 86400.0
-CONFIG = RetentionConfig(retention=30 * DAY, dead_retention=90 * DAY, batch=2, pause=0)
+# (recheck_after=recheck_cap=0: an event held by pending work is looked at again on the very
+# next pass, not after as long again as it has been held.)
+CONFIG = RetentionConfig(
+    retention=30 * DAY,
+    dead_retention=90 * DAY,
+    batch=2,
+    pause=0,
+    recheck_after=0,
+    recheck_cap=0,
+)
 
 
 async def make_event(
