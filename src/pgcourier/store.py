@@ -246,8 +246,13 @@ class PgStore:
         ]
         with translate_errors():
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(QUERIES["record_attempts"], *attempts)
                 applied = await conn.fetch(QUERIES["complete_deliveries"], *updates, relay_id)
+                # After the outcomes: an attempt of a delivery this relay no longer held (its
+                # lease lost) is kept only while its event exists, since retention may have
+                # pruned it meanwhile (see record_attempts_of_known).
+                await conn.execute(
+                    QUERIES["record_attempts_of_known"], *attempts, [r["id"] for r in applied]
+                )
                 if held:
                     done = {r["id"] for r in applied}
                     keyed = [h for h in held if h[2] in done]
