@@ -262,25 +262,3 @@ SELECT coalesce(
 -- /metrics gauges (catalog lookups only; nothing is scanned).
 SELECT t.name, pg_total_relation_size(('courier.' || t.name)::regclass) AS bytes
 FROM unnest(ARRAY['outbox', 'queue', 'dead_letters', 'delivery_history', 'attempts']) AS t(name);
-
--- record_attempts_of_known --
--- Append a batch of attempts to the log, one array per column ($1..$10 as record_attempts), but
--- only those of deliveries $11 (the ones complete_deliveries just applied, so still in the queue
--- under this relay's lease until this transaction commits: no pass can prune their event) or
--- whose event still exists. A relay that lost its lease may report a delivery that another relay
--- finished and retention has pruned since: its attempt would refer to an event that is gone, and
--- retention, which finds attempts through their events, would never remove it. (A pass pruning
--- that event at this very moment can still miss such an attempt; it takes a stale relay and a
--- prune of the same event in the same few milliseconds.) The outbox probe is made only for the
--- rows not applied (OR evaluates its arms in order), and it is a scalar sub-select, one
--- primary-key probe per row: an EXISTS may be planned as a hash of the whole outbox.
-INSERT INTO courier.attempts
-    (delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
-     response_body, error, outcome)
-SELECT t.*
-FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[], $6::float8[],
-            $7::int[], $8::text[], $9::text[], $10::text[])
-    AS t(delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
-         response_body, error, outcome)
-WHERE t.delivery_id = ANY ($11::bigint[])
-   OR (SELECT true FROM courier.outbox AS o WHERE o.id = t.event_id LIMIT 1);

@@ -249,9 +249,9 @@ class PgStore:
                 applied = await conn.fetch(QUERIES["complete_deliveries"], *updates, relay_id)
                 # After the outcomes: an attempt of a delivery this relay no longer held (its
                 # lease lost) is kept only while its event exists, since retention may have
-                # pruned it meanwhile (see record_attempts_of_known).
+                # pruned it meanwhile (see record_attempts).
                 await conn.execute(
-                    QUERIES["record_attempts_of_known"], *attempts, [r["id"] for r in applied]
+                    QUERIES["record_attempts"], *attempts, [r["id"] for r in applied]
                 )
                 if held:
                     done = {r["id"] for r in applied}

@@ -445,6 +445,25 @@ STATEMENTS: dict[str, Any] = {
         "prune_orphaned_events", lambda f: f["fresh"], NOW - timedelta(days=1)
     ),
     "retention: not found": _named("delivery_whereabouts", 12345),
+    "retention: held due": _named("lock_due_held", 500, START, NIL, NOW),
+    "retention: re-check held": _named(
+        "recheck_held", lambda f: f["fresh"], True, 60.0, 3600.0, 86400.0
+    ),
+    # A late batch: half its deliveries applied, the other half's events probed.
+    "record attempts": _named(
+        "record_attempts",
+        lambda f: list(range(len(f["fresh"]))),
+        lambda f: f["fresh"],
+        lambda f: [f["enabled"][0]] * len(f["fresh"]),
+        lambda f: [1] * len(f["fresh"]),
+        lambda f: [NOW] * len(f["fresh"]),
+        lambda f: [1.0] * len(f["fresh"]),
+        lambda f: [200] * len(f["fresh"]),
+        lambda f: [None] * len(f["fresh"]),
+        lambda f: [None] * len(f["fresh"]),
+        lambda f: ["delivered"] * len(f["fresh"]),
+        lambda f: list(range(len(f["fresh"]) // 2)),
+    ),
 }
 
 

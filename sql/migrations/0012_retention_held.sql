@@ -33,7 +33,7 @@ COMMENT ON TABLE courier.retention_held IS
 -- instead of deadlocking here), so a re-check parking one right now is waited for and its
 -- parking then overridden. Not on the hot path: relays never delete dead letters.
 CREATE FUNCTION courier.retention_wake() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE courier.retention_held AS h
     SET check_at = least(h.check_at, now())
