@@ -102,6 +102,7 @@ async def soak(bench: Bench, plan: SoakPlan) -> None:
             "UPDATE courier.retention SET events_at = NULL, events_id = NULL, recheck_at = NULL,"
             " recheck_id = NULL, last_pass_at = NULL"
         )
+        await conn.execute("TRUNCATE courier.retention_held")  # (a TRUNCATE wakes nothing)
         env = {
             "PGCOURIER_RETENTION": f"{plan.retention:g}s",
             "PGCOURIER_DEAD_RETENTION": f"{plan.retention:g}s",
