@@ -17,15 +17,31 @@ SELECT * FROM courier.claim($1, $2, $3, $4, $5);
 SELECT courier.fan_out($1);
 
 -- complete_deliveries --
--- Apply a batch of attempt outcomes: $1 ids, $2 new status, $3 retry delay in seconds (NULL when
--- not retrying), $4 HTTP status codes, $5 errors, $6 attempt start times, all for relay $7.
--- Only rows still leased to this relay change: if the lease was lost (the relay stalled and another
--- relay took the delivery over), the other relay's outcome wins. A finished delivery leaves the
--- queue for the history or the dead letters; a retry stays, due later. Returns the ids applied.
+-- Record a batch of attempts and apply their outcomes, in one statement (so in one implicit
+-- transaction, one round trip: a batch used to take four, BEGIN, the attempts, the outcomes,
+-- COMMIT). $1 ids, $2 new status, $3 retry delay in seconds (NULL when not retrying), $4 HTTP
+-- status codes, $5 errors kept on the delivery, $6 attempt start times, all for relay $7; then
+-- for the attempt log $8 event ids, $9 endpoint ids, $10 attempt numbers, $11 durations (ms),
+-- $12 response bodies, $13 the attempts' own errors.
+-- Every attempt is recorded, even one whose lease was lost (it happened). Only rows still leased
+-- to this relay change: if the lease was lost (the relay stalled and another relay took the
+-- delivery over), the other relay's outcome wins. A finished delivery leaves the queue for the
+-- history or the dead letters; a retry stays, due later. Returns the ids applied.
 -- Every row is found by primary key (= ANY) and its values by array_position: no join with
 -- unnest(), whose size the planner would have to guess (with missing statistics it chose a
 -- nested loop that re-ran the unnest for every row).
-WITH gone AS (
+WITH recorded AS (
+    INSERT INTO courier.attempts
+        (delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+         response_body, error, outcome)
+    SELECT a.delivery_id, a.event_id, a.endpoint_id, a.attempt, a.started_at, a.duration_ms,
+           a.status_code, a.response_body, a.error,
+           CASE a.status WHEN 'pending' THEN 'retry' ELSE a.status END
+    FROM unnest($1::bigint[], $8::uuid[], $9::uuid[], $10::int[], $6::timestamptz[],
+                $11::float8[], $4::int[], $12::text[], $13::text[], $2::text[])
+        AS a(delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+             response_body, error, status)
+), gone AS (
     DELETE FROM courier.queue AS q
     WHERE q.id = ANY ($1::bigint[]) AND q.lease_token = $7::uuid
       AND ($2::text[])[array_position($1::bigint[], q.id)] <> 'pending'
@@ -76,15 +92,6 @@ WHERE q.endpoint_id = r.endpoint_id AND q.ordering_key = r.ordering_key
 -- What a batch says about each endpoint: circuit, Retry-After pause, 410, continuous failure
 -- (see courier.apply_endpoint_outcomes in migration 0003).
 SELECT * FROM courier.apply_endpoint_outcomes($1, $2, $3, $4, $5, $6, $7, $8, $9);
-
--- record_attempts --
--- Append a batch of attempts to the log, one array per column.
-INSERT INTO courier.attempts
-    (delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
-     response_body, error, outcome)
-SELECT *
-FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[], $6::float8[],
-            $7::int[], $8::text[], $9::text[], $10::text[]);
 
 -- renew_leases --
 -- Push the lease of deliveries $1 held by relay $2 out to now() + $3 seconds. Returns the ids

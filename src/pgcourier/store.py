@@ -197,9 +197,11 @@ class PgStore:
         return due
 
     async def complete(self, relay_id: UUID, batch: Sequence[Completion]) -> None:
-        """Record the attempts and apply the outcomes in one transaction."""
-        attempts: list[list[object]] = [[] for _ in range(10)]
+        """Record the attempts and apply the outcomes in one transaction: one statement, so one
+        round trip, unless keyed retries or endpoint reports need more."""
+        # Columns of complete_deliveries: $1-$6 the outcomes, $8-$13 the attempt log ($7: relay).
         updates: list[list[object]] = [[] for _ in range(6)]
+        log_columns: list[list[object]] = [[] for _ in range(6)]
         for c in batch:
             outcome = c.outcome
             status, delay = (
@@ -213,28 +215,25 @@ class PgStore:
             if isinstance(outcome, Dead) and error is None:
                 error = outcome.reason
             for column, value in zip(
-                attempts,
-                (
-                    c.job.delivery_id,
-                    c.job.event_id,
-                    c.job.endpoint_id,
-                    c.job.attempt,
-                    c.result.started_at,
-                    c.result.duration * 1000.0,
-                    c.result.status,
-                    c.result.response_body,
-                    c.result.error,
-                    "retry" if status == "pending" else status,
-                ),
-                strict=True,
-            ):
-                column.append(value)
-            for column, value in zip(
                 updates,
                 (c.job.delivery_id, status, delay, c.result.status, error, c.result.started_at),
                 strict=True,
             ):
                 column.append(value)
+            for column, value in zip(
+                log_columns,
+                (
+                    c.job.event_id,
+                    c.job.endpoint_id,
+                    c.job.attempt,
+                    c.result.duration * 1000.0,
+                    c.result.response_body,
+                    c.result.error,
+                ),
+                strict=True,
+            ):
+                column.append(value)
+        args = (*updates, relay_id, *log_columns)
         reports = endpoint_reports(
             [(str(c.job.endpoint_id), c.outcome, c.job.troubled) for c in batch]
         )
@@ -245,9 +244,11 @@ class PgStore:
             if c.job.ordering_key is not None and isinstance(c.outcome, Retry)
         ]
         with translate_errors():
+            if not held and not reports:  # the usual batch: all delivered, healthy endpoints
+                await self._pool.execute(QUERIES["complete_deliveries"], *args)
+                return
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(QUERIES["record_attempts"], *attempts)
-                applied = await conn.fetch(QUERIES["complete_deliveries"], *updates, relay_id)
+                applied = await conn.fetch(QUERIES["complete_deliveries"], *args)
                 if held:
                     done = {r["id"] for r in applied}
                     keyed = [h for h in held if h[2] in done]

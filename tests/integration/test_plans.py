@@ -379,6 +379,12 @@ def _completion(f: dict[str, Any]) -> list[Any]:
         [None if s == "delivered" else "HTTP 500" for s in statuses],
         [NOW] * len(ids),
         LEASE_HOLDER,
+        [NIL] * len(ids),  # the attempt log's columns: event, endpoint, attempt, duration ...
+        [NIL] * len(ids),
+        [1] * len(ids),
+        [12.5] * len(ids),
+        ["ok"] * len(ids),
+        [None] * len(ids),
     ]
 
 
