@@ -103,8 +103,13 @@ class PgStore:
         *,
         max_claims: int = DEFAULT_MAX_CLAIMS,
         unsealer: Unsealer | None = None,
+        claim_pool: asyncpg.Pool | None = None,
     ) -> None:
+        """``claim_pool``, if given, serves the claim and the fan-out: the relay's runs with
+        synchronous_commit off (see runtime.running), so a claim does not wait for a WAL flush.
+        Without it, everything uses ``pool``."""
         self._pool = pool
+        self._claims = claim_pool or pool
         self._circuit = circuit or CircuitConfig()
         self._max_claims = max_claims
         # Opens the endpoints' stored secrets and Slack tokens, once per distinct ciphertext.
@@ -165,7 +170,7 @@ class PgStore:
         """Fan fresh events out into deliveries, then lease what is due within each endpoint's
         limits (retries and fresh deliveries alike, earliest first per endpoint)."""
         with translate_errors():
-            rows = await self._pool.fetch(
+            rows = await self._claims.fetch(
                 QUERIES["claim_due"], limit, lease, relay_id, max(limit, 100), self._max_claims
             )
         jobs = []
@@ -188,7 +193,7 @@ class PgStore:
     async def fan_out(self, limit: int) -> int:
         """Fan out up to ``limit`` fresh events, claiming nothing; how many it took."""
         with translate_errors():
-            taken: int = await self._pool.fetchval(QUERIES["fan_out"], limit)
+            taken: int = await self._claims.fetchval(QUERIES["fan_out"], limit)
         return taken
 
     async def next_due(self) -> datetime | None:
@@ -220,19 +225,16 @@ class PgStore:
                 strict=True,
             ):
                 column.append(value)
-            for column, value in zip(
-                log_columns,
-                (
-                    c.job.event_id,
-                    c.job.endpoint_id,
-                    c.job.attempt,
-                    c.result.duration * 1000.0,
-                    c.result.response_body,
-                    c.result.error,
-                ),
-                strict=True,
-            ):
-                column.append(value)
+            logged: tuple[object, ...] = (
+                c.job.event_id,
+                c.job.endpoint_id,
+                c.job.attempt,
+                c.result.duration * 1000.0,
+                c.result.response_body,
+                c.result.error,
+            )
+            for column, logged_value in zip(log_columns, logged, strict=True):
+                column.append(logged_value)
         args = (*updates, relay_id, *log_columns)
         reports = endpoint_reports(
             [(str(c.job.endpoint_id), c.outcome, c.job.troubled) for c in batch]
@@ -304,6 +306,8 @@ class PgStore:
         waits for the server (up to command_timeout, 60 s); closing the sockets ends it now.
         """
         self._pool.terminate()
+        if self._claims is not self._pool:
+            self._claims.terminate()
 
     async def release(self, relay_id: UUID, ids: Sequence[int]) -> None:
         with translate_errors():
