@@ -3,21 +3,30 @@ it, and a relay that meets such a secret hands the work back instead of failing 
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+import structlog
 
 from pgcourier import ops
 from pgcourier.admin import create_app
 from pgcourier.admin.context import AdminContext
 from pgcourier.errors import ConfigurationError
+from pgcourier.logs import configure_logging
 from pgcourier.metrics import Metrics
+from pgcourier.runtime import running
 from pgcourier.sealing import Keyring, generate_key
 from pgcourier.secrets_at_rest import secure
+from pgcourier.signing import verify
 from tests.integration.console_helpers import csrf_for, login
-from tests.integration.helpers import AUTH, TOKEN, Receiver
+from tests.integration.helpers import AUTH, TOKEN, Receiver, relay_settings, wait_until
 from tests.integration.test_cli import pgcourier
 
 WHSEC = "whsec_" + "c2VjcmV0LW9uZS1zZWNyZXQtb25lLXNlY3JldC1vbmU="
@@ -129,3 +138,97 @@ async def test_the_start_up_check_and_the_writers_check_agree(conn: asyncpg.Conn
     )
     with pytest.raises(ConfigurationError, match=MISMATCH):
         await secure(conn, Keyring(K3))
+
+
+@pytest.fixture
+def log_lines(caplog: pytest.LogCaptureFixture) -> Iterator[io.StringIO]:
+    """pgcourier's logs as the CLI sets them up (JSON) into a buffer."""
+    caplog.set_level(logging.DEBUG)
+    buffer = io.StringIO()
+    configure_logging("info", "json", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        structlog.reset_defaults()
+
+
+async def _ready(port: int | None) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/ready") as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_a_relay_without_the_key_hands_the_work_back_and_says_it_is_not_ready(
+    dsn: str, conn: asyncpg.Connection, receiver: Receiver, log_lines: io.StringIO
+) -> None:
+    good = await ops.create_endpoint(
+        conn, url=receiver.url("/good"), event_types=["good"], keyring=Keyring(K1)
+    )
+    settings = relay_settings(dsn, secret_key=K1, circuit_failures=1, max_claims=2)
+    async with running(settings, dsn) as rt:
+        # A rolling deploy: a writer with a new first key (which also opens what is stored)
+        # adds an endpoint after this relay, which has the old key only, started.
+        bad = await ops.create_endpoint(
+            conn, url=receiver.url("/bad"), event_types=["bad"], keyring=Keyring(f"{K2},{K1}")
+        )
+        for n in range(3):
+            await ops.enqueue(conn, "bad", {"n": n})
+        await ops.enqueue(conn, "good", {"n": 0})
+        await receiver.wait_count(1, "/good")
+
+        async def handed_back() -> list[asyncpg.Record]:
+            rows = await conn.fetch(
+                "SELECT due_at, claims, attempts, lease_token FROM courier.queue "
+                "WHERE endpoint_id = $1 AND due_at > now() + interval '20 seconds' "
+                "AND lease_token IS NULL ORDER BY id",
+                bad["id"],
+            )
+            return rows if len(rows) == 3 else []
+
+        await wait_until(handed_back)
+        first = await handed_back()
+        status, body = await _ready(rt.admin_port)
+        assert status == 503
+        [reason] = body["reasons"]
+        assert "PGCOURIER_SECRET_KEY does not open" in reason
+        for key in (K1, K2, good["secret"], bad["secret"]):
+            assert key not in json.dumps(body)
+        # Not claimed again in a loop (the poll is 0.2 s), and other endpoints keep flowing.
+        await asyncio.sleep(1.5)
+        await ops.enqueue(conn, "good", {"n": 1})
+        await receiver.wait_count(2, "/good")
+        assert await handed_back() == first
+        assert all(r["claims"] == 0 and r["attempts"] == 0 for r in first)
+        assert (await _ready(rt.admin_port))[0] == 503
+    # No attempt recorded, nothing sent, the endpoint not blamed (circuit_failures=1 would
+    # have opened its circuit at the first failed attempt).
+    assert receiver.on("/bad") == []
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM courier.attempts WHERE endpoint_id = $1", bad["id"]
+        )
+        == 0
+    )
+    endpoint = await conn.fetchrow(
+        "SELECT consecutive_failures, circuit_state, failing_since, enabled "
+        "FROM courier.endpoints WHERE id = $1",
+        bad["id"],
+    )
+    assert tuple(endpoint) == (0, "closed", None, True)
+    # One error for the endpoint, not one per delivery nor per claim; no secret in it.
+    logged = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    errors = [line for line in logged if line["level"] == "error"]
+    assert len(errors) == 1, errors
+    assert errors[0]["endpoint_id"] == bad["id"]
+    assert "does not open the endpoint's stored secret" in errors[0]["event"]
+    for key in (K1, K2, bad["secret"]):
+        assert key not in log_lines.getvalue()
+
+    # A relay with the key sends them once they are due again (brought forward here).
+    await conn.execute("UPDATE courier.queue SET due_at = now() WHERE endpoint_id = $1", bad["id"])
+    async with running(relay_settings(dsn, secret_key=f"{K2},{K1}"), dsn):
+        await receiver.wait_count(3, "/bad")
+    for request in receiver.on("/bad"):
+        verify("standard", request.headers, request.body, bad["secret"])

@@ -207,6 +207,12 @@ async def ready(request: web.Request) -> web.Response:
         reasons.append("database unreachable")
     if ctx.listener is not None and not ctx.listener.connected:
         reasons.append("LISTEN connection down (reconnecting)")
+    if ctx.unopened_secrets is not None and len(ctx.unopened_secrets):
+        # Generic on purpose: the log names the endpoints; a probe's answer names no secret.
+        reasons.append(
+            "PGCOURIER_SECRET_KEY does not open some endpoints' stored secrets: their "
+            "deliveries are handed back (see the log)"
+        )
     if reasons:
         return web.json_response({"status": "unavailable", "reasons": reasons}, status=503)
     return web.json_response({"status": "ready"})
