@@ -18,6 +18,7 @@ from pgcourier.db import QUERIES, translate_errors
 from pgcourier.model import Completion, Job
 from pgcourier.policy import Dead, Delivered, EndpointReport, Retry, endpoint_reports
 from pgcourier.sealing import SecretUnavailable, Unsealer
+from pgcourier.tasks import log_failure
 from pgcourier.unopened import UnopenedSecrets
 
 log = structlog.get_logger("pgcourier.store")
@@ -188,7 +189,12 @@ class PgStore:
                     # Never sign with garbage, and never blame the endpoint: hand it back.
                     unopened.setdefault(row["endpoint_id"], []).append(row["id"])
         if unopened:
-            await self._hand_back_unopened(relay_id, unopened)
+            try:
+                await self._hand_back_unopened(relay_id, unopened)
+            except Exception as exc:
+                # The claim itself committed: return its other jobs rather than lose them too.
+                # These leases run out on their own (a claim each, as after a crash).
+                log_failure("could not hand back deliveries whose secret does not open", exc)
         if len(self.unopened):
             for job in jobs:
                 self.unopened.opened(job.endpoint_id)
@@ -197,7 +203,7 @@ class PgStore:
     async def _hand_back_unopened(self, relay_id: UUID, unopened: dict[UUID, list[int]]) -> None:
         """Give back deliveries whose endpoint's secret our keys do not open (see
         :mod:`pgcourier.unopened`): no attempt, no circuit, no poison count; one error per
-        endpoint while it lasts. Should this write fail, the leases run out as after a crash."""
+        endpoint while it lasts."""
         ids = [delivery_id for ids in unopened.values() for delivery_id in ids]
         with translate_errors():
             await self._pool.execute(
