@@ -123,3 +123,14 @@ CROSS JOIN LATERAL (
     LIMIT 1
 ) AS q
 WHERE ep.enabled;
+
+-- hand_back_unopened --
+-- Hand deliveries $1 held by relay $2 back, due again in $3 seconds: this relay's keys do not
+-- open their endpoint's stored secret (pgcourier.unopened). As release_leases, their claim is
+-- given back (the relay chose not to send them), and no attempt is recorded, so neither the
+-- poison count nor the endpoint's circuit moves. The delay keeps this relay (and any other
+-- without the key) from claiming them again at once; a relay with the key sends them then.
+UPDATE courier.queue
+SET due_at = now() + make_interval(secs => $3), lease_token = NULL,
+    claims = greatest(claims - 1, 0)
+WHERE id = ANY($1::bigint[]) AND lease_token = $2;

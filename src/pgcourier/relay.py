@@ -360,15 +360,8 @@ class Relay:
 
     async def _deliver(self, job: Job) -> None:
         try:
-            if job.secret_problem is not None:
-                # No key of this relay opens the endpoint's secret: never sign with garbage.
-                # A failed attempt on the retry schedule (a relay with the right key may take
-                # it next time), whose error says what to fix.
-                result = AttemptResult(
-                    started_at=datetime.now(UTC), duration=0.0, error=job.secret_problem
-                )
-            else:
-                result = await self._transport.send(job)
+            # (A job whose secret our keys do not open never gets here: the store hands it back.)
+            result = await self._transport.send(job)
         except Exception as exc:
             # Transports report failures as values; an exception here is a bug. Record it as
             # a failed attempt so the delivery follows its retry schedule instead of sitting

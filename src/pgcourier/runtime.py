@@ -27,6 +27,7 @@ from pgcourier.settings import Settings
 from pgcourier.slack import Router, SlackTransport
 from pgcourier.store import CircuitConfig, PgStore
 from pgcourier.tasks import supervised
+from pgcourier.unopened import UnopenedSecrets
 
 log = structlog.get_logger("pgcourier.runtime")
 
@@ -148,6 +149,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
             ),
         )
         metrics = Metrics(per_endpoint=settings.metrics_endpoint_labels)
+        unopened = UnopenedSecrets()  # the store notes them, /ready reports them
         relay = Relay(
             store=PgStore(
                 pool,
@@ -155,6 +157,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                 max_claims=settings.max_claims,
                 unsealer=Unsealer(keyring),
                 claim_pool=claim_pool,
+                unopened=unopened,
             ),
             transport=transport,
             config=relay_config(settings),
@@ -162,7 +165,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
         )
         listener = Listener(dsn, relay.notify)
         admin, admin_port = await _start_admin(
-            settings, admin_context(settings, pool, metrics, listener)
+            settings, admin_context(settings, pool, metrics, listener, unopened)
         )
         try:
             async with asyncio.TaskGroup() as group:
@@ -200,7 +203,11 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
 
 
 def admin_context(
-    settings: Settings, pool: asyncpg.Pool, metrics: Metrics, listener: Listener | None
+    settings: Settings,
+    pool: asyncpg.Pool,
+    metrics: Metrics,
+    listener: Listener | None,
+    unopened: UnopenedSecrets | None = None,
 ) -> AdminContext:
     """What the admin routes need, from the settings."""
     return AdminContext(
@@ -213,6 +220,7 @@ def admin_context(
         open_operations=settings.admin_open_operations,
         ui_enabled=settings.ui_enabled,
         keyring=settings.keyring,
+        unopened_secrets=unopened,
     )
 
 

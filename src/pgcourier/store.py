@@ -18,6 +18,8 @@ from pgcourier.db import QUERIES, translate_errors
 from pgcourier.model import Completion, Job
 from pgcourier.policy import Dead, Delivered, EndpointReport, Retry, endpoint_reports
 from pgcourier.sealing import SecretUnavailable, Unsealer
+from pgcourier.tasks import log_failure
+from pgcourier.unopened import UnopenedSecrets
 
 log = structlog.get_logger("pgcourier.store")
 
@@ -51,13 +53,9 @@ VACUUM_INTERVAL = 60.0
 
 
 def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
-    try:
-        secrets = tuple(unsealer.open(s) for s in row["secrets"])
-        slack_token = unsealer.open_optional(row["slack_token"])
-        problem = None
-    except SecretUnavailable as exc:
-        # Never sign with garbage: the relay records a failed attempt instead of sending.
-        secrets, slack_token, problem = (), None, str(exc)
+    """The job for a claimed row; :class:`SecretUnavailable` when its secrets do not open."""
+    secrets = tuple(unsealer.open(s) for s in row["secrets"])
+    slack_token = unsealer.open_optional(row["slack_token"])
     return Job(
         delivery_id=row["id"],
         event_id=row["event_id"],
@@ -79,7 +77,6 @@ def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
         slack_channel=row["slack_channel"],
         slack_token=slack_token,
         template=row["template"],
-        secret_problem=problem,
     )
 
 
@@ -104,6 +101,7 @@ class PgStore:
         max_claims: int = DEFAULT_MAX_CLAIMS,
         unsealer: Unsealer | None = None,
         claim_pool: asyncpg.Pool | None = None,
+        unopened: UnopenedSecrets | None = None,
     ) -> None:
         """``claim_pool``, if given, serves the claim and the fan-out: the relay's runs with
         synchronous_commit off (see runtime.running), so a claim does not wait for a WAL flush.
@@ -114,6 +112,8 @@ class PgStore:
         self._max_claims = max_claims
         # Opens the endpoints' stored secrets and Slack tokens, once per distinct ciphertext.
         self._unsealer = unsealer or Unsealer(None)
+        # Endpoints whose secrets those keys do not open, lately (read by /ready too).
+        self.unopened = unopened if unopened is not None else UnopenedSecrets()
         self._vacuum_allowed = True
 
     async def register(self, relay_id: UUID) -> None:
@@ -174,6 +174,7 @@ class PgStore:
                 QUERIES["claim_due"], limit, lease, relay_id, max(limit, 100), self._max_claims
             )
         jobs = []
+        unopened: dict[UUID, list[int]] = {}
         for row in rows:
             if row["poisoned"]:
                 # Buried by the claim itself (migration 0009); nothing to send.
@@ -187,8 +188,43 @@ class PgStore:
                     relay_id=str(relay_id),
                 )
             else:
-                jobs.append(_job(row, self._unsealer))
+                try:
+                    jobs.append(_job(row, self._unsealer))
+                except SecretUnavailable:
+                    # Never sign with garbage, and never blame the endpoint: hand it back.
+                    unopened.setdefault(row["endpoint_id"], []).append(row["id"])
+        if unopened:
+            try:
+                await self._hand_back_unopened(relay_id, unopened)
+            except Exception as exc:
+                # The claim itself committed: return its other jobs rather than lose them too.
+                # These leases run out on their own (a claim each, as after a crash).
+                log_failure("could not hand back deliveries whose secret does not open", exc)
+        if len(self.unopened):
+            for job in jobs:
+                self.unopened.opened(job.endpoint_id)
         return jobs
+
+    async def _hand_back_unopened(self, relay_id: UUID, unopened: dict[UUID, list[int]]) -> None:
+        """Give back deliveries whose endpoint's secret our keys do not open (see
+        :mod:`pgcourier.unopened`): no attempt, no circuit, no poison count; one error per
+        endpoint while it lasts."""
+        ids = [delivery_id for ids in unopened.values() for delivery_id in ids]
+        with translate_errors():
+            await self._pool.execute(
+                QUERIES["hand_back_unopened"], ids, relay_id, self.unopened.hold
+            )
+        for endpoint_id, handed in unopened.items():
+            if self.unopened.note(endpoint_id, len(handed)):
+                log.error(
+                    "this relay's PGCOURIER_SECRET_KEY does not open the endpoint's stored "
+                    "secret: its deliveries are handed back for a relay that has the key; "
+                    "set the key the secret was encrypted with",
+                    endpoint_id=str(endpoint_id),
+                    deliveries=len(handed),
+                    retry_in_seconds=self.unopened.hold,
+                    relay_id=str(relay_id),
+                )
 
     async def fan_out(self, limit: int) -> int:
         """Fan out up to ``limit`` fresh events, claiming nothing; how many it took."""
