@@ -98,6 +98,7 @@ class Runtime:
     stop: asyncio.Event
     metrics: Metrics
     admin_port: int | None = None
+    claim_pool: asyncpg.Pool | None = None  # the claims' own (asynchronous commits)
 
 
 @contextlib.asynccontextmanager
@@ -190,6 +191,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                         stop=stop,
                         metrics=metrics,
                         admin_port=admin_port,
+                        claim_pool=claim_pool,
                     )
                 finally:
                     stop.set()
