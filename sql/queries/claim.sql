@@ -17,11 +17,17 @@ SELECT * FROM courier.claim($1, $2, $3, $4, $5);
 SELECT courier.fan_out($1);
 
 -- complete_deliveries --
--- Apply a batch of attempt outcomes: $1 ids, $2 new status, $3 retry delay in seconds (NULL when
--- not retrying), $4 HTTP status codes, $5 errors, $6 attempt start times, all for relay $7.
--- Only rows still leased to this relay change: if the lease was lost (the relay stalled and another
--- relay took the delivery over), the other relay's outcome wins. A finished delivery leaves the
--- queue for the history or the dead letters; a retry stays, due later. Returns the ids applied.
+-- Record a batch of attempts and apply their outcomes, in one statement (so in one implicit
+-- transaction, one round trip: a batch used to take four, BEGIN, the attempts, the outcomes,
+-- COMMIT). $1 ids, $2 new status, $3 retry delay in seconds (NULL when not retrying), $4 HTTP
+-- status codes, $5 errors kept on the delivery, $6 attempt start times, all for relay $7; then
+-- for the attempt log $8 event ids, $9 endpoint ids, $10 attempt numbers, $11 durations (ms),
+-- $12 response bodies, $13 the attempts' own errors.
+-- Every attempt is recorded, even one whose lease was lost (it happened), unless retention has
+-- pruned its event meanwhile (see recorded). Only rows still leased
+-- to this relay change: if the lease was lost (the relay stalled and another relay took the
+-- delivery over), the other relay's outcome wins. A finished delivery leaves the queue for the
+-- history or the dead letters; a retry stays, due later. Returns the ids applied.
 -- Every row is found by primary key (= ANY) and its values by array_position: no join with
 -- unnest(), whose size the planner would have to guess (with missing statistics it chose a
 -- nested loop that re-ran the unnest for every row).
@@ -42,6 +48,29 @@ WITH gone AS (
     WHERE q.id = ANY ($1::bigint[]) AND q.lease_token = $7::uuid
       AND ($2::text[])[array_position($1::bigint[], q.id)] = 'pending'
     RETURNING q.id
+), recorded AS (
+    -- Only attempts of deliveries applied here (every other transaction sees them in the queue
+    -- until this statement commits, so no pass can prune their event) or whose event still
+    -- exists: a relay that lost its lease may report a delivery that another relay finished and
+    -- retention has pruned since, and its attempt would then refer to an event that is gone,
+    -- which retention (finding attempts through their events) would never remove. (A pass
+    -- pruning that very event at this moment can still miss one: it takes a stale relay and a
+    -- prune of the same event within the same few milliseconds.) The outbox is probed only for
+    -- rows not applied (OR evaluates its arms in order), by a scalar sub-select: one primary-key
+    -- probe per row, where an EXISTS may be planned as a hash of the whole outbox.
+    INSERT INTO courier.attempts
+        (delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+         response_body, error, outcome)
+    SELECT a.delivery_id, a.event_id, a.endpoint_id, a.attempt, a.started_at, a.duration_ms,
+           a.status_code, a.response_body, a.error,
+           CASE a.status WHEN 'pending' THEN 'retry' ELSE a.status END
+    FROM unnest($1::bigint[], $8::uuid[], $9::uuid[], $10::int[], $6::timestamptz[],
+                $11::float8[], $4::int[], $12::text[], $13::text[], $2::text[])
+        AS a(delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+             response_body, error, status)
+    WHERE a.delivery_id = ANY ((SELECT array_agg(x.id) FROM (
+              SELECT g.id FROM gone AS g UNION ALL SELECT k.id FROM kept AS k) AS x)::bigint[])
+       OR (SELECT true FROM courier.outbox AS o WHERE o.id = a.event_id LIMIT 1)
 ), delivered AS (
     INSERT INTO courier.delivery_history
         (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base,
@@ -77,28 +106,6 @@ WHERE q.endpoint_id = r.endpoint_id AND q.ordering_key = r.ordering_key
 -- (see courier.apply_endpoint_outcomes in migration 0003).
 SELECT * FROM courier.apply_endpoint_outcomes($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
--- record_attempts --
--- Append a batch of attempts to the log, one array per column ($1..$10), but only those of
--- deliveries $11 (the ones complete_deliveries just applied: every other transaction sees them
--- in the queue until this one commits, so no pass can prune their event) or whose event still
--- exists. A relay that lost its lease may report a delivery that another relay
--- finished and retention has pruned since: its attempt would refer to an event that is gone, and
--- retention, which finds attempts through their events, would never remove it. (A pass pruning
--- that event at this very moment can still miss such an attempt; it takes a stale relay and a
--- prune of the same event in the same few milliseconds.) The outbox probe is made only for the
--- rows not applied (OR evaluates its arms in order), and it is a scalar sub-select, one
--- primary-key probe per row: an EXISTS may be planned as a hash of the whole outbox.
-INSERT INTO courier.attempts
-    (delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
-     response_body, error, outcome)
-SELECT t.*
-FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[], $6::float8[],
-            $7::int[], $8::text[], $9::text[], $10::text[])
-    AS t(delivery_id, event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
-         response_body, error, outcome)
-WHERE t.delivery_id = ANY ($11::bigint[])
-   OR (SELECT true FROM courier.outbox AS o WHERE o.id = t.event_id LIMIT 1);
-
 -- renew_leases --
 -- Push the lease of deliveries $1 held by relay $2 out to now() + $3 seconds. Returns the ids
 -- still held; any id missing was taken over by another relay (or finished).
@@ -129,3 +136,14 @@ CROSS JOIN LATERAL (
     LIMIT 1
 ) AS q
 WHERE ep.enabled;
+
+-- hand_back_unopened --
+-- Hand deliveries $1 held by relay $2 back, due again in $3 seconds: this relay's keys do not
+-- open their endpoint's stored secret (pgcourier.unopened). As release_leases, their claim is
+-- given back (the relay chose not to send them), and no attempt is recorded, so neither the
+-- poison count nor the endpoint's circuit moves. The delay keeps this relay (and any other
+-- without the key) from claiming them again at once; a relay with the key sends them then.
+UPDATE courier.queue
+SET due_at = now() + make_interval(secs => $3), lease_token = NULL,
+    claims = greatest(claims - 1, 0)
+WHERE id = ANY($1::bigint[]) AND lease_token = $2;

@@ -30,13 +30,18 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
     AS s(id, secret, previous_secret, slack_token)
 WHERE ep.id = s.id;
 
--- any_sealed_secret --
--- Whether any stored secret or token is encrypted (a writer without a key must not add plain
--- ones beside them).
-SELECT EXISTS (
-    SELECT 1 FROM courier.endpoints
-    WHERE secret LIKE 'enc:%' OR previous_secret LIKE 'enc:%' OR slack_token LIKE 'enc:%');
-
 -- endpoint_stored_secrets --
 -- Endpoint $1's stored secrets, for checking them against a new signature scheme.
 SELECT secret, previous_secret FROM courier.endpoints WHERE id = $1 AND deleted_at IS NULL;
+
+-- latest_sealed_secret --
+-- One encrypted stored value, for a writer to check its keys against before it writes (see
+-- pgcourier.secrets_at_rest.seal_for_writing): the most recently changed endpoint's, the one
+-- most likely under the key in use now. NULL when nothing is encrypted. The endpoints table is
+-- small and this runs once per admin write, never on the relay's path.
+SELECT ep.id, s.stored
+FROM courier.endpoints AS ep
+CROSS JOIN LATERAL (VALUES (ep.secret), (ep.previous_secret), (ep.slack_token)) AS s(stored)
+WHERE s.stored LIKE 'enc:%'
+ORDER BY ep.updated_at DESC, ep.id
+LIMIT 1;

@@ -65,9 +65,6 @@ class Job:
     slack_channel: str | None = None
     slack_token: str | None = field(default=None, repr=False)  # None: the relay's bot token
     template: str | None = None
-    # Why the endpoint's stored secret or token could not be opened (no configured key fits):
-    # the relay then records a failed attempt and sends nothing. None: secrets are usable.
-    secret_problem: str | None = None
 
     @property
     def attempt(self) -> int:

@@ -40,6 +40,7 @@ from pgcourier.metrics import Metrics
 from pgcourier.model import AttemptResult, Completion, Job
 from pgcourier.store import RelayStore
 from pgcourier.tasks import first, log_failure, supervised
+from pgcourier.wakeup import Alarm
 
 log = structlog.get_logger("pgcourier.relay")
 
@@ -91,8 +92,7 @@ class Relay:
         self._config = config
         self._rng = rng or random.Random()
         self._metrics = metrics
-        self._wakeup = asyncio.Event()
-        self._wake_source = "poll"
+        self._alarm = Alarm(poll_interval=config.poll_interval, metrics=metrics)
         # Claimed jobs wait here for one of max_in_flight worker tasks (a fixed pool: creating a
         # task per delivery cost more than the rest of the loop together).
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -125,15 +125,13 @@ class Relay:
         # its own UPDATE is in flight.
         self._idle = False
         self._notifications = 0
-        self._timer: asyncio.TimerHandle | None = None
         # Due work exists that the last claim could not take (endpoint limits, ordering keys).
         self._held_back = False
-        self._timer_at = float("inf")
         # Whether the last fan-out of a backlog took a full batch, and when to look again.
         self._fan_out_behind = False
         self._next_fan_out_check = 0.0
         self.delivered = 0  # attempts that ended delivered, for callers that wait on progress
-        self.wakeups: dict[str, int] = {"notify": 0, "poll": 0, "retry_timer": 0}
+        self.wakeups = self._alarm.counts  # wake-ups by source, for tests and callers
 
     # -- waking ------------------------------------------------------------------------------
 
@@ -145,45 +143,7 @@ class Relay:
         """
         self._idle = False
         self._notifications += 1
-        self._wake("notify")
-
-    def _wake(self, source: str) -> None:
-        self._wake_source = source
-        self._wakeup.set()
-
-    def _arm_timer(self, delay: float) -> None:
-        """Wake at the latest ``delay`` seconds from now (keeps only the earliest timer)."""
-        loop = asyncio.get_running_loop()
-        at = loop.time() + max(delay, 0.0)
-        if at >= self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = loop.call_at(at, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer, self._timer_at = None, float("inf")
-        self._wake("retry_timer")
-
-    async def _sleep(self, stop: asyncio.Event) -> None:
-        """Block until notified, the retry timer fires, the poll interval passes, or stop."""
-        stopper = asyncio.ensure_future(stop.wait())
-        waker = asyncio.ensure_future(self._wakeup.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {stopper, waker},
-                timeout=self._config.poll_interval,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            stopper.cancel()
-            waker.cancel()
-        source = self._wake_source if waker in done else "poll"
-        self.wakeups[source] = self.wakeups.get(source, 0) + 1
-        if self._metrics:
-            self._metrics.wakeups.labels(source).inc()
-        log.debug("woke", source=source)
+        self._alarm.ring("notify")
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -226,8 +186,7 @@ class Relay:
                 finally:
                     await self._drain()
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            self._alarm.cancel()
             # Best effort, bounded: leases left behind expire, and a dead relay's row is reaped.
             try:
                 async with asyncio.timeout(self.SHUTDOWN_GRACE):
@@ -255,7 +214,7 @@ class Relay:
                 continue
             # Clear before claiming: a NOTIFY that lands during the claim sets it again and the
             # next sleep returns at once, so no wake-up is lost between claim and sleep.
-            self._wakeup.clear()
+            self._alarm.clear()
             try:
                 jobs = await self._store.claim(self.id, free, cfg.lease)
             except Exception as exc:
@@ -276,7 +235,7 @@ class Relay:
             if not self._idle and await self._mark_idle():
                 continue
             await self._arm_next_due()
-            await self._sleep(stop)
+            await self._alarm.sleep(stop)
 
     async def _fan_out_backlog(self) -> bool:
         """Fan out a batch of a backlog of events; True if it took any.
@@ -330,7 +289,7 @@ class Relay:
             # shortly for other relays' (never spin).
             delay = (due - datetime.now(UTC)).total_seconds()
             self._held_back = delay <= 0
-            self._arm_timer(max(delay, self.HELD_BACK_RECHECK) + 0.001)
+            self._alarm.arm(max(delay, self.HELD_BACK_RECHECK) + 0.001)
         else:
             self._held_back = False
 
@@ -360,15 +319,8 @@ class Relay:
 
     async def _deliver(self, job: Job) -> None:
         try:
-            if job.secret_problem is not None:
-                # No key of this relay opens the endpoint's secret: never sign with garbage.
-                # A failed attempt on the retry schedule (a relay with the right key may take
-                # it next time), whose error says what to fix.
-                result = AttemptResult(
-                    started_at=datetime.now(UTC), duration=0.0, error=job.secret_problem
-                )
-            else:
-                result = await self._transport.send(job)
+            # (A job whose secret our keys do not open never gets here: the store hands it back.)
+            result = await self._transport.send(job)
         except Exception as exc:
             # Transports report failures as values; an exception here is a bug. Record it as
             # a failed attempt so the delivery follows its retry schedule instead of sitting
@@ -407,20 +359,20 @@ class Relay:
             if isinstance(c.outcome, policy.Delivered):
                 self.delivered += 1
             elif isinstance(c.outcome, policy.Retry):
-                self._arm_timer(c.outcome.after)
+                self._alarm.arm(c.outcome.after)
 
     def _flushed(self) -> None:
         # Finished work frees room under endpoints' concurrency limits and lets the next
         # delivery of an ordering key go: if due work was held back, look again now.
         if self._held_back:
-            self._wake("completion")
+            self._alarm.ring("completion")
 
     def _reregistered(self) -> None:
         # The row came back busy, so producers will not notify us: look for work now, and the
         # claim loop marks us idle again before it sleeps (else we would hear of new events only
         # at the next poll).
         self._idle = False
-        self._wake("reregistered")
+        self._alarm.ring("reregistered")
 
     # -- stopping ----------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ plain ones: :func:`pgcourier.secrets_at_rest.secure`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from pgcourier.errors import ConfigurationError
@@ -22,7 +24,7 @@ PREFIX = "enc:v1:"
 #: How to make a key, for messages and the README.
 GENERATE_HINT = "pgcourier keys generate"
 #: The relay's cache of opened values: far more than the endpoints of any deployment (a value
-#: is an endpoint's secret, previous secret or token); past it the cache starts again.
+#: is an endpoint's secret, previous secret or token); past it the least recently used goes.
 CACHE_SIZE = 4096
 
 
@@ -117,13 +119,16 @@ class Unsealer:
     Every claimed delivery carries its endpoint's secrets as stored; decrypting them each time
     would add a Fernet decryption (tens of microseconds) to every delivery. A bounded dict from
     stored value to plain text makes that a dictionary look-up. A rotated secret is a new stored
-    value (its old entry simply stops being asked for); the cache starts again when full.
+    value (its old entry simply stops being asked for); when the cache is full the least
+    recently used value goes, so a deployment with more values than it holds still keeps the
+    busy ones (clearing it all at once made every endpoint pay a decryption again).
     """
 
     def __init__(self, keyring: Keyring | None, *, size: int = CACHE_SIZE) -> None:
         self._keyring = keyring
         self._size = size
-        self._opened: dict[str, str] = {}
+        # Least recently used first: a hit moves its value to the end, a miss evicts the front.
+        self._opened: OrderedDict[str, str] = OrderedDict()
 
     def open(self, stored: str) -> str:
         """The plain text of a stored value, or :class:`SecretUnavailable`."""
@@ -131,6 +136,7 @@ class Unsealer:
             return stored
         plain = self._opened.get(stored)
         if plain is not None:
+            self._opened.move_to_end(stored)
             return plain
         if self._keyring is None:
             raise SecretUnavailable(
@@ -138,7 +144,7 @@ class Unsealer:
             )
         plain = self._keyring.open(stored)
         if len(self._opened) >= self._size:
-            self._opened.clear()
+            self._opened.popitem(last=False)
         self._opened[stored] = plain
         return plain
 

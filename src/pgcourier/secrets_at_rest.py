@@ -13,7 +13,6 @@ import asyncpg
 import structlog
 
 from pgcourier.db import QUERIES, translate_errors
-from pgcourier.errors import ConfigurationError
 from pgcourier.sealing import GENERATE_HINT, Keyring, SecretUnavailable, is_sealed
 
 log = structlog.get_logger("pgcourier.secrets")
@@ -87,16 +86,24 @@ def _bring(keyring: Keyring, value: str | None, endpoint_id: object, rotate: boo
         return None
     if not is_sealed(value):
         return keyring.seal(value)
+    check_opens(keyring, value, endpoint_id)  # never start a relay that would sign with garbage
+    return keyring.reseal(value) if rotate else value
+
+
+def check_opens(keyring: Keyring, stored: str, endpoint_id: object) -> None:
+    """A stored sealed value opens with ``keyring``, else :class:`SecretUnavailable`.
+
+    The one check of a key against what is stored: at start-up (:func:`secure`, every value)
+    and before any write (:func:`seal_for_writing`, one value).
+    """
     try:
-        if rotate:
-            return keyring.reseal(value)
-        keyring.open(value)  # never start a relay that would sign with garbage
+        keyring.open(stored)
     except SecretUnavailable:
         raise SecretUnavailable(
             f"no key in PGCOURIER_SECRET_KEY decrypts endpoint {endpoint_id}'s secrets: "
-            "set the key they were encrypted with (the first key encrypts, every key decrypts)"
+            "this PGCOURIER_SECRET_KEY does not open the stored secrets; set the key they were "
+            "encrypted with (the first key encrypts, every key decrypts)"
         ) from None
-    return value
 
 
 async def secure_at_start(conn: asyncpg.Connection, keyring: Keyring | None) -> None:
@@ -110,15 +117,24 @@ async def secure_at_start(conn: asyncpg.Connection, keyring: Keyring | None) -> 
 async def seal_for_writing(conn: asyncpg.Connection, keyring: Keyring | None, value: str) -> str:
     """``value`` as it is to be stored: encrypted under the first key, or plain without keys.
 
-    A writer without keys refuses to add a plain value beside encrypted ones: the next start
-    with a key would encrypt it, but until then it would sit in the database and its backups.
+    A writer checks its keys against what is stored before it writes, and refuses
+    (:class:`SecretUnavailable`, nothing written) when they do not fit:
+
+    * with keys, they must open a stored sealed value (the most recently changed endpoint's):
+      a value sealed under a key no other process has would leave every relay unable to sign
+      for that endpoint. Keys that share one key with the stored values pass, so a rolling
+      deploy that puts a new first key before the old one (new,old) can write.
+    * without keys, there must be no sealed value: a plain one beside them would sit in the
+      database and its backups until the next start with a key encrypted it.
     """
-    if keyring is not None:
-        return keyring.seal(value)
     with translate_errors():
-        sealed = await conn.fetchval(QUERIES["any_sealed_secret"])
-    if sealed:
-        raise ConfigurationError(
+        row = await conn.fetchrow(QUERIES["latest_sealed_secret"])
+    if keyring is not None:
+        if row is not None:
+            check_opens(keyring, row["stored"], row["id"])
+        return keyring.seal(value)
+    if row is not None:
+        raise SecretUnavailable(
             "endpoint secrets in this database are stored encrypted: set PGCOURIER_SECRET_KEY "
             "to write new ones"
         )

@@ -18,6 +18,8 @@ from pgcourier.db import QUERIES, translate_errors
 from pgcourier.model import Completion, Job
 from pgcourier.policy import Dead, Delivered, EndpointReport, Retry, endpoint_reports
 from pgcourier.sealing import SecretUnavailable, Unsealer
+from pgcourier.tasks import log_failure
+from pgcourier.unopened import UnopenedSecrets
 
 log = structlog.get_logger("pgcourier.store")
 
@@ -51,13 +53,9 @@ VACUUM_INTERVAL = 60.0
 
 
 def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
-    try:
-        secrets = tuple(unsealer.open(s) for s in row["secrets"])
-        slack_token = unsealer.open_optional(row["slack_token"])
-        problem = None
-    except SecretUnavailable as exc:
-        # Never sign with garbage: the relay records a failed attempt instead of sending.
-        secrets, slack_token, problem = (), None, str(exc)
+    """The job for a claimed row; :class:`SecretUnavailable` when its secrets do not open."""
+    secrets = tuple(unsealer.open(s) for s in row["secrets"])
+    slack_token = unsealer.open_optional(row["slack_token"])
     return Job(
         delivery_id=row["id"],
         event_id=row["event_id"],
@@ -79,7 +77,6 @@ def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
         slack_channel=row["slack_channel"],
         slack_token=slack_token,
         template=row["template"],
-        secret_problem=problem,
     )
 
 
@@ -103,12 +100,20 @@ class PgStore:
         *,
         max_claims: int = DEFAULT_MAX_CLAIMS,
         unsealer: Unsealer | None = None,
+        claim_pool: asyncpg.Pool | None = None,
+        unopened: UnopenedSecrets | None = None,
     ) -> None:
+        """``claim_pool``, if given, serves the claim and the fan-out: the relay's runs with
+        synchronous_commit off (see runtime.running), so a claim does not wait for a WAL flush.
+        Without it, everything uses ``pool``."""
         self._pool = pool
+        self._claims = claim_pool or pool
         self._circuit = circuit or CircuitConfig()
         self._max_claims = max_claims
         # Opens the endpoints' stored secrets and Slack tokens, once per distinct ciphertext.
         self._unsealer = unsealer or Unsealer(None)
+        # Endpoints whose secrets those keys do not open, lately (read by /ready too).
+        self.unopened = unopened if unopened is not None else UnopenedSecrets()
         self._vacuum_allowed = True
 
     async def register(self, relay_id: UUID) -> None:
@@ -165,10 +170,11 @@ class PgStore:
         """Fan fresh events out into deliveries, then lease what is due within each endpoint's
         limits (retries and fresh deliveries alike, earliest first per endpoint)."""
         with translate_errors():
-            rows = await self._pool.fetch(
+            rows = await self._claims.fetch(
                 QUERIES["claim_due"], limit, lease, relay_id, max(limit, 100), self._max_claims
             )
         jobs = []
+        unopened: dict[UUID, list[int]] = {}
         for row in rows:
             if row["poisoned"]:
                 # Buried by the claim itself (migration 0009); nothing to send.
@@ -182,13 +188,48 @@ class PgStore:
                     relay_id=str(relay_id),
                 )
             else:
-                jobs.append(_job(row, self._unsealer))
+                try:
+                    jobs.append(_job(row, self._unsealer))
+                except SecretUnavailable:
+                    # Never sign with garbage, and never blame the endpoint: hand it back.
+                    unopened.setdefault(row["endpoint_id"], []).append(row["id"])
+        if unopened:
+            try:
+                await self._hand_back_unopened(relay_id, unopened)
+            except Exception as exc:
+                # The claim itself committed: return its other jobs rather than lose them too.
+                # These leases run out on their own (a claim each, as after a crash).
+                log_failure("could not hand back deliveries whose secret does not open", exc)
+        if len(self.unopened):
+            for job in jobs:
+                self.unopened.opened(job.endpoint_id)
         return jobs
+
+    async def _hand_back_unopened(self, relay_id: UUID, unopened: dict[UUID, list[int]]) -> None:
+        """Give back deliveries whose endpoint's secret our keys do not open (see
+        :mod:`pgcourier.unopened`): no attempt, no circuit, no poison count; one error per
+        endpoint while it lasts."""
+        ids = [delivery_id for ids in unopened.values() for delivery_id in ids]
+        with translate_errors():
+            await self._pool.execute(
+                QUERIES["hand_back_unopened"], ids, relay_id, self.unopened.hold
+            )
+        for endpoint_id, handed in unopened.items():
+            if self.unopened.note(endpoint_id, len(handed)):
+                log.error(
+                    "this relay's PGCOURIER_SECRET_KEY does not open the endpoint's stored "
+                    "secret: its deliveries are handed back for a relay that has the key; "
+                    "set the key the secret was encrypted with",
+                    endpoint_id=str(endpoint_id),
+                    deliveries=len(handed),
+                    retry_in_seconds=self.unopened.hold,
+                    relay_id=str(relay_id),
+                )
 
     async def fan_out(self, limit: int) -> int:
         """Fan out up to ``limit`` fresh events, claiming nothing; how many it took."""
         with translate_errors():
-            taken: int = await self._pool.fetchval(QUERIES["fan_out"], limit)
+            taken: int = await self._claims.fetchval(QUERIES["fan_out"], limit)
         return taken
 
     async def next_due(self) -> datetime | None:
@@ -197,9 +238,11 @@ class PgStore:
         return due
 
     async def complete(self, relay_id: UUID, batch: Sequence[Completion]) -> None:
-        """Record the attempts and apply the outcomes in one transaction."""
-        attempts: list[list[object]] = [[] for _ in range(10)]
+        """Record the attempts and apply the outcomes in one transaction: one statement, so one
+        round trip, unless keyed retries or endpoint reports need more."""
+        # Columns of complete_deliveries: $1-$6 the outcomes, $8-$13 the attempt log ($7: relay).
         updates: list[list[object]] = [[] for _ in range(6)]
+        log_columns: list[list[object]] = [[] for _ in range(6)]
         for c in batch:
             outcome = c.outcome
             status, delay = (
@@ -213,28 +256,22 @@ class PgStore:
             if isinstance(outcome, Dead) and error is None:
                 error = outcome.reason
             for column, value in zip(
-                attempts,
-                (
-                    c.job.delivery_id,
-                    c.job.event_id,
-                    c.job.endpoint_id,
-                    c.job.attempt,
-                    c.result.started_at,
-                    c.result.duration * 1000.0,
-                    c.result.status,
-                    c.result.response_body,
-                    c.result.error,
-                    "retry" if status == "pending" else status,
-                ),
-                strict=True,
-            ):
-                column.append(value)
-            for column, value in zip(
                 updates,
                 (c.job.delivery_id, status, delay, c.result.status, error, c.result.started_at),
                 strict=True,
             ):
                 column.append(value)
+            logged: tuple[object, ...] = (
+                c.job.event_id,
+                c.job.endpoint_id,
+                c.job.attempt,
+                c.result.duration * 1000.0,
+                c.result.response_body,
+                c.result.error,
+            )
+            for column, logged_value in zip(log_columns, logged, strict=True):
+                column.append(logged_value)
+        args = (*updates, relay_id, *log_columns)
         reports = endpoint_reports(
             [(str(c.job.endpoint_id), c.outcome, c.job.troubled) for c in batch]
         )
@@ -245,14 +282,11 @@ class PgStore:
             if c.job.ordering_key is not None and isinstance(c.outcome, Retry)
         ]
         with translate_errors():
+            if not held and not reports:  # the usual batch: all delivered, healthy endpoints
+                await self._pool.execute(QUERIES["complete_deliveries"], *args)
+                return
             async with self._pool.acquire() as conn, conn.transaction():
-                applied = await conn.fetch(QUERIES["complete_deliveries"], *updates, relay_id)
-                # After the outcomes: an attempt of a delivery this relay no longer held (its
-                # lease lost) is kept only while its event exists, since retention may have
-                # pruned it meanwhile (see record_attempts).
-                await conn.execute(
-                    QUERIES["record_attempts"], *attempts, [r["id"] for r in applied]
-                )
+                applied = await conn.fetch(QUERIES["complete_deliveries"], *args)
                 if held:
                     done = {r["id"] for r in applied}
                     keyed = [h for h in held if h[2] in done]
@@ -308,6 +342,8 @@ class PgStore:
         waits for the server (up to command_timeout, 60 s); closing the sockets ends it now.
         """
         self._pool.terminate()
+        if self._claims is not self._pool:
+            self._claims.terminate()
 
     async def release(self, relay_id: UUID, ids: Sequence[int]) -> None:
         with translate_errors():

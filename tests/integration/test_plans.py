@@ -379,6 +379,12 @@ def _completion(f: dict[str, Any]) -> list[Any]:
         [None if s == "delivered" else "HTTP 500" for s in statuses],
         [NOW] * len(ids),
         LEASE_HOLDER,
+        [NIL] * len(ids),  # the attempt log's columns: event, endpoint, attempt, duration ...
+        [NIL] * len(ids),
+        [1] * len(ids),
+        [12.5] * len(ids),
+        ["ok"] * len(ids),
+        [None] * len(ids),
     ]
 
 
@@ -448,21 +454,6 @@ STATEMENTS: dict[str, Any] = {
     "retention: held due": _named("lock_due_held", 500, START, NIL, NOW),
     "retention: re-check held": _named(
         "recheck_held", lambda f: f["fresh"], True, 60.0, 3600.0, 86400.0
-    ),
-    # A late batch: half its deliveries applied, the other half's events probed.
-    "record attempts": _named(
-        "record_attempts",
-        lambda f: list(range(len(f["fresh"]))),
-        lambda f: f["fresh"],
-        lambda f: [f["enabled"][0]] * len(f["fresh"]),
-        lambda f: [1] * len(f["fresh"]),
-        lambda f: [NOW] * len(f["fresh"]),
-        lambda f: [1.0] * len(f["fresh"]),
-        lambda f: [200] * len(f["fresh"]),
-        lambda f: [None] * len(f["fresh"]),
-        lambda f: [None] * len(f["fresh"]),
-        lambda f: ["delivered"] * len(f["fresh"]),
-        lambda f: list(range(len(f["fresh"]) // 2)),
     ),
 }
 

@@ -75,6 +75,30 @@ async def test_relay_synchronous_commit_false_from_the_environment(
             assert await producer.fetchval("SHOW synchronous_commit") == "on"
 
 
+async def test_claims_commit_asynchronously_and_outcomes_synchronously(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim lost to a crash is only claimed again, so it does not wait for its WAL flush;
+    # attempts and outcomes do (RELAY_SYNCHRONOUS_COMMIT defaults to true).
+    await _database_commits_synchronously(dsn)
+    for name in list(os.environ):
+        if name.startswith("PGCOURIER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PGCOURIER_DATABASE_URL", dsn)
+    monkeypatch.setenv("PGCOURIER_ADMIN_PORT", "0")
+    async with running(load_settings(), dsn) as rt:
+        assert rt.claim_pool is not None
+        assert await rt.claim_pool.fetchval("SHOW synchronous_commit") == "off"
+        assert await rt.pool.fetchval("SHOW synchronous_commit") == "on"
+        # The relay claims through it: its one connection runs courier.claim.
+        async with db.connection(dsn) as conn:
+            claiming = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE '%courier.claim(%'"
+            )
+        assert claiming >= 1
+
+
 # -- AUTO_MIGRATE=false ---------------------------------------------------------------------------
 
 

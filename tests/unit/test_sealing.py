@@ -84,10 +84,27 @@ def test_the_relay_opens_each_stored_value_once_within_a_bounded_cache() -> None
         assert unsealer.open(sealed[0]) == f"{SECRET}0"
     assert keyring.opened == 1
     unsealer.open(sealed[1])
-    unsealer.open(sealed[2])  # past the bound: the cache starts again
+    unsealer.open(sealed[2])  # past the bound: the least recently used goes
     assert keyring.opened == 3
     assert len(unsealer._opened) <= 2
     assert unsealer.open(SECRET) == SECRET
     assert unsealer.open_optional(None) is None
     with pytest.raises(SecretUnavailable, match="PGCOURIER_SECRET_KEY is not set"):
         Unsealer(None).open(sealed[0])
+
+
+def test_the_cache_forgets_the_least_recently_used_value_not_everything() -> None:
+    keyring = CountingKeyring(generate_key())
+    a, b, c = (keyring.seal(f"{SECRET}{i}") for i in range(3))
+    unsealer = Unsealer(keyring, size=2)
+    unsealer.open(a)
+    unsealer.open(b)
+    unsealer.open(a)  # a is now the most recently used
+    unsealer.open(c)  # full: b goes, a stays
+    assert keyring.opened == 3
+    assert unsealer.open(a) == f"{SECRET}0"
+    assert unsealer.open(c) == f"{SECRET}2"
+    assert keyring.opened == 3  # both answered from the cache
+    assert unsealer.open(b) == f"{SECRET}1"
+    assert keyring.opened == 4  # b was evicted and opened again
+    assert len(unsealer._opened) == 2

@@ -28,6 +28,7 @@ from pgcourier.admin.hosts import loopback_authority, loopback_origin
 from pgcourier.admin.ui import PREFIX as UI_PREFIX
 from pgcourier.admin.ui import create_console
 from pgcourier.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound, PgCourierError
+from pgcourier.sealing import SecretUnavailable
 
 log = structlog.get_logger("pgcourier.admin")
 
@@ -37,6 +38,13 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return web.json_response(
         {"error": {"code": code, "message": message, "field": field}}, status=status
     )
+
+
+#: What a caller is told when a write is refused because the server's keys do not fit.
+SECRET_KEY_MISMATCH = (
+    "the server's PGCOURIER_SECRET_KEY does not open the stored secrets: nothing was written; "
+    "the operator must set the key they were encrypted with"
+)
 
 
 @web.middleware
@@ -77,6 +85,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         # The driver's message names the database's host, port and user: for the log only.
         log.warning("admin request: database unavailable", path=request.path, error=str(exc))
         return error_response(503, "unavailable", "database unavailable")
+    except SecretUnavailable as exc:
+        # This server's keys do not fit the stored secrets (seal_for_writing refused before
+        # writing): the operator must fix the server's setting, the caller can only retry.
+        log.error("admin request refused: secret key mismatch", path=request.path, error=str(exc))
+        return error_response(503, "secret_key_mismatch", SECRET_KEY_MISMATCH)
     except PgCourierError as exc:
         log.error("admin request failed", path=request.path, error=str(exc))
         return error_response(500, "internal", "internal error")
@@ -203,6 +216,12 @@ async def ready(request: web.Request) -> web.Response:
         reasons.append("database unreachable")
     if ctx.listener is not None and not ctx.listener.connected:
         reasons.append("LISTEN connection down (reconnecting)")
+    if ctx.unopened_secrets is not None and len(ctx.unopened_secrets):
+        # Generic on purpose: the log names the endpoints; a probe's answer names no secret.
+        reasons.append(
+            "PGCOURIER_SECRET_KEY does not open some endpoints' stored secrets: their "
+            "deliveries are handed back (see the log)"
+        )
     if reasons:
         return web.json_response({"status": "unavailable", "reasons": reasons}, status=503)
     return web.json_response({"status": "ready"})

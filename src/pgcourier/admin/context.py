@@ -24,6 +24,12 @@ class ListenerState(Protocol):
     def connected(self) -> bool: ...
 
 
+class SecretsState(Protocol):
+    """What readiness needs to know about secrets the relay could not open (unopened.py)."""
+
+    def __len__(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class AdminContext:
     """The pool, the metrics, the listener, and the bearer token guarding /api/v1 (None: the
@@ -42,6 +48,8 @@ class AdminContext:
     ui_enabled: bool = True
     # PGCOURIER_SECRET_KEY: endpoint secrets and Slack tokens are stored encrypted with it.
     keyring: Keyring | None = field(default=None, repr=False)
+    # The relay's endpoints whose secrets its keys do not open lately (None: no relay here).
+    unopened_secrets: SecretsState | None = None
 
     def __post_init__(self) -> None:
         # The settings already refuse such tokens; checking here too means no other way of

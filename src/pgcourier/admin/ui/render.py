@@ -21,6 +21,7 @@ from pgcourier import ops
 from pgcourier.admin.context import CONTEXT, pooled_connection
 from pgcourier.admin.ui.auth import CSRF_FIELD, Session, Signer
 from pgcourier.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
+from pgcourier.sealing import SecretUnavailable
 
 log = structlog.get_logger("pgcourier.console")
 
@@ -215,6 +216,14 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except DatabaseUnavailable as exc:
         log.warning("console: database unavailable", path=request.path, error=str(exc))
         return error_page(request, 503, "The database is unavailable; try again shortly.")
+    except SecretUnavailable as exc:
+        log.error("console: secret key mismatch", path=request.path, error=str(exc))
+        return error_page(
+            request,
+            503,
+            "The server's PGCOURIER_SECRET_KEY does not open the stored secrets: nothing was "
+            "written. The operator must set the key they were encrypted with.",
+        )
     except Exception:
         log.exception("console page crashed", path=request.path)
         return error_page(request, 500, "Internal error; the server log has the details.")
