@@ -94,7 +94,7 @@ FOR UPDATE SKIP LOCKED;
 -- The re-check, second statement, in the same transaction: look at held events $1 (locked by
 -- lock_due_held) again. Those now finished (or gone) are pruned like prune_events does and
 -- forgotten; the others are parked again: held by dead letters only for $5 seconds (the trigger
--- of migration 0099 wakes them as soon as one of their letters leaves), else after as long again
+-- of migration 0012 wakes them as soon as one of their letters leaves), else after as long again
 -- as they have been held, at least $3 and at most $4 seconds. With $2 false nothing changes and
 -- what would be pruned is counted (a dry run).
 -- Why a wake-up is not lost here: this statement's snapshot is taken after the rows are locked. A

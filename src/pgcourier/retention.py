@@ -19,7 +19,7 @@ that cannot race a replay or a completion into a half state), with a pause betwe
 * The outbox is walked in (created_at, id) order from where the last pass stopped (kept in
   courier.retention) up to now - retention: each event is looked at once in the common case.
 * Events held when walked (a pending delivery, a dead letter, not fanned out yet) are recorded in
-  courier.retention_held with when to look at them again (migration 0099): a pass looks only at
+  courier.retention_held with when to look at them again (migration 0012): a pass looks only at
   those due, so its cost follows what may have become prunable, not how much is held. Held by
   dead letters: due when one of them leaves (a trigger), else after ``dead_park``; held by pending
   work: after as long again as it has been held, between ``recheck_after`` and ``recheck_cap``.
@@ -97,7 +97,7 @@ class RetentionConfig:
     recheck_after: float | None = None
     recheck_cap: float = 3600.0
     #: Events held by dead letters only are woken when a letter leaves; by the clock only after
-    #: this (a backstop; see migration 0099).
+    #: this (a backstop; see migration 0012).
     dead_park: float = 86400.0
     #: Pause between batches, so that a long pass leaves the database to the hot path.
     pause: float = 0.01
@@ -141,7 +141,7 @@ class _Pass:
         if config.dead_retention > 0:
             self.result.dead_before = now - timedelta(seconds=config.dead_retention)
             await self._prune_dead(self.result.dead_before)
-        # Last: the letters just pruned have woken their events (migration 0099's trigger).
+        # Last: the letters just pruned have woken their events (migration 0012's trigger).
         await self._recheck_events()
         return self.result
 
@@ -239,7 +239,7 @@ class _Pass:
             self.config.retention,
             self.config.dead_retention or None,
             *self.walk,
-            None,  # (recheck_at, recheck_id: unused since migration 0099)
+            None,  # (recheck_at, recheck_id: unused since migration 0012)
             None,
             dead_before,
             max_delivery_id,

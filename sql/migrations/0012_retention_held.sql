@@ -1,4 +1,4 @@
--- 0099 (placeholder number: the lead assigns the real one): retention remembers the events it had
+-- 0012: retention remembers the events it had
 -- to leave behind, and why, so that a pass costs what can be pruned, not what is held.
 --
 -- Until now events held when the walk passed them (a dead letter kept for DEAD_RETENTION, a
