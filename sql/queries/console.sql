@@ -93,3 +93,15 @@ SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_
        last_attempt_at, last_status_code, last_error, dead_at, now(), created_at
 FROM gone
 RETURNING id;
+
+-- console_count_tenant_dead --
+-- console_count_dead for the events of tenant $5 only: counts the tenant's rows of
+-- dead_letters_tenant (0013), not every dead letter.
+SELECT count(*)
+FROM courier.dead_letters AS d
+WHERE d.tenant = $5
+  AND ($1::uuid IS NULL OR d.endpoint_id = $1)
+  AND ($2::text IS NULL
+       OR (SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id) = $2)
+  AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
+  AND ($4::timestamptz IS NULL OR d.dead_at < $4);

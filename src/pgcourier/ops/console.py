@@ -95,7 +95,9 @@ async def count_dead(conn: asyncpg.Connection, where: DeadFilter | None = None) 
     """How many dead letters ``where`` matches (all when None)."""
     where = where or DeadFilter()
     with translate_errors():
-        count: int = await conn.fetchval(QUERIES["console_count_dead"], *where.args(), where.tenant)
+        # A tenant's dead letters by their own index (0013).
+        query = "console_count_dead" if where.tenant is None else "console_count_tenant_dead"
+        count: int = await conn.fetchval(QUERIES[query], *where.args(), where.tenant)
     return count
 
 
