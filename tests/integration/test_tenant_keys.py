@@ -4,6 +4,7 @@ door, and the dead letters' tenant (migration 0013). Real Postgres, real HTTP.""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -101,6 +102,7 @@ async def test_dead_letters_take_their_events_tenant(conn: asyncpg.Connection) -
     leased = await conn.fetch("SELECT * FROM courier.claim(10, 30, $1, 10, 10)", relay)
     assert len(leased) == 2
     ids = [r["id"] for r in leased]
+    now = datetime.now(UTC)
     await conn.fetch(
         db.QUERIES["complete_deliveries"],
         ids,
@@ -108,8 +110,14 @@ async def test_dead_letters_take_their_events_tenant(conn: asyncpg.Connection) -
         [None] * 2,
         [500] * 2,
         ["HTTP 500"] * 2,
-        [None] * 2,
+        [now] * 2,
         relay,
+        [r["event_id"] for r in leased],
+        [r["endpoint_id"] for r in leased],
+        [1] * 2,
+        [12.5] * 2,
+        [""] * 2,
+        ["HTTP 500"] * 2,
     )
     rows = await conn.fetch("SELECT event_id, tenant FROM courier.dead_letters")
     assert {r["event_id"]: r["tenant"] for r in rows} == {acme: "acme", none: None}
