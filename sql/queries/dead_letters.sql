@@ -35,10 +35,11 @@ LEFT JOIN courier.endpoints AS ep ON ep.id = d.endpoint_id
 WHERE d.id = $1;
 
 -- discard_dead --
--- Throw dead letter $1 away for good: it moves to the history as discarded. Returns its id if it
--- was dead.
+-- Throw dead letters $1 away for good: they move to the history as discarded. Only rows still
+-- dead move, so discarding twice records once. Returns the ids discarded. (The one discard of
+-- the API, the CLI and the console: one id, a selection, or a filter's ids in batches.)
 WITH gone AS (
-    DELETE FROM courier.dead_letters WHERE id = $1 RETURNING *
+    DELETE FROM courier.dead_letters WHERE id = ANY($1::bigint[]) RETURNING *
 )
 INSERT INTO courier.delivery_history
     (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base, last_attempt_at,

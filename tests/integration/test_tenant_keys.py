@@ -169,3 +169,27 @@ async def test_0013_backfills_the_dead_letters_tenant(
         assert await conn.fetchval("SELECT count(*) FROM courier.queue") == 5000
     finally:
         await conn.close()
+
+
+async def test_one_discard_for_the_api_the_cli_and_the_console(conn: asyncpg.Connection) -> None:
+    """ops.discard_many (the console's bulk discard) is the API's discard_dead statement in
+    batches: a filter's dead letters (here a tenant's) move to the history as discarded, each
+    once, and discarding again finds nothing."""
+    endpoint = await ops.create_endpoint(conn, url="https://r.example/all", event_types=["*"])
+    events = [await ops.enqueue(conn, "a.b", {}, tenant=t) for t in ("acme",) * 5 + (None,)]
+    dead = [
+        await conn.fetchval(
+            "INSERT INTO courier.dead_letters (event_id, endpoint_id) VALUES ($1, $2) RETURNING id",
+            event,
+            uuid.UUID(endpoint["id"]),
+        )
+        for event in events
+    ]
+    where = ops.DeadFilter(tenant="acme")
+    assert await ops.discard_many(conn, None, where, batch_size=2) == sorted(dead[:5])
+    assert await ops.discard_many(conn, None, where, batch_size=2) == []
+    assert await ops.discard_many(conn, [dead[0], dead[5]]) == [dead[5]]
+    statuses = await conn.fetch(
+        "SELECT status, count(*) FROM courier.delivery_history GROUP BY status"
+    )
+    assert [tuple(r) for r in statuses] == [("discarded", 6)]

@@ -1,9 +1,10 @@
-"""Read operations the operator console needs beyond the API's, and bulk discards.
+"""Read operations the operator console needs beyond the API's.
 
 Overview numbers, per-minute attempt counts for charts, live relays, an endpoint's recent
-attempts, and counting or discarding the dead letters a filter matches. Like every operation,
-each validates its input first (an :class:`InvalidInput` naming the field) and then runs named
-queries; the console's pages are thin adapters over these and the other ``ops`` modules.
+attempts, and counting the dead letters a filter matches (discarding them is
+:func:`pgcourier.ops.dead_letters.discard_many`, the API's discard in batches). Like every
+operation, each validates its input first (an :class:`InvalidInput` naming the field) and then
+runs named queries; the console's pages are thin adapters over these and the other ``ops`` modules.
 """
 
 from __future__ import annotations
@@ -106,19 +107,3 @@ def dead_ids(values: list[str]) -> list[int]:
     if not values:
         raise InvalidInput("select at least one dead letter", field="id")
     return sorted({_dead_id(v) for v in values})
-
-
-async def discard_many(
-    conn: asyncpg.Connection, ids: list[int] | None, where: DeadFilter | None = None
-) -> list[int]:
-    """Throw dead letters away for good: the given ids, or else every one matching ``where``
-    (all when None); return the ids discarded. One no longer dead is left alone."""
-    with translate_errors():
-        if ids is None:
-            where = where or DeadFilter()
-            rows = await conn.fetch(
-                QUERIES["console_discard_matching_dead"], *where.args(), where.tenant
-            )
-        else:
-            rows = await conn.fetch(QUERIES["console_discard_dead"], ids)
-    return sorted(r["id"] for r in rows)

@@ -104,7 +104,7 @@ async def discard_dead(conn: asyncpg.Connection, dead_id: str | int) -> int:
     """Throw a dead letter away for good (recorded as discarded), or :class:`NotFound`."""
     did = _dead_id(dead_id)
     with translate_errors():
-        row = await conn.fetchval(QUERIES["discard_dead"], did)
+        row = await conn.fetchval(QUERIES["discard_dead"], [did])
     if row is None:
         raise await dead_letter_not_found(conn, did)
     return did
@@ -150,3 +150,28 @@ async def replay_dead(
                     await conn.execute(QUERIES["wake_relays"])
             queued.extend(r["id"] for r in rows)
     return queued
+
+
+async def discard_many(
+    conn: asyncpg.Connection,
+    ids: list[int] | None,
+    where: DeadFilter | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+) -> list[int]:
+    """Throw dead letters away for good (recorded as discarded): the given ids, or else every
+    one matching ``where`` (all when None); return the ids discarded, in order. One no longer
+    dead is left alone.
+
+    The same statement as :func:`discard_dead`, ``batch_size`` ids at a time, each batch its
+    own statement and transaction (a savepoint inside the caller's), as :func:`replay_dead`.
+    """
+    with translate_errors():
+        if ids is None:
+            ids = await matching_dead_ids(conn, where or DeadFilter())
+        discarded: list[int] = []
+        for batch in batches(ids, batch_size):
+            async with conn.transaction():
+                rows = await conn.fetch(QUERIES["discard_dead"], batch)
+            discarded.extend(r["id"] for r in rows)
+    return sorted(discarded)
