@@ -44,14 +44,10 @@ CREATE INDEX dead_letters_tenant ON courier.dead_letters (tenant, dead_at, id)
     WHERE tenant IS NOT NULL;
 
 -- The event's tenant, for a dead letter written without one: one primary-key probe of the
--- outbox per dead letter (dead letters are the rare outcome). SECURITY DEFINER: the relay's
--- role writes dead letters; reading the event's tenant is this function's business, not a
--- grant the relay needs.
+-- outbox per dead letter (dead letters are the rare outcome). Runs with the writer's rights: the
+-- roles that write dead letters (the relay's, the admin's) read the outbox anyway.
 CREATE FUNCTION courier.dead_letter_tenant() RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     SELECT o.tenant INTO NEW.tenant FROM courier.outbox AS o WHERE o.id = NEW.event_id;
     RETURN NEW;
