@@ -57,39 +57,14 @@ WHERE ($1::uuid IS NULL OR d.endpoint_id = $1)
   AND ($5::text IS NULL
        OR (SELECT o.tenant FROM courier.outbox AS o WHERE o.id = d.event_id) = $5);
 
--- console_discard_dead --
--- Throw dead letters $1 away for good: they move to the history as discarded (see discard_dead);
--- only rows still dead move. Returns the ids discarded.
-WITH gone AS (
-    DELETE FROM courier.dead_letters WHERE id = ANY($1::bigint[]) RETURNING *
-)
-INSERT INTO courier.delivery_history
-    (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base, last_attempt_at,
-     last_status_code, last_error, dead_at, discarded_at, created_at)
-SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_base,
-       last_attempt_at, last_status_code, last_error, dead_at, now(), created_at
-FROM gone
-RETURNING id;
-
--- console_discard_matching_dead --
--- Throw away every dead letter matching the filters of list_dead ($1..$5, each NULL for any; the
--- type and tenant looked up as in console_count_dead), as console_discard_dead does. Returns
--- the ids.
-WITH gone AS (
-    DELETE FROM courier.dead_letters AS d
-    WHERE ($1::uuid IS NULL OR d.endpoint_id = $1)
-      AND ($2::text IS NULL
-           OR (SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id) = $2)
-      AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
-      AND ($4::timestamptz IS NULL OR d.dead_at < $4)
-      AND ($5::text IS NULL
-           OR (SELECT o.tenant FROM courier.outbox AS o WHERE o.id = d.event_id) = $5)
-    RETURNING *
-)
-INSERT INTO courier.delivery_history
-    (id, event_id, endpoint_id, ordering_key, status, attempts, schedule_base, last_attempt_at,
-     last_status_code, last_error, dead_at, discarded_at, created_at)
-SELECT id, event_id, endpoint_id, ordering_key, 'discarded', attempts, schedule_base,
-       last_attempt_at, last_status_code, last_error, dead_at, now(), created_at
-FROM gone
-RETURNING id;
+-- console_count_tenant_dead --
+-- console_count_dead for the events of tenant $5 only: counts the tenant's rows of
+-- dead_letters_tenant (0013), not every dead letter.
+SELECT count(*)
+FROM courier.dead_letters AS d
+WHERE d.tenant = $5
+  AND ($1::uuid IS NULL OR d.endpoint_id = $1)
+  AND ($2::text IS NULL
+       OR (SELECT o.event_type FROM courier.outbox AS o WHERE o.id = d.event_id) = $2)
+  AND ($3::timestamptz IS NULL OR d.dead_at >= $3)
+  AND ($4::timestamptz IS NULL OR d.dead_at < $4);

@@ -43,6 +43,8 @@ CONCURRENT_SAFE = frozenset(
         "test_secrets_never_logged.py",
         "test_slack_safety.py",
         "test_store.py",
+        "test_tenant_keys.py",
+        "test_tenant_plans.py",
     }
 )
 

@@ -421,7 +421,7 @@ STATEMENTS: dict[str, Any] = {
     "dead letters: show": _named("get_dead", lambda f: f["dead"][0]),
     "dead letters: match": _named("matching_dead_ids", None, "order.failed", None, None, "acme"),
     "dead letters: replay": _named("replay_dead", lambda f: f["dead"]),
-    "dead letters: discard": _named("discard_dead", lambda f: f["dead"][0]),
+    "dead letters: discard": _named("discard_dead", lambda f: f["dead"]),
     "event: deliveries": _named("event_deliveries", lambda f: f["old_event"]),
     "event: attempts": _named("event_attempts", lambda f: f["old_event"], None, 101),
     "event: show": _named("get_event", lambda f: f["old_event"]),

@@ -8,7 +8,14 @@ called as ``ops.console.overview``). Callers use the flat names re-exported here
 """
 
 from pgcourier.ops import console
-from pgcourier.ops.dead_letters import DeadFilter, discard_dead, get_dead, list_dead, replay_dead
+from pgcourier.ops.dead_letters import (
+    DeadFilter,
+    discard_dead,
+    discard_many,
+    get_dead,
+    list_dead,
+    replay_dead,
+)
 from pgcourier.ops.endpoints import (
     HEADER_MASK,
     UPDATABLE,
@@ -107,6 +114,7 @@ __all__ = [
     "delete_endpoint",
     "delete_event_type",
     "discard_dead",
+    "discard_many",
     "encode_cursor",
     "endpoint_stats",
     "enqueue",

@@ -1,9 +1,10 @@
-"""Read operations the operator console needs beyond the API's, and bulk discards.
+"""Read operations the operator console needs beyond the API's.
 
 Overview numbers, per-minute attempt counts for charts, live relays, an endpoint's recent
-attempts, and counting or discarding the dead letters a filter matches. Like every operation,
-each validates its input first (an :class:`InvalidInput` naming the field) and then runs named
-queries; the console's pages are thin adapters over these and the other ``ops`` modules.
+attempts, and counting the dead letters a filter matches (discarding them is
+:func:`pgcourier.ops.dead_letters.discard_many`, the API's discard in batches). Like every
+operation, each validates its input first (an :class:`InvalidInput` naming the field) and then
+runs named queries; the console's pages are thin adapters over these and the other ``ops`` modules.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pgcourier.errors import InvalidInput
 from pgcourier.ops.dead_letters import DeadFilter, _dead_id
 from pgcourier.ops.endpoints import get_endpoint, list_endpoints
 from pgcourier.ops.paging import check_limit, decode_dead_cursor, encode_cursor
-from pgcourier.ops.retrying import retried
 from pgcourier.ops.validation import parse_uuid, plain
 
 # Longest chart the console draws: a day of minutes.
@@ -96,7 +96,9 @@ async def count_dead(conn: asyncpg.Connection, where: DeadFilter | None = None) 
     """How many dead letters ``where`` matches (all when None)."""
     where = where or DeadFilter()
     with translate_errors():
-        count: int = await conn.fetchval(QUERIES["console_count_dead"], *where.args(), where.tenant)
+        # A tenant's dead letters by their own index (0013).
+        query = "console_count_dead" if where.tenant is None else "console_count_tenant_dead"
+        count: int = await conn.fetchval(QUERIES[query], *where.args(), where.tenant)
     return count
 
 
@@ -105,19 +107,3 @@ def dead_ids(values: list[str]) -> list[int]:
     if not values:
         raise InvalidInput("select at least one dead letter", field="id")
     return sorted({_dead_id(v) for v in values})
-
-
-async def discard_many(
-    conn: asyncpg.Connection, ids: list[int] | None, where: DeadFilter | None = None
-) -> list[int]:
-    """Throw dead letters away for good: the given ids, or else every one matching ``where``
-    (all when None); return the ids discarded. One no longer dead is left alone."""
-    if ids is None:
-        where = where or DeadFilter()
-        args = (*where.args(), where.tenant)
-        rows = await retried(
-            conn, lambda: conn.fetch(QUERIES["console_discard_matching_dead"], *args)
-        )
-    else:
-        rows = await retried(conn, lambda: conn.fetch(QUERIES["console_discard_dead"], ids))
-    return sorted(r["id"] for r in rows)

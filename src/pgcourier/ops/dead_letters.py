@@ -71,7 +71,8 @@ async def list_dead(
     with translate_errors():
         page, more = await fetch_page(
             conn,
-            QUERIES["list_dead"],
+            # A tenant's dead letters by their own index (0013): see list_tenant_dead.
+            QUERIES["list_dead" if where.tenant is None else "list_tenant_dead"],
             *where.args(),
             *after,
             limit + 1,
@@ -104,10 +105,22 @@ async def get_dead(conn: asyncpg.Connection, dead_id: str | int) -> dict[str, An
 async def discard_dead(conn: asyncpg.Connection, dead_id: str | int) -> int:
     """Throw a dead letter away for good (recorded as discarded), or :class:`NotFound`."""
     did = _dead_id(dead_id)
-    row = await retried(conn, lambda: conn.fetchval(QUERIES["discard_dead"], did))
+    row = await retried(conn, lambda: conn.fetchval(QUERIES["discard_dead"], [did]))
     if row is None:
         raise await dead_letter_not_found(conn, did)
     return did
+
+
+async def matching_dead_ids(conn: asyncpg.Connection, where: DeadFilter) -> list[int]:
+    """The ids of every dead letter ``where`` matches, in id order (a tenant's read through
+    dead_letters_tenant: the cost is that tenant's dead letters)."""
+    args = where.args()
+    with translate_errors():
+        if where.tenant is None:
+            rows = await conn.fetch(QUERIES["matching_dead_ids"], *args, None)
+        else:
+            rows = await conn.fetch(QUERIES["matching_tenant_dead_ids"], *args, where.tenant)
+    return [r["id"] for r in rows]
 
 
 async def replay_dead(
@@ -129,8 +142,7 @@ async def replay_dead(
     with translate_errors():
         if ids is None:
             where = where or DeadFilter()
-            args = (*where.args(), where.tenant)
-            ids = [r["id"] for r in await conn.fetch(QUERIES["matching_dead_ids"], *args)]
+            ids = await matching_dead_ids(conn, where)
         queued: list[int] = []
     for batch in batches(ids, batch_size):
         rows = await retried(conn, functools.partial(_replay_batch, conn, batch))
@@ -143,3 +155,26 @@ async def _replay_batch(conn: asyncpg.Connection, batch: list[int]) -> list[asyn
     if rows:
         await conn.execute(QUERIES["wake_relays"])
     return rows
+
+
+async def discard_many(
+    conn: asyncpg.Connection,
+    ids: list[int] | None,
+    where: DeadFilter | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+) -> list[int]:
+    """Throw dead letters away for good (recorded as discarded): the given ids, or else every
+    one matching ``where`` (all when None); return the ids discarded, in order. One no longer
+    dead is left alone.
+
+    The same statement as :func:`discard_dead`, ``batch_size`` ids at a time, each batch its
+    own statement and transaction (a savepoint inside the caller's), as :func:`replay_dead`.
+    """
+    if ids is None:
+        ids = await matching_dead_ids(conn, where or DeadFilter())
+    discarded: list[int] = []
+    for batch in batches(ids, batch_size):
+        rows = await retried(conn, functools.partial(conn.fetch, QUERIES["discard_dead"], batch))
+        discarded.extend(r["id"] for r in rows)
+    return sorted(discarded)

@@ -89,7 +89,7 @@ async def apply(request: web.Request) -> web.StreamResponse:
         if action == "replay":
             done = await ops.replay_dead(conn, ids, where)
         else:
-            done = await ops.console.discard_many(conn, ids, where)
+            done = await ops.discard_many(conn, ids, where)
     back = str(URL(f"{PREFIX}/dead-letters").with_query(_filter_values(where_values)))
     return render(
         request,
