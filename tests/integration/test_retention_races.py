@@ -10,7 +10,6 @@ from typing import Any
 import asyncpg
 
 from pgcourier import ops
-from pgcourier.ops.console import discard_many
 from pgcourier.retention import RetentionConfig, prune_pass
 from tests.integration.helpers import AUTH
 from tests.integration.test_retention import DAY
@@ -63,7 +62,7 @@ async def test_pruning_racing_bulk_discards_and_replays_never_deadlocks(dsn: str
             async def discard(delay: float) -> list[int]:
                 # Starting a little later each round, to meet the pass at different batches.
                 await asyncio.sleep(delay)
-                return await discard_many(discarder, None)
+                return await ops.discard_many(discarder, None)
 
             result, discarded, queued = await asyncio.gather(
                 prune_pass(pruner, DEAD_CONFIG),
