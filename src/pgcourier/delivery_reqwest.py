@@ -1,0 +1,278 @@
+"""Webhook transport over pyreqwest (Rust reqwest and hyper): the promises of the aiohttp one in
+:mod:`pgcourier.delivery`, at about half its CPU per request (issue 11).
+
+The SSRF guard has to judge the address actually connected to, and reqwest has no hook where
+that address can be seen. So reqwest never resolves a name: the transport looks the host up
+itself, judges every address with :func:`pgcourier.netguard.refusal`, and sends through a client
+pinned to the first allowed address with ``ClientBuilder.resolve(host, ip, port)`` (reqwest's
+static DNS override, which takes the place of its resolver for that one name). A pin lasts
+``DNS_TTL`` seconds, as aiohttp's DNS cache does; the name is then looked up and judged again and
+the client kept when the address is unchanged, so keep-alive connections survive the refresh.
+The host string is the one reqwest's own URL parser gives (``pyreqwest.http.Url``: lower case,
+IDNA to punycode, ``0x7f.1`` to ``127.0.0.1``), so the name pinned is the name reqwest looks for;
+an IP-literal URL is judged directly and needs no pin.
+
+Everything else is the aiohttp transport's contract: no redirects, no proxies (not even from the
+environment), TLS verified (reqwest's default, never turned off here), a total timeout per
+request with the endpoint's own capped, at most ``response_body_limit`` bytes of the body read
+and a stalled or cut body only noted, and a bounded response head (hyper refuses a head over
+~400 KiB or with more than 100 headers). Responses are not decompressed (no Accept-Encoding is
+sent): the body is kept for humans, and decompressing would cost CPU on every delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import (
+    DecodeError,
+    PyreqwestError,
+    RequestError,
+    RequestTimeoutError,
+)
+from pyreqwest.http import Url
+from pyreqwest.response import ResponseBodyReader
+
+from pgcourier.delivery import (
+    BODY_TIMED_OUT,
+    CLOSED_EARLY,
+    DNS_TTL,
+    USER_AGENT,
+    request_headers,
+    response_text,
+    timeout_for,
+)
+from pgcourier.model import ERROR_LIMIT, AttemptResult, Job, storable_text
+from pgcourier.netguard import Address, Network, RefusedAddress, refusal
+
+#: A pin unused this long is dropped with its client (its connections close with it).
+IDLE_PIN = 5 * DNS_TTL
+# hyper's words for a connection closed before the response head was whole.
+_HYPER_CLOSED_EARLY = "connection closed before message completed"
+
+PinKey = tuple[str, str, int]  # (scheme, host as reqwest writes it, port)
+
+
+@dataclass(slots=True)
+class _Pin:
+    client: Client
+    address: Address
+    expires: float  # loop time
+
+
+class PinnedClients:
+    """reqwest clients, one per (scheme, host, port), each pinned to an address the SSRF guard
+    allowed when the name was last looked up."""
+
+    def __init__(self, *, max_in_flight: int, allowed_networks: Sequence[Network] = ()) -> None:
+        self._allowed = tuple(allowed_networks)
+        self._max_in_flight = max_in_flight
+        self._pins: dict[PinKey, _Pin] = {}
+        # One lookup per name at a time: 64 sends to one host share the refresh.
+        self._lookups: dict[PinKey, asyncio.Task[_Pin]] = {}
+
+    async def client_for(self, url: Url) -> Client:
+        """The client to send ``url`` through; :class:`RefusedAddress` when the guard allows no
+        address of its host, :class:`OSError` when the name does not resolve."""
+        host = url.host_str
+        port = url.port_or_known_default
+        if host is None or port is None or url.scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) URL with a host: {url}")
+        key = (url.scheme, host, port)
+        pin = self._pins.get(key)
+        loop = asyncio.get_running_loop()
+        if pin is not None and pin.expires > loop.time():
+            return pin.client
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = loop.create_task(self._pin(key, pin))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda done: self._looked_up(key, done))
+        # Shielded: a sender that gives up (its timeout) must not cancel the others' lookup.
+        return (await asyncio.shield(lookup)).client
+
+    def _looked_up(self, key: PinKey, lookup: asyncio.Task[_Pin]) -> None:
+        self._lookups.pop(key, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: every sender that waited has had it already
+
+    async def _pin(self, key: PinKey, old: _Pin | None) -> _Pin:
+        _scheme, host, port = key
+        loop = asyncio.get_running_loop()
+        literal = _ip_literal(host)
+        addresses = [literal] if literal is not None else await _lookup(host, port)
+        first_reason = None
+        for address in addresses:
+            reason = refusal(address, self._allowed)
+            if reason is None:
+                break
+            first_reason = first_reason or reason
+        else:
+            self._pins.pop(key, None)
+            raise RefusedAddress(f"refused to connect: {first_reason}")
+        if old is not None and old.address == address:
+            client = old.client  # same address: keep its keep-alive connections
+        else:
+            client = self._build(None if literal is not None else (host, str(address), port))
+        pin = _Pin(client, address, loop.time() + DNS_TTL)
+        self._drop_idle(loop.time())
+        self._pins[key] = pin
+        return pin
+
+    def _build(self, pinned: tuple[str, str, int] | None) -> Client:
+        builder = (
+            ClientBuilder()
+            .follow_redirects(False)
+            .no_proxy()  # and none from the environment
+            .http1_only()
+            .user_agent(USER_AGENT)
+            .referer(False)
+            .gzip(False)
+            .brotli(False)
+            .zstd(False)
+            .deflate(False)
+            .default_cookie_store(False)
+            .max_connections(self._max_in_flight)
+            .pool_max_idle_per_host(self._max_in_flight)
+        )
+        if pinned is not None:
+            builder = builder.resolve(*pinned)
+        return builder.build()
+
+    def _drop_idle(self, now: float) -> None:
+        """Forget pins unused for IDLE_PIN: dropping a client closes its pool once the requests
+        still holding it finish, so no request is cut off."""
+        stale = [key for key, pin in self._pins.items() if pin.expires + IDLE_PIN < now]
+        for key in stale:
+            del self._pins[key]
+
+    async def close(self) -> None:
+        for lookup in list(self._lookups.values()):
+            lookup.cancel()
+        pins, self._pins = list(self._pins.values()), {}
+        for client in {id(pin.client): pin.client for pin in pins}.values():
+            await client.close()
+
+
+def _ip_literal(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+
+
+async def _lookup(host: str, port: int) -> list[Address]:
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    addresses: list[Address] = []
+    for _family, _type, _proto, _canonname, sockaddr in infos:
+        # A scope id ("fe80::1%eth0") is kept apart from the address by ipaddress.
+        address = ipaddress.ip_address(str(sockaddr[0]))
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+class ReqwestTransport:
+    """Signed webhooks over pyreqwest, in each endpoint's signature scheme."""
+
+    def __init__(
+        self,
+        clients: PinnedClients,
+        *,
+        timeout: float,
+        response_body_limit: int,
+        max_timeout: float | None = None,
+    ) -> None:
+        """As :class:`pgcourier.delivery.WebhookTransport`: ``timeout`` applies to endpoints
+        without their own; ``max_timeout`` caps theirs."""
+        self._clients = clients
+        self._timeout = timeout
+        self._max_timeout = max_timeout
+        self._body_limit = response_body_limit
+
+    async def send(self, job: Job) -> AttemptResult:
+        body = job.body()
+        headers = request_headers(job, body)
+        seconds = timeout_for(job, self._timeout, self._max_timeout)
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        # As in delivery.py, all that follows the request line is the receiver's and may be
+        # hostile: text from it goes through storable_text, and hyper bounds the head.
+        try:
+            url = Url(job.url)
+            # The lookup counts against the request's timeout, as aiohttp's does.
+            async with asyncio.timeout(seconds):
+                client = await self._clients.client_for(url)
+            remaining = max(seconds - (time.perf_counter() - t0), 0.001)
+            request = (
+                client.post(url)
+                .headers(headers)
+                .body_bytes(body)
+                .timeout(timedelta(seconds=remaining))
+                .build_streamed()
+            )
+            async with request as response:
+                raw, problem = await _read_at_most(response.body_reader, self._body_limit)
+                try:
+                    retry_after = response.get_header("retry-after")
+                except ValueError:  # not visible ASCII: no delay anyone could read from it
+                    retry_after = None
+                return AttemptResult(
+                    started_at=started_at,
+                    duration=time.perf_counter() - t0,
+                    status=response.status,
+                    response_body=response_text(raw, problem, self._body_limit),
+                    retry_after=retry_after,
+                )
+        except TimeoutError:  # reqwest's RequestTimeoutError is one too
+            error = f"timeout after {seconds:g}s"
+        except RefusedAddress as exc:
+            error = str(exc)
+        except PyreqwestError as exc:
+            error = _describe(exc)
+        except (OSError, ValueError) as exc:  # an unresolvable name, a malformed URL or header
+            error = f"{type(exc).__name__}: {exc}"
+        return AttemptResult(
+            started_at=started_at,
+            duration=time.perf_counter() - t0,
+            error=storable_text(error, ERROR_LIMIT, one_line=True),
+        )
+
+
+def _describe(exc: PyreqwestError) -> str:
+    """One readable line for a reqwest error: its kind and its deepest cause (the causes above
+    it repeat the URL and hyper's internal stage names)."""
+    causes = exc.details.get("causes") if isinstance(exc, RequestError) else None
+    deepest = causes[-1]["message"] if causes else None
+    if deepest == _HYPER_CLOSED_EARLY:
+        return CLOSED_EARLY
+    if isinstance(exc, DecodeError):  # the response head did not parse, or was too large
+        return f"invalid HTTP response: {deepest or exc.message}"
+    return f"{exc.message}: {deepest}" if deepest else exc.message
+
+
+async def _read_at_most(reader: ResponseBodyReader, limit: int) -> tuple[bytes, str | None]:
+    """The body, or its first ``limit`` bytes (the connection is then dropped, not reused), and
+    what went wrong reading it, if anything. Read until the limit or the end, so that a body
+    cut short by a closed connection is noticed (hyper checks Content-Length)."""
+    data = bytearray()
+    try:
+        while len(data) < limit:
+            chunk = await reader.read(limit - len(data))
+            if chunk is None:
+                break
+            data += chunk
+    except RequestTimeoutError:
+        return bytes(data), BODY_TIMED_OUT
+    except PyreqwestError as exc:
+        return bytes(data), _describe(exc)
+    return bytes(data), None
