@@ -132,6 +132,9 @@ class PinnedClients:
             .follow_redirects(False)
             .no_proxy()  # and none from the environment
             .http1_only()
+            # Header names as the signing code writes them (lower case), not title-cased: what
+            # the aiohttp transport sends, and what receivers reading a plain dict expect.
+            .http1_lower_case_headers()
             .user_agent(USER_AGENT)
             .referer(False)
             .gzip(False)
@@ -218,6 +221,10 @@ class ReqwestTransport:
                 .headers(headers)
                 .body_bytes(body)
                 .timeout(timedelta(seconds=remaining))
+                # Nothing of the body read before the head is handed over: by default pyreqwest
+                # reads up to 64 KiB of it first, and a body that then breaks or stalls would
+                # lose the status, which decides the outcome (see response_text).
+                .streamed_read_buffer_limit(0)
                 .build_streamed()
             )
             async with request as response:
@@ -248,11 +255,16 @@ class ReqwestTransport:
         )
 
 
-def _describe(exc: PyreqwestError) -> str:
-    """One readable line for a reqwest error: its kind and its deepest cause (the causes above
-    it repeat the URL and hyper's internal stage names)."""
+def _deepest_cause(exc: PyreqwestError) -> str | None:
+    """What reqwest names as the root of ``exc`` (the causes above it repeat the URL and
+    hyper's internal stage names)."""
     causes = exc.details.get("causes") if isinstance(exc, RequestError) else None
-    deepest = causes[-1]["message"] if causes else None
+    return causes[-1]["message"] if causes else None
+
+
+def _describe(exc: PyreqwestError) -> str:
+    """One readable line for a reqwest error: its kind and its deepest cause."""
+    deepest = _deepest_cause(exc)
     if deepest == _HYPER_CLOSED_EARLY:
         return CLOSED_EARLY
     if isinstance(exc, DecodeError):  # the response head did not parse, or was too large
@@ -267,12 +279,14 @@ async def _read_at_most(reader: ResponseBodyReader, limit: int) -> tuple[bytes, 
     data = bytearray()
     try:
         while len(data) < limit:
-            chunk = await reader.read(limit - len(data))
+            # Chunk by chunk as hyper hands them over (each bounded by its read buffer): read(n)
+            # waits to fill n bytes and drops what it gathered when the body then breaks.
+            chunk = await reader.read_chunk()
             if chunk is None:
                 break
-            data += chunk
+            data += memoryview(chunk)[: limit - len(data)]
     except RequestTimeoutError:
         return bytes(data), BODY_TIMED_OUT
-    except PyreqwestError as exc:
-        return bytes(data), _describe(exc)
+    except PyreqwestError as exc:  # e.g. the connection closed before Content-Length bytes came
+        return bytes(data), _deepest_cause(exc) or exc.message
     return bytes(data), None
