@@ -26,7 +26,7 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -58,6 +58,7 @@ IDLE_PIN = 5 * DNS_TTL
 _HYPER_CLOSED_EARLY = "connection closed before message completed"
 
 PinKey = tuple[str, str, int]  # (scheme, host as reqwest writes it, port)
+Lookup = Callable[[str, int], Awaitable[Sequence[Address]]]
 
 
 @dataclass(slots=True)
@@ -71,9 +72,20 @@ class PinnedClients:
     """reqwest clients, one per (scheme, host, port), each pinned to an address the SSRF guard
     allowed when the name was last looked up."""
 
-    def __init__(self, *, max_in_flight: int, allowed_networks: Sequence[Network] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        max_in_flight: int,
+        allowed_networks: Sequence[Network] = (),
+        dns_ttl: float = DNS_TTL,
+        lookup: Lookup | None = None,
+    ) -> None:
+        """``lookup(host, port)`` gives a host's addresses (the system resolver by default; tests
+        play a name rebound to another address with their own)."""
         self._allowed = tuple(allowed_networks)
         self._max_in_flight = max_in_flight
+        self._ttl = dns_ttl
+        self._lookup = lookup or _lookup
         self._pins: dict[PinKey, _Pin] = {}
         # One lookup per name at a time: 64 sends to one host share the refresh.
         self._lookups: dict[PinKey, asyncio.Task[_Pin]] = {}
@@ -107,7 +119,7 @@ class PinnedClients:
         _scheme, host, port = key
         loop = asyncio.get_running_loop()
         literal = _ip_literal(host)
-        addresses = [literal] if literal is not None else await _lookup(host, port)
+        addresses = [literal] if literal is not None else await self._lookup(host, port)
         first_reason = None
         for address in addresses:
             reason = refusal(address, self._allowed)
@@ -121,7 +133,7 @@ class PinnedClients:
             client = old.client  # same address: keep its keep-alive connections
         else:
             client = self._build(None if literal is not None else (host, str(address), port))
-        pin = _Pin(client, address, loop.time() + DNS_TTL)
+        pin = _Pin(client, address, loop.time() + self._ttl)
         self._drop_idle(loop.time())
         self._pins[key] = pin
         return pin
@@ -152,7 +164,8 @@ class PinnedClients:
     def _drop_idle(self, now: float) -> None:
         """Forget pins unused for IDLE_PIN: dropping a client closes its pool once the requests
         still holding it finish, so no request is cut off."""
-        stale = [key for key, pin in self._pins.items() if pin.expires + IDLE_PIN < now]
+        idle = max(IDLE_PIN, 5 * self._ttl)
+        stale = [key for key, pin in self._pins.items() if pin.expires + idle < now]
         for key in stale:
             del self._pins[key]
 
