@@ -57,6 +57,9 @@ IDLE_PIN = 5 * DNS_TTL
 # hyper's words for a connection closed before the response head was whole.
 _HYPER_CLOSED_EARLY = "connection closed before message completed"
 
+#: URLs whose pin keys are remembered (then forgotten all at once: parsing again is cheap).
+_MAX_URLS = 10_000
+
 PinKey = tuple[str, str, int]  # (scheme, host as reqwest writes it, port)
 Lookup = Callable[[str, int], Awaitable[Sequence[Address]]]
 
@@ -65,7 +68,7 @@ Lookup = Callable[[str, int], Awaitable[Sequence[Address]]]
 class _Pin:
     client: Client
     address: Address
-    expires: float  # loop time
+    expires: float  # time.monotonic()
 
 
 class PinnedClients:
@@ -87,28 +90,48 @@ class PinnedClients:
         self._ttl = dns_ttl
         self._lookup = lookup or _lookup
         self._pins: dict[PinKey, _Pin] = {}
+        self._keys: dict[str, PinKey] = {}
         # One lookup per name at a time: 64 sends to one host share the refresh.
         self._lookups: dict[PinKey, asyncio.Task[_Pin]] = {}
 
-    async def client_for(self, url: Url) -> Client:
-        """The client to send ``url`` through; :class:`RefusedAddress` when the guard allows no
-        address of its host, :class:`OSError` when the name does not resolve."""
-        host = url.host_str
-        port = url.port_or_known_default
-        if host is None or port is None or url.scheme not in ("http", "https"):
-            raise ValueError(f"not an http(s) URL with a host: {url}")
-        key = (url.scheme, host, port)
+    def ready(self, url: str) -> Client | None:
+        """The client for ``url`` when its host's pin is fresh, else None (then await
+        :meth:`client_for`). No await on the way: this is every delivery's path."""
+        pin = self._pins.get(self._key(url))
+        if pin is not None and pin.expires > time.monotonic():
+            return pin.client
+        return None
+
+    async def client_for(self, url: str) -> Client:
+        """The client to send ``url`` through, its host looked up and judged when its pin is
+        stale; :class:`RefusedAddress` when the guard allows no address of the host,
+        :class:`OSError` when the name does not resolve."""
+        key = self._key(url)
         pin = self._pins.get(key)
-        loop = asyncio.get_running_loop()
-        if pin is not None and pin.expires > loop.time():
+        if pin is not None and pin.expires > time.monotonic():
             return pin.client
         lookup = self._lookups.get(key)
         if lookup is None:
-            lookup = loop.create_task(self._pin(key, pin))
+            lookup = asyncio.get_running_loop().create_task(self._pin(key, pin))
             self._lookups[key] = lookup
             lookup.add_done_callback(lambda done: self._looked_up(key, done))
         # Shielded: a sender that gives up (its timeout) must not cancel the others' lookup.
         return (await asyncio.shield(lookup)).client
+
+    def _key(self, url: str) -> PinKey:
+        """(scheme, host, port) of ``url`` as reqwest's own parser reads it, remembered per URL
+        (a relay sends to few URLs, many times)."""
+        key = self._keys.get(url)
+        if key is None:
+            parsed = Url(url)
+            host, port = parsed.host_str, parsed.port_or_known_default
+            if host is None or port is None or parsed.scheme not in ("http", "https"):
+                raise ValueError(f"not an http(s) URL with a host: {url}")
+            key = (parsed.scheme, host, port)
+            if len(self._keys) >= _MAX_URLS:
+                self._keys.clear()
+            self._keys[url] = key
+        return key
 
     def _looked_up(self, key: PinKey, lookup: asyncio.Task[_Pin]) -> None:
         self._lookups.pop(key, None)
@@ -117,7 +140,6 @@ class PinnedClients:
 
     async def _pin(self, key: PinKey, old: _Pin | None) -> _Pin:
         _scheme, host, port = key
-        loop = asyncio.get_running_loop()
         literal = _ip_literal(host)
         addresses = [literal] if literal is not None else await self._lookup(host, port)
         first_reason = None
@@ -133,8 +155,9 @@ class PinnedClients:
             client = old.client  # same address: keep its keep-alive connections
         else:
             client = self._build(None if literal is not None else (host, str(address), port))
-        pin = _Pin(client, address, loop.time() + self._ttl)
-        self._drop_idle(loop.time())
+        now = time.monotonic()
+        pin = _Pin(client, address, now + self._ttl)
+        self._drop_idle(now)
         self._pins[key] = pin
         return pin
 
@@ -212,6 +235,7 @@ class ReqwestTransport:
         without their own; ``max_timeout`` caps theirs."""
         self._clients = clients
         self._timeout = timeout
+        self._default_limit = timedelta(seconds=timeout)
         self._max_timeout = max_timeout
         self._body_limit = response_body_limit
 
@@ -224,16 +248,22 @@ class ReqwestTransport:
         # As in delivery.py, all that follows the request line is the receiver's and may be
         # hostile: text from it goes through storable_text, and hyper bounds the head.
         try:
-            url = Url(job.url)
-            # The lookup counts against the request's timeout, as aiohttp's does.
-            async with asyncio.timeout(seconds):
-                client = await self._clients.client_for(url)
-            remaining = max(seconds - (time.perf_counter() - t0), 0.001)
+            client = self._clients.ready(job.url)
+            if client is None:
+                # The lookup counts against the request's timeout, as aiohttp's does.
+                async with asyncio.timeout(seconds):
+                    client = await self._clients.client_for(job.url)
+                remaining = max(seconds - (time.perf_counter() - t0), 0.001)
+                limit = timedelta(seconds=remaining)
+            elif seconds == self._timeout:
+                limit = self._default_limit
+            else:
+                limit = timedelta(seconds=seconds)
             request = (
-                client.post(url)
+                client.post(job.url)
                 .headers(headers)
                 .body_bytes(body)
-                .timeout(timedelta(seconds=remaining))
+                .timeout(limit)
                 # Nothing of the body read before the head is handed over: by default pyreqwest
                 # reads up to 64 KiB of it first, and a body that then breaks or stalls would
                 # lose the status, which decides the outcome (see response_text).
