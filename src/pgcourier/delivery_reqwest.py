@@ -57,6 +57,7 @@ IDLE_PIN = 5 * DNS_TTL
 # hyper's words for a connection closed before the response head was whole.
 _HYPER_CLOSED_EARLY = "connection closed before message completed"
 
+_KEEP_ALIVE = timedelta(seconds=15)
 #: URLs whose pin keys are remembered (then forgotten all at once: parsing again is cheap).
 _MAX_URLS = 10_000
 
@@ -179,6 +180,9 @@ class PinnedClients:
             .default_cookie_store(False)
             .max_connections(self._max_in_flight)
             .pool_max_idle_per_host(self._max_in_flight)
+            # aiohttp's keep-alive (15 s): reqwest's default, 90 s, outlasts what many servers
+            # keep, and a request sent as the server closes an idle connection fails.
+            .pool_idle_timeout(_KEEP_ALIVE)
         )
         if pinned is not None:
             builder = builder.resolve(*pinned)

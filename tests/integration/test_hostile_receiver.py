@@ -130,6 +130,15 @@ async def retry_after_superscript(w: asyncio.StreamWriter) -> None:
     await _send(w, b"HTTP/1.1 429 Slow down\r\nRetry-After: \xc2\xb2\r\nContent-Length: 0\r\n\r\n")
 
 
+# Behaviours whose response is whole and well framed (the hostile part is in what it holds).
+WHOLE_RESPONSES: set[Respond] = {
+    nul_body,
+    invalid_utf8,
+    retry_after_digits,
+    retry_after_superscript,
+}
+
+
 @dataclass(frozen=True)
 class Case:
     respond: Respond
@@ -252,19 +261,26 @@ class HostileServer:
         self._handlers.add(task)
         self._writers.add(writer)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            path = head.split(b" ", 2)[1].decode()
-            length = next(
-                (
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                ),
-                0,
-            )
-            await reader.readexactly(length)
-            self.hits[path] = self.hits.get(path, 0) + 1
-            await self._behaviours[path](writer)
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode()
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                self.hits[path] = self.hits.get(path, 0) + 1
+                behaviour = self._behaviours[path]
+                await behaviour(writer)
+                if behaviour not in WHOLE_RESPONSES:
+                    break
+                # A whole, well-framed response: the connection stays open for the next
+                # request, as a real server's would. (Reset right after the response, a
+                # pooled connection can fail the next request sent on it, to another case.)
         except (OSError, asyncio.IncompleteReadError):
             pass  # the relay hung up on us: that is the point
         finally:
