@@ -143,18 +143,17 @@ class PinnedClients:
         _scheme, host, port = key
         literal = _ip_literal(host)
         addresses = [literal] if literal is not None else await self._lookup(host, port)
-        first_reason = None
-        for address in addresses:
-            reason = refusal(address, self._allowed)
-            if reason is None:
-                break
-            first_reason = first_reason or reason
-        else:
+        reasons = {address: refusal(address, self._allowed) for address in addresses}
+        allowed = [address for address, reason in reasons.items() if reason is None]
+        if not allowed:
             self._pins.pop(key, None)
-            raise RefusedAddress(f"refused to connect: {first_reason}")
-        if old is not None and old.address == address:
-            client = old.client  # same address: keep its keep-alive connections
+            raise RefusedAddress(f"refused to connect: {next(iter(reasons.values()))}")
+        if old is not None and old.address in allowed:
+            # Still an answer, still allowed: keep the client and its keep-alive connections
+            # (round-robin DNS reorders its answers on every lookup).
+            address, client = old.address, old.client
         else:
+            address = allowed[0]
             client = self._build(None if literal is not None else (host, str(address), port))
         now = time.monotonic()
         pin = _Pin(client, address, now + self._ttl)

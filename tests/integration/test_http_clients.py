@@ -83,11 +83,13 @@ async def transport(
 class Hits:
     def __init__(self) -> None:
         self.requests: list[web.Request] = []
+        self.peers: list[Any] = []  # the (host, port) each request came from
         self.delay = 0.0
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         self.requests.append(request)
+        self.peers.append(request.transport and request.transport.get_extra_info("peername"))
         await asyncio.sleep(self.delay)
         return web.Response(text="ok")
 
@@ -345,3 +347,23 @@ async def test_what_goes_on_the_wire(client: str, server: tuple[Hits, int]) -> N
     assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= raw_names
     if client == "reqwest":
         assert "accept-encoding" not in {n.lower() for n in raw_names}
+
+
+async def test_a_pinned_address_still_in_the_answer_keeps_its_connections(
+    server: tuple[Hits, int],
+) -> None:
+    """Round-robin DNS reorders its answers: while the pinned address is still among them and
+    allowed, the client (its keep-alive connection) is kept, not rebuilt."""
+    hits, port = server
+    dns = Rebinding("127.0.0.1")
+    clients = PinnedClients(max_in_flight=8, allowed_networks=LOOPBACK, dns_ttl=0.1, lookup=dns)
+    async with transport("reqwest", clients=clients) as t:
+        assert (await t.send(job(f"http://rr.test:{port}/a"))).status == 200
+        dns.addresses = [ipaddress.ip_address("127.0.0.2"), ipaddress.ip_address("127.0.0.1")]
+        await asyncio.sleep(0.2)
+        assert (await t.send(job(f"http://rr.test:{port}/b"))).status == 200
+    assert dns.asked == ["rr.test", "rr.test"]
+    # One TCP connection served both: the same client port.
+    assert len(hits.peers) == 2
+    assert hits.peers[0] is not None
+    assert hits.peers[0] == hits.peers[1]
