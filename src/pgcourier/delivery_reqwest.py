@@ -127,7 +127,7 @@ class PinnedClients:
             parsed = Url(url)
             host, port = parsed.host_str, parsed.port_or_known_default
             if host is None or port is None or parsed.scheme not in ("http", "https"):
-                raise ValueError(f"not an http(s) URL with a host: {url}")
+                raise ValueError("not an http(s) URL with a host")  # the URL may hold tokens
             key = (parsed.scheme, host, port)
             if len(self._keys) >= _MAX_URLS:
                 self._keys.clear()
