@@ -54,6 +54,8 @@ from pgcourier.netguard import Address, Network, RefusedAddress, refusal
 
 #: A pin unused this long is dropped with its client (its connections close with it).
 IDLE_PIN = 5 * DNS_TTL
+# hyper-util's stage name for a failure to connect (TCP or TLS), before anything was sent.
+_CONNECTING = "client error (Connect)"
 # hyper's words for a connection closed before the response head was whole.
 _HYPER_CLOSED_EARLY = "connection closed before message completed"
 
@@ -92,6 +94,7 @@ class PinnedClients:
         self._lookup = lookup or _lookup
         self._pins: dict[PinKey, _Pin] = {}
         self._keys: dict[str, PinKey] = {}
+        self._unreachable: dict[PinKey, Address] = {}  # a pinned address that failed to connect
         # One lookup per name at a time: 64 sends to one host share the refresh.
         self._lookups: dict[PinKey, asyncio.Task[_Pin]] = {}
 
@@ -118,6 +121,15 @@ class PinnedClients:
             lookup.add_done_callback(lambda done: self._looked_up(key, done))
         # Shielded: a sender that gives up (its timeout) must not cancel the others' lookup.
         return (await asyncio.shield(lookup)).client
+
+    def connect_failed(self, url: str) -> None:
+        """A connection to ``url``'s pinned address failed: look the host up again on the next
+        send, and pin another allowed address if it has one."""
+        key = self._key(url)
+        pin = self._pins.get(key)
+        if pin is not None:
+            self._unreachable[key] = pin.address
+            pin.expires = 0.0
 
     def _key(self, url: str) -> PinKey:
         """(scheme, host, port) of ``url`` as reqwest's own parser reads it, remembered per URL
@@ -148,7 +160,12 @@ class PinnedClients:
         if not allowed:
             self._pins.pop(key, None)
             raise RefusedAddress(f"refused to connect: {next(iter(reasons.values()))}")
-        if old is not None and old.address in allowed:
+        unreachable = self._unreachable.pop(key, None)
+        if unreachable in allowed and len(allowed) > 1:
+            # It failed to connect: the others first (aiohttp tries each address in turn).
+            allowed.remove(unreachable)
+            allowed.append(unreachable)
+        if old is not None and old.address in allowed and old.address != unreachable:
             # Still an answer, still allowed: keep the client and its keep-alive connections
             # (round-robin DNS reorders its answers on every lookup).
             address, client = old.address, old.client
@@ -292,6 +309,8 @@ class ReqwestTransport:
             error = str(exc)
         except PyreqwestError as exc:
             error = _describe(exc)
+            if _CONNECTING in _causes(exc):
+                self._clients.connect_failed(job.url)
         except (OSError, ValueError) as exc:  # an unresolvable name, a malformed URL or header
             error = f"{type(exc).__name__}: {exc}"
         return AttemptResult(
@@ -301,11 +320,16 @@ class ReqwestTransport:
         )
 
 
+def _causes(exc: PyreqwestError) -> list[str]:
+    causes = exc.details.get("causes") if isinstance(exc, RequestError) else None
+    return [cause["message"] for cause in causes or ()]
+
+
 def _deepest_cause(exc: PyreqwestError) -> str | None:
     """What reqwest names as the root of ``exc`` (the causes above it repeat the URL and
     hyper's internal stage names)."""
-    causes = exc.details.get("causes") if isinstance(exc, RequestError) else None
-    return causes[-1]["message"] if causes else None
+    causes = _causes(exc)
+    return causes[-1] if causes else None
 
 
 def _describe(exc: PyreqwestError) -> str:

@@ -367,3 +367,19 @@ async def test_a_pinned_address_still_in_the_answer_keeps_its_connections(
     assert len(hits.peers) == 2
     assert hits.peers[0] is not None
     assert hits.peers[0] == hits.peers[1]
+
+
+async def test_an_unreachable_pinned_address_gives_way_to_another(
+    server: tuple[Hits, int],
+) -> None:
+    """aiohttp tries each allowed address in turn; the reqwest transport pins one, so an
+    address that refuses connections must not stay pinned while the name has others."""
+    hits, port = server
+    dns = Rebinding("127.0.0.2", "127.0.0.1")  # nothing listens on 127.0.0.2
+    clients = PinnedClients(max_in_flight=8, allowed_networks=LOOPBACK, lookup=dns)
+    async with transport("reqwest", clients=clients) as t:
+        first = await t.send(job(f"http://two.test:{port}/a"))
+        second = await t.send(job(f"http://two.test:{port}/b"))
+    assert_failed(first, "Connection refused")
+    assert second.status == 200, second
+    assert [r.path for r in hits.requests] == ["/b"]
