@@ -17,12 +17,48 @@ from pgcourier.signing import sign_headers
 USER_AGENT = f"pgcourier/{__version__}"
 #: The longest status line or header a receiver may send.
 MAX_HEADER_LINE = 8190
+#: How long a resolved address is used before the name is looked up again (aiohttp's DNS cache).
+DNS_TTL = 60.0
+#: The error of a response cut short before its head was whole (the same for every client).
+CLOSED_EARLY = "connection closed by the receiver before the whole response arrived"
+#: What a body read cut short by the request timeout is noted with.
+BODY_TIMED_OUT = "the request timeout ran out while the body was arriving"
 
 
 class Transport(Protocol):
     """Sends one attempt of a job. Implementations report failures in the result."""
 
     async def send(self, job: Job) -> AttemptResult: ...
+
+
+def request_headers(job: Job, body: bytes) -> dict[str, str]:
+    """The headers of one attempt: the endpoint's custom ones, then the signature and the
+    content type, which always win (the database also refuses custom headers with those names)."""
+    headers = dict(job.headers)
+    headers.update(
+        sign_headers(job.signature_scheme, job.secrets, str(job.event_id), job.event_type, body)
+    )
+    headers["content-type"] = "application/json"
+    return headers
+
+
+def timeout_for(job: Job, default: float, cap: float | None) -> float:
+    """The request timeout of ``job``: the endpoint's own, capped at ``cap``, or ``default``."""
+    if job.timeout is None:
+        return default
+    return job.timeout if cap is None else min(job.timeout, cap)
+
+
+def response_text(raw: bytes, problem: str | None, limit: int) -> str:
+    """The stored response body: its first ``limit`` bytes, plus a note when it was not read
+    whole. The status is the receiver's answer (Standard Webhooks: a 2xx means it took the event)
+    and decides the outcome; a body that stalls or is cut short after it only gets noted. Failing
+    a 2xx there would send the event again."""
+    text = storable_text(raw, limit)
+    if problem is not None:
+        note = storable_text(problem, ERROR_LIMIT, one_line=True)
+        text = f"{text}\n[pgcourier: response body not read whole: {note}]"
+    return text
 
 
 def new_session(
@@ -34,7 +70,7 @@ def new_session(
     connector = aiohttp.TCPConnector(
         limit=max_in_flight,
         limit_per_host=0,
-        ttl_dns_cache=60,
+        ttl_dns_cache=int(DNS_TTL),
         socket_factory=AddressGuard(allowed_networks),
     )
     return aiohttp.ClientSession(
@@ -64,6 +100,7 @@ class WebhookTransport:
         """``timeout`` applies to endpoints without their own; ``max_timeout`` caps theirs (the
         relay passes half its lease, so a slow request never outlives the lease it runs under)."""
         self._session = session
+        self._default_timeout = timeout
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_timeout = max_timeout
         self._body_limit = response_body_limit
@@ -71,20 +108,13 @@ class WebhookTransport:
     def _timeout_for(self, job: Job) -> aiohttp.ClientTimeout:
         if job.timeout is None:
             return self._timeout
-        seconds = job.timeout
-        if self._max_timeout is not None:
-            seconds = min(seconds, self._max_timeout)
-        return aiohttp.ClientTimeout(total=seconds)
+        return aiohttp.ClientTimeout(
+            total=timeout_for(job, self._default_timeout, self._max_timeout)
+        )
 
     async def send(self, job: Job) -> AttemptResult:
         body = job.body()
-        # Custom headers first, so the signature and content type always win (the database also
-        # refuses custom headers with those names).
-        headers = dict(job.headers)
-        headers.update(
-            sign_headers(job.signature_scheme, job.secrets, str(job.event_id), job.event_type, body)
-        )
-        headers["content-type"] = "application/json"
+        headers = request_headers(job, body)
         timeout = self._timeout_for(job)
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
@@ -103,18 +133,11 @@ class WebhookTransport:
             ) as response:
                 status = response.status
                 raw, problem = await _read_at_most(response.content, self._body_limit)
-                text = storable_text(raw, self._body_limit)
-                if problem is not None:
-                    # The status is the receiver's answer (Standard Webhooks: a 2xx means it took
-                    # the event) and decides the outcome; a body that stalls or is cut short
-                    # after it only gets noted. Failing a 2xx here would send the event again.
-                    note = storable_text(problem, ERROR_LIMIT, one_line=True)
-                    text = f"{text}\n[pgcourier: response body not read whole: {note}]"
                 return AttemptResult(
                     started_at=started_at,
                     duration=time.perf_counter() - t0,
                     status=status,
-                    response_body=text,
+                    response_body=response_text(raw, problem, self._body_limit),
                     retry_after=response.headers.get("Retry-After"),
                 )
         except TimeoutError:
@@ -124,7 +147,7 @@ class WebhookTransport:
             error = str(refused) if refused else f"{type(exc).__name__}: {exc}"
         except aiohttp.ServerDisconnectedError:
             # Its text is the repr of whatever part of the response had been parsed.
-            error = "connection closed by the receiver before the whole response arrived"
+            error = CLOSED_EARLY
         except aiohttp.ClientResponseError as exc:
             # Raised by the response parser (a garbage status line, a header over the limits):
             # its "400" is aiohttp's own, not a status the receiver sent.
@@ -157,7 +180,7 @@ async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> tuple[byte
                 break
             data += chunk
     except TimeoutError:
-        return bytes(data), "the request timeout ran out while the body was arriving"
+        return bytes(data), BODY_TIMED_OUT
     except aiohttp.ClientError as exc:  # e.g. ClientPayloadError: the connection closed mid-body
         return bytes(data), f"{type(exc).__name__}: {exc}"
     return bytes(data), None

@@ -11,6 +11,8 @@ The check runs on the address actually being connected to, after DNS resolution,
 socket factory aiohttp calls for every connection: a public-looking host name that resolves to
 127.0.0.1, or is rebound to it later, is refused too. Proxies are never used (the session ignores
 the environment), and redirects are not followed, so nothing else can pick the address.
+The reqwest transport (:mod:`pgcourier.delivery_reqwest`) has no such hook: it looks names up
+itself, judges each address with :func:`refusal`, and pins reqwest to an allowed one.
 """
 
 from __future__ import annotations

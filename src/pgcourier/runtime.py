@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
@@ -15,7 +16,8 @@ from aiohttp import web
 from pgcourier import db, ops
 from pgcourier.admin import create_app
 from pgcourier.admin.context import AdminContext
-from pgcourier.delivery import WebhookTransport, new_session
+from pgcourier.delivery import Transport, WebhookTransport, new_session
+from pgcourier.delivery_reqwest import PinnedClients, ReqwestTransport
 from pgcourier.errors import ConfigurationError, DatabaseUnavailable
 from pgcourier.listener import Listener
 from pgcourier.metrics import Metrics
@@ -44,6 +46,21 @@ def relay_config(settings: Settings) -> RelayConfig:
         completion_flush_interval=settings.completion_flush_interval,
         retry_after_cap=settings.retry_after_cap,
     )
+
+
+def webhook_transport(
+    settings: Settings, session: aiohttp.ClientSession, clients: PinnedClients | None
+) -> Transport:
+    """The webhook transport PGCOURIER_HTTP_CLIENT names: reqwest through ``clients``, or
+    aiohttp through ``session``; the same timeouts and body limit either way."""
+    # Half the lease caps an endpoint's timeout: a slow request never outlives its lease.
+    timeout, cap = settings.delivery_timeout, settings.lease / 2
+    limit = settings.response_body_limit
+    if clients is not None:
+        return ReqwestTransport(
+            clients, timeout=timeout, response_body_limit=limit, max_timeout=cap
+        )
+    return WebhookTransport(session, timeout=timeout, response_body_limit=limit, max_timeout=cap)
 
 
 def retention_config(settings: Settings) -> RetentionConfig:
@@ -117,8 +134,16 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     # the claim loop makes one round trip at a time; opened at the first claim (min_size 0), so
     # creating it cannot fail.
     claim_pool = await db.create_pool(dsn, min_size=0, max_size=1, synchronous_commit=False)
+    # Slack calls always go through the aiohttp session; webhooks too unless reqwest is chosen.
     session = new_session(
         max_in_flight=settings.max_in_flight, allowed_networks=settings.allowed_networks
+    )
+    clients = (
+        PinnedClients(
+            max_in_flight=settings.max_in_flight, allowed_networks=settings.allowed_networks
+        )
+        if settings.http_client == "reqwest"
+        else None
     )
     stop = asyncio.Event()
     keyring = settings.keyring
@@ -133,12 +158,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                 log.warning("could not check the stored secrets; retrying", error=str(exc))
                 await asyncio.sleep(1.0)
         transport = Router(
-            WebhookTransport(
-                session,
-                timeout=settings.delivery_timeout,
-                response_body_limit=settings.response_body_limit,
-                max_timeout=settings.lease / 2,
-            ),
+            webhook_transport(settings, session, clients),
             SlackTransport(
                 session,
                 token=settings.slack_bot_token.get_secret_value()
@@ -201,6 +221,8 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     finally:
         await session.close()
         await db.close_pool(claim_pool, grace=Relay.SHUTDOWN_GRACE)
+        if clients is not None:
+            await clients.close()
         await db.close_pool(pool, grace=Relay.SHUTDOWN_GRACE)
 
 

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     )
     max_payload_bytes: int = Field(default=256 * 1024, ge=1, le=64 * 1024 * 1024)
     response_body_limit: int = Field(default=4096, ge=0, le=1024 * 1024)
+    http_client: Literal["reqwest", "aiohttp"] = Field(
+        default="reqwest",
+        description="HTTP client of webhook deliveries: reqwest (pyreqwest, less CPU per "
+        "delivery) or aiohttp; both keep the same limits and the same SSRF guard.",
+    )
     event_types: Literal["open", "strict"] = Field(
         default="open",
         description="strict: the database refuses events whose type is not in the catalog "

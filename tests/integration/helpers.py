@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from multidict import CIMultiDict
 
 from pgcourier import ops
 from pgcourier.settings import Settings
@@ -20,7 +21,9 @@ from pgcourier.signing import WebhookVerificationError, verify
 @dataclass
 class Received:
     path: str
-    headers: dict[str, str]
+    # Case-insensitive, as HTTP header names are: reqwest sends every name in lower case, aiohttp
+    # custom headers in the case they were written.
+    headers: CIMultiDict[str]
     body: bytes
 
     @property
@@ -50,7 +53,7 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         path = request.path
-        self.requests.append(Received(path, dict(request.headers), body))
+        self.requests.append(Received(path, CIMultiDict(request.headers), body))
         async with self._changed:
             self._changed.notify_all()
         if path in self.delay:

@@ -3,7 +3,8 @@
 A raw asyncio TCP server plays the receiver, so it can answer with any bytes at all: NUL bytes,
 invalid UTF-8, a 10 MB header, a garbage status line, a body that never ends, a connection closed
 mid-response, an unreadable Retry-After. Each case runs a real relay on real Postgres with the
-hostile endpoint beside a healthy one, and checks that:
+hostile endpoint beside a healthy one, with each HTTP client (``PGCOURIER_HTTP_CLIENT``: aiohttp
+and reqwest keep the same promises), and checks that:
 
 * the healthy endpoint's deliveries are recorded as delivered promptly, each sent once;
 * every hostile attempt is recorded in courier.attempts, with a status, error and body a human
@@ -45,6 +46,8 @@ SETTINGS: dict[str, Any] = {
     "response_body_limit": BODY_LIMIT,
 }
 
+HTTP_CLIENTS = ["aiohttp", "reqwest"]
+
 Respond = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -68,6 +71,18 @@ async def invalid_utf8(w: asyncio.StreamWriter) -> None:
 async def huge_header(w: asyncio.StreamWriter) -> None:
     await _send(w, b"HTTP/1.1 200 OK\r\nX-Big: " + b"a\x00" * (5 * 1024 * 1024))
     await _send(w, b"\r\nContent-Length: 0\r\n\r\n")
+
+
+async def huge_valid_header(w: asyncio.StreamWriter) -> None:
+    # Valid characters only, so it is the size that must stop the client, not a bad byte.
+    await _send(w, b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (10 * 1024 * 1024))
+    await _send(w, b"\r\nContent-Length: 0\r\n\r\n")
+
+
+async def too_many_headers(w: asyncio.StreamWriter) -> None:
+    # Each line short, the head complete: only the number of headers is out of bounds.
+    await _send(w, b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(1000)))
+    await _send(w, b"Content-Length: 0\r\n\r\n")
 
 
 async def garbage_status(w: asyncio.StreamWriter) -> None:
@@ -115,11 +130,22 @@ async def retry_after_superscript(w: asyncio.StreamWriter) -> None:
     await _send(w, b"HTTP/1.1 429 Slow down\r\nRetry-After: \xc2\xb2\r\nContent-Length: 0\r\n\r\n")
 
 
+# Behaviours whose response is whole and well framed (the hostile part is in what it holds).
+WHOLE_RESPONSES: set[Respond] = {
+    nul_body,
+    invalid_utf8,
+    retry_after_digits,
+    retry_after_superscript,
+}
+
+
 @dataclass(frozen=True)
 class Case:
     respond: Respond
     delivered: bool  # the outcome every attempt should have: delivered, or a failure
     check: Callable[[asyncpg.Record], bool]  # what each recorded attempt must look like
+    # What it must look like with reqwest, where hyper words an error differently.
+    reqwest_check: Callable[[asyncpg.Record], bool] | None = None
 
     @property
     def path(self) -> str:
@@ -139,8 +165,30 @@ CASES = [
         False,
         lambda a: a["status_code"] == 500 and a["response_body"] == "caf\ufffd \ufffd\ufffd ok",
     ),
-    Case(huge_header, False, _error_has("invalid HTTP response", "8190 bytes")),
-    Case(garbage_status, False, _error_has("invalid HTTP response", "status line")),
+    Case(
+        huge_header,
+        False,
+        _error_has("invalid HTTP response", "8190 bytes"),
+        _error_has("invalid HTTP response", "header"),
+    ),
+    Case(
+        huge_valid_header,
+        False,
+        _error_has("invalid HTTP response", "8190 bytes"),
+        _error_has("invalid HTTP response", "too large"),
+    ),
+    Case(
+        too_many_headers,
+        False,
+        _error_has("invalid HTTP response", "headers"),
+        _error_has("invalid HTTP response", "too large"),
+    ),
+    Case(
+        garbage_status,
+        False,
+        _error_has("invalid HTTP response", "status line"),
+        _error_has("invalid HTTP response", "version"),
+    ),
     Case(
         endless_body,
         True,
@@ -213,19 +261,26 @@ class HostileServer:
         self._handlers.add(task)
         self._writers.add(writer)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            path = head.split(b" ", 2)[1].decode()
-            length = next(
-                (
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                ),
-                0,
-            )
-            await reader.readexactly(length)
-            self.hits[path] = self.hits.get(path, 0) + 1
-            await self._behaviours[path](writer)
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode()
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                self.hits[path] = self.hits.get(path, 0) + 1
+                behaviour = self._behaviours[path]
+                await behaviour(writer)
+                if behaviour not in WHOLE_RESPONSES:
+                    break
+                # A whole, well-framed response: the connection stays open for the next
+                # request, as a real server's would. (Reset right after the response, a
+                # pooled connection can fail the next request sent on it, to another case.)
         except (OSError, asyncio.IncompleteReadError):
             pass  # the relay hung up on us: that is the point
         finally:
@@ -249,6 +304,7 @@ async def _hostile_run(
     receiver: Receiver,
     hostile: HostileServer,
     cases: list[Case],
+    http_client: str,
 ) -> dict[str, str]:
     """Run one relay over a healthy endpoint and one endpoint per case; return the endpoint
     ids of the cases by path, once the relay has stopped (within its deadline)."""
@@ -258,7 +314,7 @@ async def _hostile_run(
         await ops.enqueue(conn, "order.paid", {"n": i})
     loop = asyncio.get_running_loop()
     stack = contextlib.AsyncExitStack()
-    await stack.enter_async_context(relay(**SETTINGS))
+    await stack.enter_async_context(relay(**SETTINGS, http_client=http_client))
     try:
         await receiver.wait_count(EVENTS, "/healthy", timeout=5)
 
@@ -296,7 +352,10 @@ async def _hostile_run(
     return endpoints
 
 
-async def _check_attempts(conn: asyncpg.Connection, case: Case, endpoint_id: str) -> None:
+async def _check_attempts(
+    conn: asyncpg.Connection, case: Case, endpoint_id: str, http_client: str
+) -> None:
+    check = case.reqwest_check if http_client == "reqwest" and case.reqwest_check else case.check
     deliveries = await conn.fetch(
         "SELECT id, status, attempts FROM courier.deliveries WHERE endpoint_id = $1",
         endpoint_id,
@@ -313,7 +372,7 @@ async def _check_attempts(conn: asyncpg.Connection, case: Case, endpoint_id: str
     assert len(attempts) == sum(d["attempts"] for d in deliveries), case.path
     for a in attempts:
         assert (a["outcome"] == "delivered") is case.delivered, (case.path, dict(a))
-        assert case.check(a), (case.path, dict(a))
+        assert check(a), (case.path, http_client, dict(a))
         if a["error"] is not None:
             assert len(a["error"]) <= ERROR_LIMIT, dict(a)
             assert "\n" not in a["error"], dict(a)  # errors are read in log lines
@@ -321,6 +380,7 @@ async def _check_attempts(conn: asyncpg.Connection, case: Case, endpoint_id: str
             assert len(a["response_body"]) <= BODY_LIMIT, case.path
 
 
+@pytest.mark.parametrize("http_client", HTTP_CLIENTS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.path.strip("/"))
 async def test_a_hostile_receiver_never_stalls_the_relay(
     conn: asyncpg.Connection,
@@ -328,23 +388,26 @@ async def test_a_hostile_receiver_never_stalls_the_relay(
     receiver: Receiver,
     hostile: HostileServer,
     case: Case,
+    http_client: str,
 ) -> None:
-    endpoints = await _hostile_run(conn, relay, receiver, hostile, [case])
+    endpoints = await _hostile_run(conn, relay, receiver, hostile, [case], http_client)
     assert hostile.hits[case.path] >= EVENTS
-    await _check_attempts(conn, case, endpoints[case.path])
+    await _check_attempts(conn, case, endpoints[case.path], http_client)
 
 
+@pytest.mark.parametrize("http_client", HTTP_CLIENTS)
 async def test_all_hostile_receivers_at_once_leave_the_healthy_one_alone(
     conn: asyncpg.Connection,
     relay: Callable[..., contextlib.AbstractAsyncContextManager[Any]],
     receiver: Receiver,
     hostile: HostileServer,
+    http_client: str,
 ) -> None:
     """Their outcomes share completion batches with the healthy endpoint's: one refused batch
     must not hold back anyone else's."""
-    endpoints = await _hostile_run(conn, relay, receiver, hostile, CASES)
+    endpoints = await _hostile_run(conn, relay, receiver, hostile, CASES, http_client)
     for case in CASES:
-        await _check_attempts(conn, case, endpoints[case.path])
+        await _check_attempts(conn, case, endpoints[case.path], http_client)
 
 
 class LeakyTransport:

@@ -23,6 +23,9 @@ from pgcourier.signing import verify
 from tests.integration.attempts import all_attempts
 from tests.integration.helpers import relay_settings, statuses, wait_until
 
+# Tests of what the HTTP transport itself promises run with each client (PGCOURIER_HTTP_CLIENT).
+each_http_client = pytest.mark.parametrize("http_client", ["aiohttp", "reqwest"])
+
 
 @dataclass
 class Hit:
@@ -185,13 +188,14 @@ async def _count(conn: asyncpg.Connection, status: str, n: int) -> bool:
     return bool((await statuses(conn)).get(status) == n)
 
 
+@each_http_client
 async def test_retry_after_holds_the_delivery_and_the_whole_endpoint(
-    conn: asyncpg.Connection, rx: Scripted, relays: Any
+    conn: asyncpg.Connection, rx: Scripted, relays: Any, http_client: str
 ) -> None:
     ep = await endpoint(conn, rx.url("/busy"))
     rx.script["/busy"] = [(429, {"Retry-After": "2"}, 0.0)]
     first = await ops.enqueue(conn, "a.b", {"n": 1})
-    await relays(1, retry_schedule="50ms")
+    await relays(1, retry_schedule="50ms", http_client=http_client)
     await wait_until(lambda: len(rx.on("/busy")) == 1)
     # Once the 429 is recorded, the endpoint is paused. (A delivery already claimed in the few
     # milliseconds before that still goes: the pause applies from when it is known.)
@@ -216,13 +220,14 @@ async def _paused(conn: asyncpg.Connection, eid: str) -> bool:
     return (await ops.get_endpoint(conn, eid))["paused_until"] is not None
 
 
+@each_http_client
 async def test_a_huge_or_endless_response_body_is_read_only_up_to_the_limit(
-    conn: asyncpg.Connection, rx: Scripted, relays: Any
+    conn: asyncpg.Connection, rx: Scripted, relays: Any, http_client: str
 ) -> None:
     await endpoint(conn, rx.url("/endless"))
     event = await ops.enqueue(conn, "a.b", {})
     started = time.monotonic()
-    await relays(1, delivery_timeout=5.0, response_body_limit=4096)
+    await relays(1, delivery_timeout=5.0, response_body_limit=4096, http_client=http_client)
     await wait_until(lambda: _status_of(conn, event, "delivered"), timeout=10)
     assert time.monotonic() - started < 5
     [attempt] = await all_attempts(conn, str(event))
@@ -399,13 +404,14 @@ async def test_events_without_a_key_stay_parallel(
 # -- SSRF guard -----------------------------------------------------------------------------
 
 
+@each_http_client
 async def test_ssrf_guard_refuses_a_name_resolving_to_loopback(
-    conn: asyncpg.Connection, rx: Scripted, relays: Any
+    conn: asyncpg.Connection, rx: Scripted, relays: Any, http_client: str
 ) -> None:
     port = rx.base_url.rsplit(":", 1)[1]
     await endpoint(conn, f"http://localhost:{port}/internal")
     event = await ops.enqueue(conn, "a.b", {})
-    await relays(1, allow_networks="", retry_schedule="")
+    await relays(1, allow_networks="", retry_schedule="", http_client=http_client)
     await wait_until(lambda: _status_of(conn, event, "dead"))
     assert rx.on("/internal") == []
     [attempt] = await all_attempts(conn, str(event))
@@ -413,20 +419,22 @@ async def test_ssrf_guard_refuses_a_name_resolving_to_loopback(
     assert "loopback address" in attempt["error"]
 
 
+@each_http_client
 async def test_ssrf_guard_refuses_literal_private_and_metadata_addresses(
-    conn: asyncpg.Connection, relays: Any
+    conn: asyncpg.Connection, relays: Any, http_client: str
 ) -> None:
     await endpoint(conn, "http://169.254.169.254/latest/meta-data/")
     event = await ops.enqueue(conn, "a.b", {})
-    await relays(1, allow_networks="127.0.0.0/8", retry_schedule="")
+    await relays(1, allow_networks="127.0.0.0/8", retry_schedule="", http_client=http_client)
     await wait_until(lambda: _status_of(conn, event, "dead"))
     [attempt] = await all_attempts(conn, str(event))
     assert "169.254.169.254 is a link-local address" in attempt["error"]
 
 
 @pytest.mark.parametrize("status", [302, 307])
+@each_http_client
 async def test_redirects_are_never_followed(
-    conn: asyncpg.Connection, rx: Scripted, relays: Any, status: int
+    conn: asyncpg.Connection, rx: Scripted, relays: Any, status: int, http_client: str
 ) -> None:
     # A redirect could send the signed body to a host the SSRF guard never saw named: the
     # endpoint's URL is the only one ever contacted. (A 307 would be followed with the POST and its
@@ -434,7 +442,7 @@ async def test_redirects_are_never_followed(
     await endpoint(conn, rx.url("/moved"))
     rx.defaults["/moved"] = (status, {"Location": rx.url("/elsewhere")}, 0.0)
     event = await ops.enqueue(conn, "a.b", {})
-    await relays(1, retry_schedule="")
+    await relays(1, retry_schedule="", http_client=http_client)
     await wait_until(lambda: _settled(conn, event))
     assert [h.path for h in rx.hits] == ["/moved"]
     [attempt] = await all_attempts(conn, str(event))

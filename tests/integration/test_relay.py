@@ -346,18 +346,26 @@ async def test_disabled_endpoint_holds_deliveries_until_enabled(
         await wait_until(lambda: _delivered(conn, 1))
 
 
+@pytest.mark.parametrize(
+    ("http_client", "refused"),
+    [
+        ("aiohttp", "ClientConnectorError"),
+        ("reqwest", "connection error: Connection refused"),
+    ],
+)
 async def test_timeouts_and_connection_errors_are_recorded_failures(
-    conn: asyncpg.Connection, receiver: Receiver, relay: Any
+    conn: asyncpg.Connection, receiver: Receiver, relay: Any, http_client: str, refused: str
 ) -> None:
     await add_endpoint(conn, receiver.url("/slow"))
     await add_endpoint(conn, "http://127.0.0.1:9/nothing-listens-here")
     receiver.delay["/slow"] = 3
     await ops.enqueue(conn, "order.paid", {})
-    async with relay(retry_schedule="", delivery_timeout=0.3, lease=5):
+    async with relay(retry_schedule="", delivery_timeout=0.3, lease=5, http_client=http_client):
         await wait_until(lambda: _count_dead(conn, 2), timeout=10)
-    errors = sorted(r["error"] for r in await conn.fetch("SELECT error FROM courier.attempts"))
-    assert errors[0].startswith("ClientConnectorError")
-    assert errors[1] == "timeout after 0.3s"
+    rows = await conn.fetch("SELECT error FROM courier.attempts")
+    errors = {("timeout" if "timeout" in r["error"] else "refused"): r["error"] for r in rows}
+    assert errors["refused"].startswith(refused)
+    assert errors["timeout"] == "timeout after 0.3s"
 
 
 @pytest.mark.parametrize(
