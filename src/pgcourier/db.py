@@ -218,7 +218,10 @@ def translate_errors() -> Iterator[None]:
             raise InvalidInput(message, field=column) from exc
         if sqlstate in ("40001", "40P01"):
             raise Conflict(f"the database aborted a concurrent operation ({sqlstate})") from exc
-        if sqlstate.startswith(("08", "57P")):
+        # 08: connection exceptions; 57P: the server shutting down or crashed; 55000: the
+        # database refuses new connections (ALLOW_CONNECTIONS false, being dropped), which a pool
+        # meets when it reconnects. None of them is the caller's fault: wait and try again.
+        if sqlstate.startswith(("08", "57P")) or sqlstate == "55000":
             raise DatabaseUnavailable(str(exc)) from exc
         raise PgCourierError(f"database error {sqlstate}: {exc}") from exc
     except (OSError, asyncpg.InterfaceError) as exc:
