@@ -1,0 +1,84 @@
+"""The fan-out of a keyed event behind its key's delivery that waits for a retry (migration 0014).
+
+Such a delivery cannot go before the one ahead of it, so it is due when that one is: the claims
+in between never walk it (with thousands of them behind one failing key, every claim used to,
+and every other endpoint's latency rose with it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import asyncpg
+
+from pgcourier import ops
+
+CLAIM = "SELECT id, event_id FROM courier.claim(10, 60, $1, $2, 1000)"
+
+
+async def _setup(conn: asyncpg.Connection) -> tuple[uuid.UUID, int]:
+    """An endpoint whose key "k" has one delivery, claimed; returns the endpoint and its id."""
+    ep = await ops.create_endpoint(conn, url="http://127.0.0.1:1/hook", event_types=["*"])
+    head_event = await ops.enqueue(conn, "a.b", {"n": 0}, ordering_key="k")
+    claimed = await conn.fetch(CLAIM, uuid.uuid4(), 100)
+    assert [r["event_id"] for r in claimed] == [head_event]
+    return uuid.UUID(str(ep["id"])), claimed[0]["id"]
+
+
+async def _fan_out_three(conn: asyncpg.Connection) -> dict[str, asyncpg.Record]:
+    """A follower on "k", an event on another key and one without a key, fanned out."""
+    ids = {
+        "follower": await ops.enqueue(conn, "a.b", {"n": 1}, ordering_key="k"),
+        "other key": await ops.enqueue(conn, "a.b", {"n": 2}, ordering_key="j"),
+        "no key": await ops.enqueue(conn, "a.b", {"n": 3}),
+    }
+    assert await conn.fetchval("SELECT courier.fan_out(100)") == 3
+    rows = await conn.fetch(
+        "SELECT event_id, id, due_at, due_at <= now() AS due FROM courier.queue"
+        " WHERE event_id = ANY($1::uuid[])",
+        list(ids.values()),
+    )
+    by_event = {r["event_id"]: r for r in rows}
+    return {name: by_event[i] for name, i in ids.items()}
+
+
+async def test_behind_a_retry_a_follower_is_due_with_its_head(conn: asyncpg.Connection) -> None:
+    _, head = await _setup(conn)
+    # The head's attempt failed: as complete_deliveries records a retry, due in 5 minutes.
+    await conn.execute(
+        "UPDATE courier.queue SET lease_token = NULL, attempts = 1,"
+        " due_at = now() + interval '5 minutes' WHERE id = $1",
+        head,
+    )
+    head_due = await conn.fetchval("SELECT due_at FROM courier.queue WHERE id = $1", head)
+    rows = await _fan_out_three(conn)
+    assert rows["follower"]["due_at"] == head_due
+    assert not rows["follower"]["due"]
+    assert rows["other key"]["due"]
+    assert rows["no key"]["due"]
+    # Nothing due for the claim to walk past; the others go.
+    claimed = await conn.fetch(CLAIM, uuid.uuid4(), 0)
+    assert {r["id"] for r in claimed} == {rows["other key"]["id"], rows["no key"]["id"]}
+    # When the head's retry comes, both are due, and order still holds: the head goes first.
+    await conn.execute(
+        "UPDATE courier.queue SET due_at = due_at - interval '5 minutes'"
+        " WHERE id = ANY($1::bigint[])",
+        [head, rows["follower"]["id"]],
+    )
+    assert [r["id"] for r in await conn.fetch(CLAIM, uuid.uuid4(), 0)] == [head]
+
+
+async def test_behind_a_delivery_in_flight_a_follower_is_due_at_once(
+    conn: asyncpg.Connection,
+) -> None:
+    # The head is leased (due_at is then its lease's end): its attempt may end any moment, and
+    # the follower must not wait for the lease.
+    _, head = await _setup(conn)
+    lease_end = await conn.fetchval("SELECT due_at FROM courier.queue WHERE id = $1", head)
+    rows = await _fan_out_three(conn)
+    assert rows["follower"]["due"]
+    assert rows["follower"]["due_at"] < lease_end - timedelta(seconds=30)
+    # Order holds regardless: the claim skips it while the head is in flight.
+    claimed = await conn.fetch(CLAIM, uuid.uuid4(), 0)
+    assert rows["follower"]["id"] not in {r["id"] for r in claimed}
