@@ -193,8 +193,9 @@ ORDER BY id;
 -- recover_deliveries --
 -- Re-queue deliveries $1 of endpoint $2 that still match recoverable_deliveries (since $3): dead
 -- ones go back to the queue with a fresh retry schedule, ones waiting for a retry become due
--- now. Rows that changed since they were listed (delivered, leased, already recovered) are left
--- alone. Returns the ids.
+-- now, and so do the never-attempted deliveries queued behind them on their ordering keys. Rows
+-- that changed since they were listed (delivered, leased, already recovered) are left alone.
+-- Returns the ids recovered.
 WITH revived AS (
     DELETE FROM courier.dead_letters AS d
     WHERE d.id = ANY($1::bigint[]) AND d.endpoint_id = $2 AND d.dead_at >= $3
@@ -212,7 +213,23 @@ WITH revived AS (
     SET due_at = now()
     WHERE q.id = ANY($1::bigint[]) AND q.endpoint_id = $2 AND q.lease_token IS NULL
       AND q.attempts > q.schedule_base AND q.last_attempt_at >= $3
-    RETURNING q.id
+    RETURNING q.id, q.ordering_key
+), heads AS (
+    SELECT h.ordering_key, min(h.id) AS id
+    FROM (SELECT r.id, r.ordering_key FROM revived AS r
+          UNION ALL SELECT u.id, u.ordering_key FROM hurried AS u) AS h
+    WHERE h.ordering_key IS NOT NULL
+    GROUP BY h.ordering_key
+), followers AS (
+    -- Deliveries queued behind those on their key that were never attempted: they were given
+    -- the retry time of the one ahead (hold_key_followers, the fan-out of 0014), a retry that
+    -- is now not waited for, so they are due now too. The claim still sends them in key order.
+    -- (Disjoint from hurried: those have been attempted.)
+    UPDATE courier.queue AS q
+    SET due_at = now()
+    FROM heads AS k
+    WHERE q.endpoint_id = $2 AND q.ordering_key = k.ordering_key AND q.id > k.id
+      AND q.lease_token IS NULL AND q.last_attempt_at IS NULL AND q.due_at > now()
 )
 SELECT id FROM requeued UNION ALL SELECT id FROM hurried;
 

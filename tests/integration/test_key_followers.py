@@ -8,7 +8,7 @@ and every other endpoint's latency rose with it).
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -82,3 +82,28 @@ async def test_behind_a_delivery_in_flight_a_follower_is_due_at_once(
     # Order holds regardless: the claim skips it while the head is in flight.
     claimed = await conn.fetch(CLAIM, uuid.uuid4(), 0)
     assert rows["follower"]["id"] not in {r["id"] for r in claimed}
+
+
+async def test_recovering_the_head_brings_its_followers_forward(conn: asyncpg.Connection) -> None:
+    # An operator recovers the endpoint (the receiver is fixed): the head is due now, and the
+    # deliveries waiting behind it for its old retry time must not go on waiting for it.
+    ep, head = await _setup(conn)
+    await conn.execute(
+        "UPDATE courier.queue SET lease_token = NULL, attempts = 1, last_attempt_at = now(),"
+        " due_at = now() + interval '2 hours' WHERE id = $1",
+        head,
+    )
+    rows = await _fan_out_three(conn)
+    assert not rows["follower"]["due"]
+    recovered = await ops.recover_endpoint(
+        conn, str(ep), since=datetime.now(UTC) - timedelta(minutes=1)
+    )
+    assert recovered == [head]  # only the failed one counts as recovered
+    due = await conn.fetch(
+        "SELECT id FROM courier.queue WHERE endpoint_id = $1 AND due_at <= now() ORDER BY id", ep
+    )
+    assert [r["id"] for r in due] == [head, *sorted(r["id"] for r in rows.values())]
+    # Key order still holds: the head goes first, its follower only after it.
+    claimed = {r["id"] for r in await conn.fetch(CLAIM, uuid.uuid4(), 0)}
+    assert head in claimed
+    assert rows["follower"]["id"] not in claimed
