@@ -51,6 +51,11 @@ DEFAULT_MAX_CLAIMS = 10
 VACUUM_DEAD_ROWS = 10_000
 VACUUM_INTERVAL = 60.0
 
+# A completion whose keyed retries hold at least this many later deliveries vacuums the queue
+# right after it commits (at most every HOLD_VACUUM_INTERVAL seconds): see PgStore.complete.
+HOLD_VACUUM_ROWS = 500
+HOLD_VACUUM_INTERVAL = 5.0
+
 
 def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
     """The job for a claimed row; :class:`SecretUnavailable` when its secrets do not open."""
@@ -138,7 +143,9 @@ class PgStore:
             await self._pool.execute(QUERIES["sweep_deleted_endpoints"])
             await self._vacuum_queue()
 
-    async def _vacuum_queue(self) -> None:
+    async def _vacuum_queue(
+        self, dead_rows: int = VACUUM_DEAD_ROWS, interval: float = VACUUM_INTERVAL
+    ) -> None:
         """``VACUUM courier.queue`` when it holds many dead rows and no vacuum ran lately.
 
         Every delivery leaves a dead row in the queue. Autovacuum handles that (the table has
@@ -148,9 +155,7 @@ class PgStore:
         """
         if not self._vacuum_allowed:
             return
-        due = await self._pool.fetchval(
-            QUERIES["queue_vacuum_due"], VACUUM_DEAD_ROWS, VACUUM_INTERVAL
-        )
+        due = await self._pool.fetchval(QUERIES["queue_vacuum_due"], dead_rows, interval)
         if not due:
             return
         try:
@@ -287,18 +292,38 @@ class PgStore:
                 return
             async with self._pool.acquire() as conn, conn.transaction():
                 applied = await conn.fetch(QUERIES["complete_deliveries"], *args)
+                moved = 0
                 if held:
                     done = {r["id"] for r in applied}
                     keyed = [h for h in held if h[2] in done]
-                    await conn.execute(
+                    status = await conn.execute(
                         QUERIES["hold_key_followers"],
                         [h[0] for h in keyed],
                         [h[1] for h in keyed],
                         [h[2] for h in keyed],
                         [_retry_at(h[4]) for h in keyed],
                     )
+                    moved = int(status.rpartition(" ")[2])
                 if reports:
                     await self._apply_reports(conn, reports)
+        if moved >= HOLD_VACUUM_ROWS:
+            await self._vacuum_after_hold()
+
+    async def _vacuum_after_hold(self) -> None:
+        """A hold moved many deliveries of a blocked key: vacuum the queue now.
+
+        Each moved delivery leaves its old version at the front of its endpoint's due order,
+        where every claim's look for due work and every next-due probe starts, until a vacuum:
+        2,000 of them made a claim of another endpoint's event 0.76 -> 1.61 ms on 15 (0.95 after a
+        VACUUM), and a healthy endpoint's idle latency +1.4 ms beside a blocked key. Autovacuum
+        comes up to a minute later, or never. The outcomes are committed by now: a failure here
+        is logged and changes nothing (the completer must not write the batch again).
+        """
+        try:
+            with translate_errors():
+                await self._vacuum_queue(dead_rows=-1, interval=HOLD_VACUUM_INTERVAL)
+        except Exception as exc:
+            log.warning("could not vacuum the queue after a hold", error=str(exc))
 
     async def _apply_reports(
         self, conn: asyncpg.Connection, reports: dict[str, EndpointReport]

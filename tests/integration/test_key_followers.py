@@ -2,7 +2,8 @@
 
 Such a delivery cannot go before the one ahead of it, so it is due when that one is: the claims
 in between never walk it (with thousands of them behind one failing key, every claim used to,
-and every other endpoint's latency rose with it).
+and every other endpoint's latency rose with it). Recovering the head brings them forward, and a
+hold of many of them vacuums the queue at once (their old row versions would slow every claim).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from pgcourier import ops
+from pgcourier import store as store_module
+from pgcourier.model import AttemptResult, Completion
+from pgcourier.policy import Retry
+from pgcourier.store import PgStore
 
 CLAIM = "SELECT id, event_id FROM courier.claim(10, 60, $1, $2, 1000)"
 
@@ -107,3 +112,53 @@ async def test_recovering_the_head_brings_its_followers_forward(conn: asyncpg.Co
     claimed = {r["id"] for r in await conn.fetch(CLAIM, uuid.uuid4(), 0)}
     assert head in claimed
     assert rows["follower"]["id"] not in claimed
+
+
+async def _hold(dsn: str, conn: asyncpg.Connection, followers: int) -> int:
+    """A key's head fails with ``followers`` deliveries queued behind it; returns how many
+    times the queue was vacuumed by hand (not by autovacuum) meanwhile."""
+    await conn.execute("ALTER TABLE courier.queue SET (autovacuum_enabled = false)")
+    await ops.create_endpoint(
+        conn, url="http://127.0.0.1:1/hook", event_types=["*"], max_in_flight=1000
+    )
+    await conn.execute(
+        "SELECT courier.enqueue('a.b', jsonb_build_object('i', i), 'k')"
+        " FROM generate_series(0, $1) AS i",
+        followers,
+    )
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        store = PgStore(pool)
+        relay = uuid.uuid4()
+        [head] = await store.claim(relay, limit=1, lease=30)
+        await conn.execute("SELECT courier.fan_out($1)", followers + 1)
+        before = await _vacuums(conn)
+        failed = AttemptResult(started_at=datetime.now(UTC), duration=0.01, status=500)
+        await store.complete(relay, [Completion(head, failed, Retry(after=60))])
+        held = await conn.fetchval(
+            "SELECT count(*) FROM courier.queue WHERE id > $1 AND due_at > now()",
+            head.delivery_id,
+        )
+        assert held == followers  # all of them wait for the head's retry
+        return await _vacuums(conn) - before
+    finally:
+        await pool.close()
+
+
+async def _vacuums(conn: asyncpg.Connection) -> int:
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    count: int = await conn.fetchval(
+        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'courier.queue'::regclass"
+    )
+    return count
+
+
+async def test_a_large_hold_vacuums_the_queue_at_once(dsn: str, conn: asyncpg.Connection) -> None:
+    # The old versions of the moved rows would otherwise slow every claim until a vacuum.
+    assert await _hold(dsn, conn, store_module.HOLD_VACUUM_ROWS) == 1
+
+
+async def test_a_small_hold_leaves_the_queue_to_its_vacuums(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    assert await _hold(dsn, conn, 20) == 0
