@@ -144,7 +144,7 @@ class PgStore:
             await self._vacuum_queue()
 
     async def _vacuum_queue(
-        self, dead_rows: int = VACUUM_DEAD_ROWS, interval: float = VACUUM_INTERVAL
+        self, dead_rows: int | None = None, interval: float | None = None
     ) -> None:
         """``VACUUM courier.queue`` when it holds many dead rows and no vacuum ran lately.
 
@@ -152,10 +152,15 @@ class PgStore:
         thresholds of its own), but a server may run without it; the queue would then grow by
         every delivery ever made, and its plans with it. Only the table's owner vacuums it (the
         query checks); should the server refuse anyway, the relay says so once and stops trying.
+        The thresholds default to the module's, read at call time (tests lower them).
         """
         if not self._vacuum_allowed:
             return
-        due = await self._pool.fetchval(QUERIES["queue_vacuum_due"], dead_rows, interval)
+        due = await self._pool.fetchval(
+            QUERIES["queue_vacuum_due"],
+            VACUUM_DEAD_ROWS if dead_rows is None else dead_rows,
+            VACUUM_INTERVAL if interval is None else interval,
+        )
         if not due:
             return
         try:
