@@ -139,7 +139,7 @@ def print_version(label: str, server: dict[str, str], results: Results, quick: b
     print(f"\n{'measurement':<24} {'figure':<28} {'value':>12}")
     for name, data in results.items():
         for key, value in data.items():
-            if key in ("samples_ms", "intervals"):  # (the soak prints its intervals itself)
+            if key in ("samples_ms", "intervals", "index_mb"):  # (the soak prints these itself)
                 continue
             text = (
                 number(value)

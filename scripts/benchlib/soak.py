@@ -39,6 +39,12 @@ SELECT t.name, pg_table_size(('courier.' || t.name)::regclass) AS heap,
        pg_indexes_size(('courier.' || t.name)::regclass) AS indexes
 FROM unnest($1::text[]) AS t(name)
 """
+# Every index of those tables on its own: which one grows, if any.
+INDEX_SIZES = """
+SELECT i.indexrelid::regclass::text AS name, pg_relation_size(i.indexrelid) AS bytes
+FROM pg_index AS i
+WHERE i.indrelid = ANY (SELECT ('courier.' || t.name)::regclass FROM unnest($1::text[]) AS t(name))
+"""
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,7 @@ async def soak(bench: Bench, plan: SoakPlan) -> None:
         bench.results["soak"] = summarise(plan, intervals, commits, windows)
         bench.results["soak"]["intervals"] = intervals
         print_intervals(intervals)
+        print_indexes(bench.results["soak"]["index_mb"])
     finally:
         await conn.close()
         await watcher.close()
@@ -166,6 +173,8 @@ async def _sample(
     }
     for name in TABLES:
         row[f"{name}_mb"] = (sizes[name]["heap"] + sizes[name]["indexes"]) / 2**20
+    for r in await conn.fetch(INDEX_SIZES, list(TABLES)):
+        row[f"index:{r['name']}"] = r["bytes"] / 2**20
     intervals.append(row)
     return seen + len(fresh)
 
@@ -178,7 +187,9 @@ def summarise(
 ) -> dict[str, Any]:
     """The figures that say "flat": the steady part starts once two retention periods (and an
     interval) have passed, when pruning has caught up with what the first period produced."""
-    steady = [r for r in intervals if r["t"] >= 2 * plan.retention + plan.interval] or intervals
+    # (Not the last row, taken after the producers stopped: a handful of events.)
+    loaded = [r for r in intervals if r["t"] <= plan.seconds + plan.interval / 2] or intervals
+    steady = [r for r in loaded if r["t"] >= 2 * plan.retention + plan.interval] or loaded
     total = [r["table_mb"] + r["index_mb"] for r in steady]
     pruning = _pruning_spans(windows)
     during = sorted(c.seconds for c in commits if _inside(c.started, pruning))
@@ -204,7 +215,17 @@ def summarise(
         "commit_p99_idle_ms": pct(outside, 99) * 1000,
         "events_per_s_pruning": len(during) / pruning_seconds if pruning_seconds else float("nan"),
         "events_per_s_idle": len(outside) / max(run_seconds - pruning_seconds, 1e-9),
+        # Each index's MB where the steady part starts, at its middle and at its end.
+        "index_mb": {
+            key.removeprefix("index:"): [round(r.get(key, 0.0), 2) for r in _marks(steady)]
+            for key in steady[-1]
+            if key.startswith("index:")
+        },
     }
+
+
+def _marks(steady: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [steady[0], steady[len(steady) // 2], steady[-1]]
 
 
 def _pruning_spans(windows: list[tuple[float, bool]]) -> list[tuple[float, float]]:
@@ -238,6 +259,12 @@ def print_intervals(intervals: list[dict[str, Any]]) -> None:
     print(" ".join(f"{title:>{len(fmt.format(0))}}" for _, title, fmt in COLUMNS))
     for row in intervals:
         print(" ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS))
+
+
+def print_indexes(sizes: dict[str, list[float]]) -> None:
+    print("\nsoak, each index's MB over the steady part (start, middle, end)")
+    for name, (first, middle, last) in sorted(sizes.items(), key=lambda kv: -kv[1][-1]):
+        print(f"{name:<52} {first:>8.2f} {middle:>8.2f} {last:>8.2f}")
 
 
 def plot(result: dict[str, Any], path: str) -> None:
