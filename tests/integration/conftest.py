@@ -34,6 +34,7 @@ CONCURRENT_SAFE = frozenset(
         "test_console.py",
         "test_console_fuzz.py",
         "test_data_safety.py",
+        "test_event_ids.py",
         "test_fanout_rules.py",
         "test_header_masking.py",
         "test_least_privilege.py",
