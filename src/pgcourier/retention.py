@@ -52,6 +52,8 @@ log = structlog.get_logger("pgcourier.retention")
 PRUNE_LOCK_KEY = 0x70_67_63_70_72_75_6E_65
 TABLES = ("outbox", "delivery_history", "attempts", "dead_letters")
 _NIL = uuid.UUID(int=0)
+# The pause between batches (a seam for the test of the pacing).
+_sleep = asyncio.sleep
 
 
 @dataclass
@@ -99,8 +101,11 @@ class RetentionConfig:
     #: Events held by dead letters only are woken when a letter leaves; by the clock only after
     #: this (a backstop; see migration 0012).
     dead_park: float = 86400.0
-    #: Pause between batches, so that a long pass leaves the database to the hot path.
+    #: Pause between batches, so that a long pass leaves the database to the hot path: at least
+    #: ``pause`` seconds, and ``pace`` times as long as the batch took (pace 1: a pass works at
+    #: most half the time, its load spread out rather than in a burst; see _after_batch).
     pause: float = 0.01
+    pace: float = 1.0
 
     @property
     def interval(self) -> float:
@@ -129,6 +134,8 @@ class _Pass:
         self.conn = conn
         self.config = config
         self.result = PruneResult(dry_run=dry_run)
+        self._loop = asyncio.get_running_loop()
+        self._batch_began = self._loop.time()
 
     async def run(self) -> PruneResult:
         conn, config = self.conn, self.config
@@ -246,9 +253,19 @@ class _Pass:
         )
 
     async def _after_batch(self) -> None:
+        """Count the batch and pause before the next one.
+
+        The pause grows with the batch's own time: a batch slowed by a busy server waits longer
+        before the next, and a pass never works more than 1 / (1 + pace) of its time. On a busy
+        server the hot path then meets pruning in short, spaced slices rather than a burst of
+        back-to-back batches (issue 12's soak: producers' commits while a batch ran).
+        """
         self.result.batches += 1
-        if self.config.pause > 0:
-            await asyncio.sleep(self.config.pause)
+        took = self._loop.time() - self._batch_began
+        pause = max(self.config.pause, took * self.config.pace)
+        if pause > 0:
+            await _sleep(pause)
+        self._batch_began = self._loop.time()
 
 
 def _min_time(like: datetime) -> datetime:

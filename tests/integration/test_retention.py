@@ -4,6 +4,7 @@ operators see afterwards (CLI, API, metrics)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from typing import Any
@@ -12,7 +13,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from pgcourier import ops
+from pgcourier import ops, retention
 from pgcourier.metrics import Metrics
 from pgcourier.retention import (
     PRUNE_LOCK_KEY,
@@ -209,6 +210,39 @@ async def test_zero_keeps_everything(conn: asyncpg.Connection) -> None:
     assert kept_dead.removed["dead_letters"] == 0
     assert (await rows_of(conn, dead))["dead_letters"] == 1
     assert (await rows_of(conn, done))["outbox"] == 0
+
+
+async def test_the_pause_between_batches_grows_with_their_time(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass spreads its load: after each batch it pauses ``pace`` times as long as the batch
+    took (at least ``pause``), so it never runs batches back to back on a busy server."""
+    for _ in range(6):
+        await make_delivery(conn, await make_event(conn, 400), "delivered")
+    pauses: list[float] = []
+
+    async def record(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(retention, "_sleep", record)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    paced = dataclasses.replace(CONFIG, pause=0.001, pace=1000.0)
+    result = await prune_pass(conn, paced)
+    worked = loop.time() - began  # (no real pause was taken)
+    assert result is not None
+    assert result.removed["outbox"] == 6
+    assert len(pauses) == result.batches >= 3
+    # Every batch on a real server takes well over 50 us, so at pace 1000 each pause is its
+    # batch's time scaled, far above the floor; together no more than the pass's time scaled.
+    assert min(pauses) > 0.05
+    assert sum(pauses) <= 1000.0 * worked
+    # pace 0 and pause 0 (pgcourier prune: an operator waits): no pause at all.
+    pauses.clear()
+    for _ in range(2):
+        await make_delivery(conn, await make_event(conn, 400), "delivered")
+    assert await prune_pass(conn, dataclasses.replace(CONFIG, pace=0.0)) is not None
+    assert pauses == []
 
 
 async def test_dry_run_changes_nothing_and_counts_what_a_pass_removes(

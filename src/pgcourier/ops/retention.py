@@ -34,7 +34,7 @@ async def prune(
         }
     # No pause between batches: an operator is waiting, and each batch is still its own short
     # transaction.
-    config = RetentionConfig(retention=retention, dead_retention=dead_retention, pause=0)
+    config = RetentionConfig(retention=retention, dead_retention=dead_retention, pause=0, pace=0)
     result = await prune_pass(conn, config, dry_run=dry_run)
     if result is None:
         raise PruneBusy("another pruning pass is running (a relay's); try again in a moment")
