@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncpg
 
 from pgcourier import db, ops
+from pgcourier.embedded import EmbeddedPostgres
 
 INSERT = "INSERT INTO courier.outbox (event_type, payload) VALUES ($1, $2::jsonb)"
 PAYLOAD = '{"order_id": 42, "amount": 9.5, "currency": "EUR"}'
@@ -113,7 +114,7 @@ def main() -> None:
         asyncio.run(measure(args.dsn, args.rows, args.rounds))
         return
     with tempfile.TemporaryDirectory() as home:
-        embedded = db.EmbeddedPostgres(Path(home))
+        embedded = EmbeddedPostgres(Path(home))
         dsn = embedded.start()
         try:
             asyncio.run(measure(dsn, args.rows, args.rounds))

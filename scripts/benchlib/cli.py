@@ -14,7 +14,7 @@ from benchlib import latency, measures, pgq, report, servers, soak, tenants
 from benchlib.procs import RELAY_ENV
 from benchlib.receiver import receiver_process
 from benchlib.sizes import FULL, QUICK
-from pgcourier import db
+from pgcourier import db, pools
 
 MEASUREMENTS = (
     "ceiling",
@@ -42,9 +42,9 @@ async def run_version(
     if any(m in wanted for m in ("drain", "fanout")) and "ceiling" not in wanted:
         wanted.insert(0, "ceiling")
     async with servers.server(version, args.dsn) as (dsn, pgq_dsn):
-        async with db.connection(dsn) as conn:
+        async with pools.connection(dsn) as conn:
             await db.migrate(conn)
-        async with db.connection(pgq_dsn) as conn:
+        async with pools.connection(pgq_dsn) as conn:
             await pgq.install(conn)
         server = await servers.describe(dsn)
         async with receiver_process() as receiver:

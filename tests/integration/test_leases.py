@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from pgcourier import db, ops
+from pgcourier import ops, pools
 from pgcourier.delivery import WebhookTransport, new_session
 from pgcourier.relay import Relay, RelayConfig
 from pgcourier.store import PgStore
@@ -23,7 +23,7 @@ async def bare_relays(dsn: str, n: int, **config: Any) -> AsyncIterator[list[Rel
     """``n`` relays on the test database, built as the runtime builds them except for the
     request timeout: the runtime caps it at half the lease, and this test needs a request that
     outlasts the lease (as a delivery queued behind others, or a slow completion write, does)."""
-    pool = await db.create_pool(dsn, min_size=2, max_size=8)
+    pool = await pools.create_pool(dsn, min_size=2, max_size=8)
     session = new_session(max_in_flight=4, allowed_networks=relay_settings(dsn).allowed_networks)
     stop = asyncio.Event()
     relays = [

@@ -6,7 +6,7 @@ an ANALYZE, a VACUUM or DDL invalidates it. Made while the queue and the outbox 
 scans them sequentially; on a server without autovacuum nothing invalidates it, and the claim
 kept scanning both tables once per claimed row while they grew (measured: a core burnt and the
 relay seconds behind at 2,000 events/s). The relay's sessions drop their plans every
-``plan_lifetime`` seconds (pgcourier.db.PlanRefresh). These tests count the sequential scans of
+``plan_lifetime`` seconds (pgcourier.pools.PlanRefresh). These tests count the sequential scans of
 the two tables (pg_stat_user_tables) made by claims once the tables have grown.
 """
 
@@ -18,7 +18,7 @@ import uuid
 
 import asyncpg
 
-from pgcourier import db, ops
+from pgcourier import ops, pools
 from pgcourier.store import PgStore
 
 LIFETIME = 0.3
@@ -52,7 +52,7 @@ async def _scans_by_claims_after_growth(dsn: str, conn: asyncpg.Connection, life
         conn, url="http://127.0.0.1:9/hook", event_types=["*"], max_in_flight=1000
     )
     relay = uuid.uuid4()
-    pool = await db.create_pool(dsn, min_size=1, max_size=1, plan_lifetime=lifetime)
+    pool = await pools.create_pool(dsn, min_size=1, max_size=1, plan_lifetime=lifetime)
     try:
         store = PgStore(pool)
         await store.register(relay)
@@ -99,7 +99,7 @@ async def test_without_expiry_plans_of_the_empty_tables_scan_them(
 
 async def test_a_session_drops_its_plans_at_most_once_per_lifetime(dsn: str) -> None:
     """DISCARD PLANS is one extra round trip: never on every release."""
-    pool = await db.create_pool(dsn, min_size=1, max_size=1, plan_lifetime=LIFETIME)
+    pool = await pools.create_pool(dsn, min_size=1, max_size=1, plan_lifetime=LIFETIME)
     try:
         async with pool.acquire() as c:
             pid = c.get_server_pid()

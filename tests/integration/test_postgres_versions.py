@@ -10,7 +10,7 @@ import os
 
 import asyncpg
 
-from pgcourier import db
+from pgcourier import pools
 
 OLDEST_SUPPORTED = 14
 
@@ -26,7 +26,7 @@ async def test_the_server_is_a_supported_version(conn: asyncpg.Connection) -> No
 
 async def test_relay_sessions_run_without_jit(dsn: str) -> None:
     """A safeguard for servers with JIT (issue 10): the relay's statements never gain from it."""
-    pool = await db.create_pool(dsn, min_size=1, max_size=2)
+    pool = await pools.create_pool(dsn, min_size=1, max_size=2)
     try:
         async with pool.acquire() as session:
             assert await session.fetchval("SHOW jit") == "off"

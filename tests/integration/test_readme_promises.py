@@ -19,7 +19,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from pgcourier import db, ops
+from pgcourier import ops, pools
+from pgcourier.embedded import EmbeddedPostgres
 from pgcourier.errors import InvalidInput
 from pgcourier.runtime import running
 from pgcourier.settings import load_settings
@@ -40,7 +41,7 @@ from tests.integration.test_settings_wiring import (
 async def _database_commits_synchronously(dsn: str) -> None:
     # The test server runs with synchronous_commit off (for speed); make this database's own
     # default "on", as on a normal server, so that "off" can only come from the relay's setting.
-    async with db.connection(dsn) as conn:
+    async with pools.connection(dsn) as conn:
         name = await conn.fetchval("SELECT current_database()")
         await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = on')
 
@@ -48,7 +49,7 @@ async def _database_commits_synchronously(dsn: str) -> None:
 @pytest.mark.parametrize(("value", "expected"), [(True, "on"), (False, "off")])
 async def test_create_pool_sets_synchronous_commit(dsn: str, value: bool, expected: str) -> None:
     await _database_commits_synchronously(dsn)
-    pool = await db.create_pool(dsn, min_size=1, max_size=2, synchronous_commit=value)
+    pool = await pools.create_pool(dsn, min_size=1, max_size=2, synchronous_commit=value)
     try:
         assert await pool.fetchval("SHOW synchronous_commit") == expected
     finally:
@@ -71,7 +72,7 @@ async def test_relay_synchronous_commit_false_from_the_environment(
         async with rt.pool.acquire() as a, rt.pool.acquire() as b:
             assert [await c.fetchval("SHOW synchronous_commit") for c in (a, b)] == ["off", "off"]
         # ...while producers keep the database's setting.
-        async with db.connection(dsn) as producer:
+        async with pools.connection(dsn) as producer:
             assert await producer.fetchval("SHOW synchronous_commit") == "on"
 
 
@@ -91,7 +92,7 @@ async def test_claims_commit_asynchronously_and_outcomes_synchronously(
         assert await rt.claim_pool.fetchval("SHOW synchronous_commit") == "off"
         assert await rt.pool.fetchval("SHOW synchronous_commit") == "on"
         # The relay claims through it: its one connection runs courier.claim.
-        async with db.connection(dsn) as conn:
+        async with pools.connection(dsn) as conn:
             claiming = await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND query LIKE '%courier.claim(%'"
@@ -103,7 +104,7 @@ async def test_claims_commit_asynchronously_and_outcomes_synchronously(
 
 
 async def _has_schema(dsn: str) -> bool:
-    async with db.connection(dsn) as conn:
+    async with pools.connection(dsn) as conn:
         return bool(await conn.fetchval("SELECT to_regclass('courier.outbox') IS NOT NULL"))
 
 
@@ -140,7 +141,7 @@ async def test_auto_migrate_false_leaves_the_schema_to_pgcourier_migrate(
                 return response.status == 200
 
         await wait_until(ready, timeout=20)
-        async with db.connection(empty_dsn) as conn:
+        async with pools.connection(empty_dsn) as conn:
             await add_endpoint(conn, receiver.url("/hook"))
             event_id = str(await ops.enqueue(conn, "order.paid", {}))
         await receiver.wait_count(1, timeout=20)
@@ -152,7 +153,7 @@ async def test_auto_migrate_false_leaves_the_schema_to_pgcourier_migrate(
 
 async def test_ready_answers_503_while_the_database_is_down(tmp_path: Path) -> None:
     # A Postgres of this test's own, so that it can really be stopped and started again.
-    server = db.EmbeddedPostgres(tmp_path / "pg")
+    server = EmbeddedPostgres(tmp_path / "pg")
     dsn = await asyncio.to_thread(server.start)
     try:
         async with pgcourier_run(dsn) as relay, aiohttp.ClientSession() as http:

@@ -29,7 +29,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgcourier import db, ops
+from pgcourier import db, ops, pools
 from tests.integration.helpers import wait_until
 from tests.integration.test_cli import cli_env
 
@@ -301,7 +301,7 @@ async def test_defaults_reach_the_relay(empty_dsn: str, site: Callable[[str], st
     async with (
         pgcourier_run(empty_dsn, unset=("PGCOURIER_LOG_FORMAT",)) as relay,
         aiohttp.ClientSession() as http,
-        db.connection(empty_dsn) as conn,
+        pools.connection(empty_dsn) as conn,
     ):
         # AUTO_MIGRATE defaults to true: the empty database has the whole schema.
         assert await db.schema_version(conn) == db.LATEST_VERSION

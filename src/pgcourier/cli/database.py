@@ -11,8 +11,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from pgcourier import db
+from pgcourier import db, pools
 from pgcourier.cli.output import output
+from pgcourier.embedded import EmbeddedPostgres
 from pgcourier.errors import ConfigurationError
 from pgcourier.sealing import Keyring
 from pgcourier.settings import Settings
@@ -31,7 +32,7 @@ def database(settings: Settings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    embedded = db.EmbeddedPostgres(settings.data_dir.resolve())
+    embedded = EmbeddedPostgres(settings.data_dir.resolve())
     dsn = embedded.start()
     log.info("embedded Postgres ready", dsn=dsn, data_dir=str(embedded.data_dir))
     try:
@@ -43,7 +44,7 @@ def database(settings: Settings) -> Iterator[str]:
 async def _with_conn(
     settings: Settings, dsn: str, action: Callable[[asyncpg.Connection], Awaitable[Any]]
 ) -> Any:
-    async with db.connection(dsn) as conn:
+    async with pools.connection(dsn) as conn:
         if settings.auto_migrate:
             with db.translate_errors():
                 await db.migrate(conn)
