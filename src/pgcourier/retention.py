@@ -90,10 +90,13 @@ class RetentionConfig:
 
     retention: float
     dead_retention: float
-    batch: int = 500
+    #: Events (or dead letters) per batch. 100 rather than 500 (issue 12's soak, 1,000 events/s
+    #: on 18): producers' commits while a batch ran were p50 +11 % and p99 +0.9 ms against the
+    #: rest, where batches of 500 cost them +17 % and +1.6-1.9 ms; pruning kept up either way.
+    batch: int = 100
     #: Batches of the outbox walk and of the dead-letter walk per pass (each); more waits for
     #: the next pass, which then comes at once.
-    max_batches: int = 200
+    max_batches: int = 1000
     #: Held events (pending work, not fanned out) are looked at again after as long as they have
     #: been held, at least this (None: the pass interval) and at most ``recheck_cap`` seconds.
     recheck_after: float | None = None
