@@ -3,8 +3,8 @@ retention may be why (issue 12).
 
 An event id that is not found cannot be dated for sure (ids before migration 0015 are random):
 what can be said honestly is that events are pruned after the retention period and how far
-pruning has got (its horizon, kept in courier.retention). Delivery (dead-letter) ids come from one sequence: an id at or below the
-highest one pruned that is found nowhere was pruned.
+pruning has got (its horizon, kept in courier.retention). Delivery (dead-letter) ids come from
+one sequence: an id at or below the highest one pruned that is found nowhere was pruned.
 """
 
 from __future__ import annotations
