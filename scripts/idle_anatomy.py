@@ -53,6 +53,7 @@ async def anatomy(dsn: str, n: int) -> None:
     async with receiver_process() as receiver:
         setup = await asyncpg.connect(dsn)
         await db.migrate(setup)
+        version = await setup.fetchval("SHOW server_version")
         await courier.reset_tables(setup)
         await courier.add_endpoints(setup, receiver.base, 1)
         relay_id = uuid.uuid4()
@@ -150,7 +151,6 @@ async def anatomy(dsn: str, n: int) -> None:
         # The receiver's figure for the events sent as the relay does (even ones: fsync'd commit,
         # fan-out inside the claim, pyreqwest), the warm-up left out.
         latencies = (await receiver.stats(latencies=True))["latencies"][20::2]
-        version = await _version(dsn)
         print(
             f"\nidle anatomy on Postgres {version}: {n} events {GAP * 1000:.0f} ms apart (p50, ms)"
         )
@@ -161,14 +161,6 @@ async def anatomy(dsn: str, n: int) -> None:
         print(f"  {'sum of the path':<20} {total:6.3f}   (commit + notify + claim + send)")
         received = statistics.median(latencies) * 1000
         print(f"  {'receiver p50':<20} {received:6.3f}   (commit -> receipt, as the benchmark)")
-
-
-async def _version(dsn: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
 
 
 async def main() -> None:
