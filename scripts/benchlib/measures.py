@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 
 from benchlib import courier, pgq
-from benchlib.procs import CpuMeter, Watched, pgq_consumer_process, relay_process
+from benchlib.procs import CpuMeter, MachineMeter, Watched, pgq_consumer_process, relay_process
 from benchlib.receiver import ReceiverClient
 from benchlib.servers import database_name
 from benchlib.sizes import Sizes
@@ -210,14 +210,16 @@ class Bench:
                 meter = await self._meter(self.dsn, conn)
                 cpu0, t0 = relay.cpu_seconds(), time.time()
                 await courier.enqueue_many(conn, n)
+                machine = MachineMeter(self.receiver)
                 await self.receiver.wait_count(n, timeout=600)
                 done = await courier.wait_recorded(conn, timeout=120)
+                machine.stop()
                 own = relay.cpu_seconds() - cpu0
                 pg = await meter.stop()
                 relay.check_alive("the relay")
         finally:
             await conn.close()
-        self.results["cost"] = self._cost(n, own, pg, done - t0, meter.missing)
+        self.results["cost"] = self._cost(n, own, pg, done - t0, meter.missing, machine)
 
         conn = await self.conn(self.pgq_dsn)
         try:
@@ -228,14 +230,16 @@ class Bench:
                 meter = await self._meter(self.pgq_dsn, conn)
                 cpu0, t0 = consumer.cpu_seconds(), time.time()
                 await pgq.enqueue_many(conn, n)
+                machine = MachineMeter(self.receiver)
                 await self.receiver.wait_count(n, timeout=600)
                 done = await pgq.wait_done(conn, timeout=120)
+                machine.stop()
                 own = consumer.cpu_seconds() - cpu0
                 pg = await meter.stop()
                 consumer.check_alive("PgQueuer's consumer")
         finally:
             await conn.close()
-        self.results["pgqueuer cost"] = self._cost(n, own, pg, done - t0, meter.missing)
+        self.results["pgqueuer cost"] = self._cost(n, own, pg, done - t0, meter.missing, machine)
 
     async def _meter(self, dsn: str, own: asyncpg.Connection) -> CpuMeter:
         meter = CpuMeter(await self.conn(dsn), database_name(dsn), [own.get_server_pid()])
@@ -243,13 +247,27 @@ class Bench:
         return meter
 
     @staticmethod
-    def _cost(n: int, own: float, pg: dict[str, float], seconds: float, missing: bool) -> Result:
+    def _cost(
+        n: int,
+        own: float,
+        pg: dict[str, float],
+        seconds: float,
+        missing: bool,
+        machine: MachineMeter,
+    ) -> Result:
         total = own + pg["backends"] + pg["background"]
         result: Result = {
             "cpu_s_per_1000": total / n * 1000,
             "process_cpu_s_per_1000": own / n * 1000,
             "backends_cpu_s_per_1000": pg["backends"] / n * 1000,
             "background_cpu_s_per_1000": pg["background"] / n * 1000,
+            # The rest of the bill, from the commit of the N events to the last record: what
+            # the receiver spent, and every process of the machine together. When busy_cores is
+            # near the machine's cores, throughput is the cores over machine CPU per delivery,
+            # so the ratio of the two queues' machine CPU bounds the ratio of their drains.
+            "receiver_cpu_s_per_1000": machine.receiver / n * 1000,
+            "machine_cpu_s_per_1000": machine.busy / n * 1000,
+            "machine_busy_cores": machine.busy / machine.seconds,
             "deliveries_per_s": n / seconds,
         }
         if missing:

@@ -12,8 +12,10 @@ import contextlib
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import asyncpg
 import psutil  # type: ignore[import-untyped]
@@ -189,3 +191,32 @@ class CpuMeter:
         spent = {pid: self.last[pid] - self.first[pid] for pid in self.last}
         clients = sum(v for pid, v in spent.items() if self.kinds[pid] == "client backend")
         return {"backends": clients, "background": sum(spent.values()) - clients}
+
+
+class ReceiverLike(Protocol):
+    def cpu_seconds(self) -> float: ...
+
+
+class MachineMeter:
+    """CPU of the whole machine (every process, busy = not idle or waiting on I/O) and of the
+    receiver, from construction to stop()."""
+
+    def __init__(self, receiver: ReceiverLike) -> None:
+        self._receiver = receiver
+        self._t0 = time.monotonic()
+        self._cpu0 = psutil.cpu_times()
+        self._rcv0 = receiver.cpu_seconds()
+        self.busy = self.receiver = self.seconds = 0.0
+
+    def stop(self) -> None:
+        cpu = psutil.cpu_times()
+        self.seconds = time.monotonic() - self._t0
+        self.receiver = self._receiver.cpu_seconds() - self._rcv0
+        self.busy = _busy(cpu) - _busy(self._cpu0)
+
+
+def _busy(t: Any) -> float:
+    # Linux counts guest time inside user time already; steal is time this VM wanted and its
+    # host gave to another: busy for the purpose of "is the machine saturated".
+    busy = ("user", "nice", "system", "irq", "softirq", "steal")
+    return float(sum(getattr(t, f, 0.0) for f in busy))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil  # type: ignore[import-untyped]
 from aiohttp import web
 
 from benchlib import child_env, python
@@ -113,6 +114,12 @@ async def receiver_main(port_file: str) -> None:
 class ReceiverClient:
     base: str
     session: aiohttp.ClientSession
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """user + system CPU of the receiver process so far."""
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
 
     async def reset(self, mode: str = "count") -> None:
         async with self.session.post(f"{self.base}/_reset", params={"mode": mode}) as r:
@@ -153,7 +160,7 @@ async def receiver_process() -> AsyncIterator[ReceiverClient]:
                 await asyncio.sleep(0.05)
             base = f"http://127.0.0.1:{port_file.read_text()}"
             async with aiohttp.ClientSession() as session:
-                yield ReceiverClient(base, session)
+                yield ReceiverClient(base, session, proc.pid)
         finally:
             proc.terminate()
             proc.wait(10)

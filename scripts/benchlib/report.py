@@ -99,6 +99,9 @@ COMPARED = [
     ("  of which the process", "cost", "process_cpu_s_per_1000"),
     ("  of which Postgres backends", "cost", "backends_cpu_s_per_1000"),
     ("  of which Postgres background", "cost", "background_cpu_s_per_1000"),
+    ("receiver CPU s per 1,000", "cost", "receiver_cpu_s_per_1000"),
+    ("machine CPU s per 1,000 (all)", "cost", "machine_cpu_s_per_1000"),
+    ("machine busy, cores", "cost", "machine_busy_cores"),
     ("peak RSS MB (drain)", "memory", "peak_rss_mb"),
 ]
 
