@@ -52,7 +52,7 @@ class RelayConfig:
     poll_interval: float = 1.0
     retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
     retry_jitter: float = policy.DEFAULT_JITTER
-    max_in_flight: int = 64
+    max_in_flight: int = 128
     lease: float = 60.0
     shutdown_timeout: float = 15.0
     completion_flush_interval: float = 0.005

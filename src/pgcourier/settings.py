@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     retry_schedule: str = Field(default=policy.DEFAULT_RETRY_SCHEDULE)
     retry_jitter: float = Field(default=policy.DEFAULT_JITTER, ge=0, lt=1)
     delivery_timeout: Seconds = Field(default=10.0, gt=0, le=300)
-    max_in_flight: int = Field(default=64, ge=1, le=10_000)
+    max_in_flight: int = Field(default=128, ge=1, le=10_000)
     lease: Seconds = Field(
         default=60.0, gt=0, description="How long a claimed delivery stays with one relay."
     )
