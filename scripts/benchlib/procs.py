@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import psutil  # type: ignore[import-untyped]
@@ -46,12 +46,17 @@ class Watched:
             children = ps.children()
             if children and ps.name().startswith("py-spy"):
                 ps = children[0]
-        times = ps.cpu_times()
-        return float(times.user + times.system)
+        return process_cpu(ps.pid)
 
     def check_alive(self, what: str | None = None) -> None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{what or self.name} exited with status {self.proc.returncode}")
+
+
+def process_cpu(pid: int) -> float:
+    """user + system CPU seconds of one process so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 # The processes running now. Every wait of the benchmark checks them (check_all), so that one
@@ -193,25 +198,18 @@ class CpuMeter:
         return {"backends": clients, "background": sum(spent.values()) - clients}
 
 
-class ReceiverLike(Protocol):
-    def cpu_seconds(self) -> float: ...
-
-
 class MachineMeter:
-    """CPU of the whole machine (every process, busy = not idle or waiting on I/O) and of the
-    receiver, from construction to stop()."""
+    """CPU of the whole machine (every process; busy = not idle or waiting on I/O), from
+    construction to stop()."""
 
-    def __init__(self, receiver: ReceiverLike) -> None:
-        self._receiver = receiver
+    def __init__(self) -> None:
         self._t0 = time.monotonic()
         self._cpu0 = psutil.cpu_times()
-        self._rcv0 = receiver.cpu_seconds()
-        self.busy = self.receiver = self.seconds = 0.0
+        self.busy = self.seconds = 0.0
 
     def stop(self) -> None:
         cpu = psutil.cpu_times()
         self.seconds = time.monotonic() - self._t0
-        self.receiver = self._receiver.cpu_seconds() - self._rcv0
         self.busy = _busy(cpu) - _busy(self._cpu0)
 
 

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil  # type: ignore[import-untyped]
 from aiohttp import web
 
 from benchlib import child_env, python
-from benchlib.procs import check_all
+from benchlib.procs import check_all, process_cpu
 
 SLOW_SECONDS = 2.0
 RETRY_AFTER_SECONDS = 3600
@@ -118,8 +117,7 @@ class ReceiverClient:
 
     def cpu_seconds(self) -> float:
         """user + system CPU of the receiver process so far."""
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+        return process_cpu(self.pid)
 
     async def reset(self, mode: str = "count") -> None:
         async with self.session.post(f"{self.base}/_reset", params={"mode": mode}) as r:
