@@ -17,6 +17,7 @@ import structlog
 from pgcourier.db import QUERIES, translate_errors
 from pgcourier.model import Completion, Job
 from pgcourier.policy import Dead, Delivered, EndpointReport, Retry, endpoint_reports
+from pgcourier.queue_vacuum import QueueVacuum
 from pgcourier.sealing import SecretUnavailable, Unsealer
 from pgcourier.tasks import log_failure
 from pgcourier.unopened import UnopenedSecrets
@@ -45,16 +46,6 @@ _NO_HEADERS: dict[str, str] = {}
 
 # PGCOURIER_MAX_CLAIMS' default: claims without a recorded attempt before a delivery is buried.
 DEFAULT_MAX_CLAIMS = 10
-
-# The relay vacuums courier.queue itself past this many dead rows, when no vacuum ran on it for
-# VACUUM_INTERVAL seconds (autovacuum's own threshold for the queue is 1,000: see 0006).
-VACUUM_DEAD_ROWS = 10_000
-VACUUM_INTERVAL = 60.0
-
-# A completion whose keyed retries hold at least this many later deliveries vacuums the queue
-# right after it commits (at most every HOLD_VACUUM_INTERVAL seconds): see PgStore.complete.
-HOLD_VACUUM_ROWS = 500
-HOLD_VACUUM_INTERVAL = 5.0
 
 
 def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
@@ -119,7 +110,7 @@ class PgStore:
         self._unsealer = unsealer or Unsealer(None)
         # Endpoints whose secrets those keys do not open, lately (read by /ready too).
         self.unopened = unopened if unopened is not None else UnopenedSecrets()
-        self._vacuum_allowed = True
+        self._vacuum = QueueVacuum(pool)
 
     async def register(self, relay_id: UUID) -> None:
         with translate_errors():
@@ -141,34 +132,7 @@ class PgStore:
         with translate_errors():
             await self._pool.execute(QUERIES["reap_relays"], older_than)
             await self._pool.execute(QUERIES["sweep_deleted_endpoints"])
-            await self._vacuum_queue()
-
-    async def _vacuum_queue(
-        self, dead_rows: int | None = None, interval: float | None = None
-    ) -> None:
-        """``VACUUM courier.queue`` when it holds many dead rows and no vacuum ran lately.
-
-        Every delivery leaves a dead row in the queue. Autovacuum handles that (the table has
-        thresholds of its own), but a server may run without it; the queue would then grow by
-        every delivery ever made, and its plans with it. Only the table's owner vacuums it (the
-        query checks); should the server refuse anyway, the relay says so once and stops trying.
-        The thresholds default to the module's, read at call time (tests lower them).
-        """
-        if not self._vacuum_allowed:
-            return
-        due = await self._pool.fetchval(
-            QUERIES["queue_vacuum_due"],
-            VACUUM_DEAD_ROWS if dead_rows is None else dead_rows,
-            VACUUM_INTERVAL if interval is None else interval,
-        )
-        if not due:
-            return
-        try:
-            # No arguments: asyncpg sends it as a simple query, outside any transaction.
-            await self._pool.execute(QUERIES["vacuum_queue"])
-        except asyncpg.InsufficientPrivilegeError as exc:
-            self._vacuum_allowed = False
-            log.warning("cannot vacuum courier.queue; leaving it to autovacuum", error=str(exc))
+            await self._vacuum.if_due()
 
     async def set_idle(self, relay_id: UUID, idle: bool) -> None:
         with translate_errors():
@@ -294,6 +258,7 @@ class PgStore:
         with translate_errors():
             if not held and not reports:  # the usual batch: all delivered, healthy endpoints
                 await self._pool.execute(QUERIES["complete_deliveries"], *args)
+                await self._vacuum.after_completion(len(batch), moved=0)
                 return
             async with self._pool.acquire() as conn, conn.transaction():
                 applied = await conn.fetch(QUERIES["complete_deliveries"], *args)
@@ -311,24 +276,7 @@ class PgStore:
                     moved = int(status.rpartition(" ")[2])
                 if reports:
                     await self._apply_reports(conn, reports)
-        if moved >= HOLD_VACUUM_ROWS:
-            await self._vacuum_after_hold()
-
-    async def _vacuum_after_hold(self) -> None:
-        """A hold moved many deliveries of a blocked key: vacuum the queue now.
-
-        Each moved delivery leaves its old version at the front of its endpoint's due order,
-        where every claim's look for due work and every next-due probe starts, until a vacuum:
-        2,000 of them made a claim of another endpoint's event 0.76 -> 1.61 ms on 15 (0.95 after a
-        VACUUM), and a healthy endpoint's idle latency +1.4 ms beside a blocked key. Autovacuum
-        comes up to a minute later, or never. The outcomes are committed by now: a failure here
-        is logged and changes nothing (the completer must not write the batch again).
-        """
-        try:
-            with translate_errors():
-                await self._vacuum_queue(dead_rows=-1, interval=HOLD_VACUUM_INTERVAL)
-        except Exception as exc:
-            log.warning("could not vacuum the queue after a hold", error=str(exc))
+        await self._vacuum.after_completion(len(batch), moved)
 
     async def _apply_reports(
         self, conn: asyncpg.Connection, reports: dict[str, EndpointReport]

@@ -13,8 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from pgcourier import ops
-from pgcourier import store as store_module
+from pgcourier import ops, queue_vacuum
 from pgcourier.model import AttemptResult, Completion
 from pgcourier.policy import Retry
 from pgcourier.store import PgStore
@@ -155,7 +154,7 @@ async def _vacuums(conn: asyncpg.Connection) -> int:
 
 async def test_a_large_hold_vacuums_the_queue_at_once(dsn: str, conn: asyncpg.Connection) -> None:
     # The old versions of the moved rows would otherwise slow every claim until a vacuum.
-    assert await _hold(dsn, conn, store_module.HOLD_VACUUM_ROWS) == 1
+    assert await _hold(dsn, conn, queue_vacuum.HOLD_VACUUM_ROWS) == 1
 
 
 async def test_a_small_hold_leaves_the_queue_to_its_vacuums(
