@@ -172,37 +172,38 @@ class Bench:
             self.sizes.fanout_events, self.sizes.fanout_endpoints, "fanout"
         )
 
-    async def history(self) -> None:
-        # Baseline, history, baseline, back to back, against the mean of the two baselines: a
-        # baseline taken minutes earlier (the drain measure's) swung the ratio from 0.80 to 1.33
-        # between runs of the same code on this shared VM; bracketing cancels a drift in the
-        # machine's speed across the three.
+    async def _bracketed(self, **measured: Any) -> tuple[Result, float, str]:
+        """A drain (``measured`` as _drain's arguments) between two plain one-relay drains, back
+        to back: the drain, the mean of the two plain ones, and those two as printed text. A
+        baseline taken minutes earlier (the drain measure's) swung the history ratio from 0.80
+        to 1.33 between runs of the same code on this shared VM; bracketing cancels a drift in
+        the machine's speed across the three."""
         n = self.sizes.drain_events
         before = await self._drain(n, 1, "drain")
-        with_history = await self._drain(n, 1, "history", seed_history=self.sizes.history_rows)
+        result = await self._drain(n, 1, **measured)
         after = await self._drain(n, 1, "drain")
-        base = (before["deliveries_per_s"] + after["deliveries_per_s"]) / 2
+        rates = before["deliveries_per_s"], after["deliveries_per_s"]
+        return result, statistics.mean(rates), f"{rates[0]:,.0f} / {rates[1]:,.0f}"
+
+    async def history(self) -> None:
+        with_history, base, text = await self._bracketed(
+            name="history", seed_history=self.sizes.history_rows
+        )
         self.results["history"] = {
             "history_rows": self.sizes.history_rows,
             "deliveries_per_s": with_history["deliveries_per_s"],
             "baseline_per_s": base,
-            "baseline_before_after": f"{before['deliveries_per_s']:,.0f} / "
-            f"{after['deliveries_per_s']:,.0f}",
+            "baseline_before_after": text,
             "ratio": with_history["deliveries_per_s"] / base,
         }
 
     async def processes(self) -> None:
         """The same drain with two `pgcourier run` processes on the database (issue 11.4),
         bracketed by one-process drains like history, for the same reason."""
-        n = self.sizes.drain_events
-        before = await self._drain(n, 1, "drain")
-        two = await self._drain(n, 1, "processes", processes=2)
-        after = await self._drain(n, 1, "drain")
-        one = (before["deliveries_per_s"] + after["deliveries_per_s"]) / 2
+        two, one, text = await self._bracketed(name="processes", processes=2)
         self.results["processes"] = {
             "one_per_s": one,
-            "one_before_after": f"{before['deliveries_per_s']:,.0f} / "
-            f"{after['deliveries_per_s']:,.0f}",
+            "one_before_after": text,
             "two_per_s": two["deliveries_per_s"],
             "ratio": two["deliveries_per_s"] / one,
         }
