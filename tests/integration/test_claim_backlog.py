@@ -1,0 +1,182 @@
+"""A claim's work is bounded by the work in flight, not by the retries waiting at an endpoint,
+whatever the queue's statistics say (issue 11, under issue 10's rule).
+
+An endpoint that was down for a while comes back with a backlog of deliveries waiting for their
+retry (due later), a few leased, a few due. Every claim counts the endpoint's leased rows (its
+``max_in_flight``) and picks its due ones; neither may walk the backlog. Until 0016 the count
+could be planned through ``queue_endpoint_due`` (its ``due_at > now()`` matched that index
+too), which holds every waiting retry: with the queue's statistics missing, every claim read
+all of them (10 ms a claim for 100,000 retries, on 15, 16 and 18 alike).
+
+Three databases, as users get them: ``missing`` (migrated without its ANALYZE statements, never
+analyzed), ``stale`` (analyzed by the migration while empty), ``vacuumed`` (analyzed while
+empty, then vacuumed with the backlog in it, as the relay's own vacuum does: the planner knows
+the table's size but nothing of its columns). Autovacuum is off for the queue so that the
+statistics stay as built. The claim's statements are read from ``courier.claim``'s source and
+run (``EXPLAIN ANALYZE``, rolled back) with custom and with generic plans, and every plan node
+is held to the rows it looked at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pgcourier import db
+from tests.integration.test_plans import (
+    MODES,
+    _function_source,
+    _literal,
+    _walk,
+    _with_database,
+    _without_analyze,
+    body_statements,
+)
+
+pytestmark = pytest.mark.timeout(300)
+STATES = ("missing", "stale", "vacuumed", "analyzed", "leased")
+BACKLOG = 20_000
+# Rows a plan node may look at: the claim's limit (128) and the endpoint's leases and due rows
+# (a few hundred), far below the backlog.
+MAX_ROWS = 1_000
+
+# One endpoint: BACKLOG deliveries waiting for a retry an hour from now, 4 leased, 200 due.
+LOAD = """
+INSERT INTO courier.endpoints (url, event_types, secret)
+VALUES ('https://r.example/back', ARRAY['*'], 'whsec_' || repeat('A', 32));
+INSERT INTO courier.outbox (event_type, payload, fanned_out_at)
+SELECT 'order.paid', jsonb_build_object('n', g), now() FROM generate_series(1, {total}) AS g;
+INSERT INTO courier.queue (event_id, endpoint_id, attempts, due_at, lease_token, last_attempt_at)
+SELECT o.id, ep.id,
+       CASE WHEN o.seq <= {backlog} THEN 1 ELSE 0 END,
+       CASE WHEN o.seq <= {backlog} THEN now() + interval '1 hour' + o.seq * interval '1 ms'
+            WHEN o.seq <= {backlog} + 4 THEN now() + interval '10 minutes'
+            ELSE now() - interval '1 second' END,
+       CASE WHEN o.seq > {backlog} AND o.seq <= {backlog} + 4 THEN gen_random_uuid() END,
+       CASE WHEN o.seq <= {backlog} THEN now() - interval '1 minute' END
+FROM courier.outbox AS o, courier.endpoints AS ep;
+"""
+
+
+async def _build(server_dsn: str, name: str, state: str) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(_with_database(server_dsn, name))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            if state == "missing":
+                mp.setattr(db, "MIGRATIONS", [_without_analyze(m) for m in db.MIGRATIONS])
+            await db.migrate(conn)
+        await conn.execute("ALTER TABLE courier.queue SET (autovacuum_enabled = false)")
+        await conn.execute("SET session_replication_role = replica")  # a bulk load's way
+        await conn.execute(LOAD.format(total=BACKLOG + 204, backlog=BACKLOG))
+        if state == "vacuumed":
+            await conn.execute("VACUUM courier.queue")
+        if state == "analyzed":
+            await conn.execute("ANALYZE courier.queue")
+        if state == "leased":
+            # Statistics of a moment when every queued row was leased, the backlog come since.
+            await conn.execute("UPDATE courier.queue SET lease_token = gen_random_uuid()")
+            await conn.execute("ANALYZE courier.queue")
+            await conn.execute("UPDATE courier.queue SET lease_token = NULL WHERE attempts = 1")
+            await conn.execute("VACUUM courier.queue")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def backlog(server_dsn: str) -> Iterator[dict[str, str]]:
+    names = {state: f"pgcourier_backlog_{state}_{os.getpid()}" for state in STATES}
+
+    async def build_all() -> None:
+        await asyncio.gather(*(_build(server_dsn, n, s) for s, n in names.items()))
+
+    async def drop_all() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            for name in names.values():
+                await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+    asyncio.run(build_all())
+    try:
+        yield {state: _with_database(server_dsn, name) for state, name in names.items()}
+    finally:
+        asyncio.run(drop_all())
+
+
+class _Rollback(Exception):
+    pass
+
+
+def _looked_at(node: dict[str, Any]) -> int:
+    """Rows a plan node produced over all its loops, plus those it read and threw away."""
+    produced = float(node.get("Actual Rows", 0)) * float(node.get("Actual Loops", 1))
+    removed = sum(
+        float(node.get(k, 0)) for k in ("Rows Removed by Filter", "Rows Removed by Index Recheck")
+    )
+    return int(produced + removed)
+
+
+async def _run_plan(
+    conn: asyncpg.Connection, sql: str, args: list[Any], types: list[str]
+) -> dict[str, Any]:
+    call = f"({', '.join(_literal(a) for a in args)})"
+    await conn.execute(f"PREPARE hot({', '.join(types)}) AS {sql}")
+    try:
+        async with conn.transaction():
+            [plan] = json.loads(
+                await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE hot{call}")
+            )
+            raise _Rollback
+    except _Rollback:
+        pass
+    finally:
+        await conn.execute("DEALLOCATE hot")
+    root: dict[str, Any] = plan["Plan"]
+    return root
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("state", STATES)
+async def test_a_claim_does_not_walk_an_endpoints_retry_backlog(
+    backlog: dict[str, str], state: str, mode: str
+) -> None:
+    conn = await asyncpg.connect(backlog[state])
+    try:
+        await conn.execute(f"SET plan_cache_mode = {mode}")
+        source = await _function_source(
+            conn, "courier.claim(integer, double precision, uuid, integer, integer)"
+        )
+        variables = ["p_limit", "p_lease", "p_relay", "p_fan_out", "p_max_claims", "locked"]
+        statements = body_statements(source, variables)
+        assert len(statements) == 2, statements  # lock the endpoints; lease
+        endpoint = await conn.fetchval("SELECT id FROM courier.endpoints")
+        args = [128, 30.0, uuid.uuid4(), 128, 10, [endpoint]]
+        types = ["integer", "double precision", "uuid", "integer", "integer", "uuid[]"]
+        leased = 0
+        for sql in statements:
+            root = await _run_plan(conn, sql, args, types)
+            worst = max(_walk(root), key=_looked_at)
+            assert _looked_at(worst) <= MAX_ROWS, (
+                f"{worst['Node Type']} on {worst.get('Index Name') or worst.get('Relation Name')}"
+                f" looked at {_looked_at(worst)} rows ({state}, {mode}):\n{sql}"
+            )
+            leased = int(root["Actual Rows"])
+        # The lease statement ran: of the endpoint's 10 in flight (the default), 4 are held, so
+        # 6 of its due deliveries are leased (the count is right, not only cheap).
+        assert leased == 6
+    finally:
+        await conn.close()
