@@ -8,13 +8,14 @@ could be planned through ``queue_endpoint_due`` (its ``due_at > now()`` matched 
 too), which holds every waiting retry: with the queue's statistics missing, every claim read
 all of them (10 ms a claim for 100,000 retries, on 15, 16 and 18 alike).
 
-Three databases, as users get them: ``missing`` (migrated without its ANALYZE statements, never
-analyzed), ``stale`` (analyzed by the migration while empty), ``vacuumed`` (analyzed while
-empty, then vacuumed with the backlog in it, as the relay's own vacuum does: the planner knows
-the table's size but nothing of its columns). Autovacuum is off for the queue so that the
-statistics stay as built. The claim's statements are read from ``courier.claim``'s source and
-run (``EXPLAIN ANALYZE``, rolled back) with custom and with generic plans, and every plan node
-is held to the rows it looked at.
+Five databases, one per state of the queue's statistics: ``missing`` (migrated without its
+ANALYZE statements, never analyzed), ``stale`` (analyzed by the migration while empty),
+``vacuumed`` (analyzed while empty, then vacuumed with the backlog in it, as the relay's own
+vacuum does: the planner knows the table's size but nothing of its columns), ``analyzed``
+(fresh), ``leased`` (taken while every queued row was leased, the backlog come since).
+Autovacuum is off for the queue so that the statistics stay as built. The claim's statements
+are read from ``courier.claim``'s source and run (``EXPLAIN ANALYZE``, rolled back) with custom
+and with generic plans, and every plan node is held to the rows it looked at.
 """
 
 from __future__ import annotations
