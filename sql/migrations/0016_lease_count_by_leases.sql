@@ -16,10 +16,13 @@
 --
 -- Now the leases' index holds both columns of the count. Both indexes then match it with the
 -- same index conditions, and this one is the smaller, needs no filter on lease_token, and can
--- answer from the index alone: it wins under every state of the statistics tried (missing,
--- taken while empty, vacuumed since, fresh, taken while every row was leased), with custom and
--- generic plans, on 15, 16 and 18 (tests/integration/test_claim_backlog.py holds every
--- statement of the claim to the rows it looks at in each). Rewriting the count instead
+-- answer from the index alone: it wins under every state of the statistics tested (missing,
+-- taken while empty, vacuumed since, fresh), with custom and generic plans, on 15, 16 and 18
+-- (tests/integration/test_claim_backlog.py holds every statement of the claim to the rows it
+-- looks at in each). Statistics taken while every queued row was leased, the backlog come
+-- since, say the endpoint's rows are all leases, and a sequential scan is then the planner's
+-- right answer to what it was told; the next ANALYZE (autovacuum's, 1,000 changes) ends it.
+-- Rewriting the count instead
 -- (due_at tested in a FILTER, so that only the endpoint could be matched) still lost to
 -- queue_endpoint_due's endpoint prefix once the table had been vacuumed.
 --
