@@ -23,9 +23,7 @@ and with generic plans, and every plan node is held to the rows it looked at.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -33,15 +31,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pgcourier import db
 from tests.integration.test_plans import (
     MODES,
     _function_source,
     _literal,
     _walk,
-    _with_database,
-    _without_analyze,
     body_statements,
+    databases_by_state,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -69,50 +65,20 @@ FROM courier.outbox AS o, courier.endpoints AS ep;
 """
 
 
-async def _build(server_dsn: str, name: str, state: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(_with_database(server_dsn, name))
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            if state == "missing":
-                mp.setattr(db, "MIGRATIONS", [_without_analyze(m) for m in db.MIGRATIONS])
-            await db.migrate(conn)
-        await conn.execute("ALTER TABLE courier.queue SET (autovacuum_enabled = false)")
-        await conn.execute("SET session_replication_role = replica")  # a bulk load's way
-        await conn.execute(LOAD.format(total=BACKLOG + 204, backlog=BACKLOG))
-        if state == "vacuumed":
-            await conn.execute("VACUUM courier.queue")
-        if state == "analyzed":
-            await conn.execute("ANALYZE courier.queue")
-    finally:
-        await conn.close()
+async def _load(conn: asyncpg.Connection, state: str) -> None:
+    await conn.execute("ALTER TABLE courier.queue SET (autovacuum_enabled = false)")
+    await conn.execute("SET session_replication_role = replica")  # a bulk load's way
+    await conn.execute(LOAD.format(total=BACKLOG + 204, backlog=BACKLOG))
+    if state == "vacuumed":
+        await conn.execute("VACUUM courier.queue")
+    if state == "analyzed":
+        await conn.execute("ANALYZE courier.queue")
 
 
 @pytest.fixture(scope="module")
 def backlog(server_dsn: str) -> Iterator[dict[str, str]]:
-    names = {state: f"pgcourier_backlog_{state}_{os.getpid()}" for state in STATES}
-
-    async def build_all() -> None:
-        await asyncio.gather(*(_build(server_dsn, n, s) for s, n in names.items()))
-
-    async def drop_all() -> None:
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            for name in names.values():
-                await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
-
-    asyncio.run(build_all())
-    try:
-        yield {state: _with_database(server_dsn, name) for state, name in names.items()}
-    finally:
-        asyncio.run(drop_all())
+    with databases_by_state(server_dsn, "pgcourier_backlog", STATES, _load) as dsns:
+        yield dsns
 
 
 class _Rollback(Exception):

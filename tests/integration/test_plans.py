@@ -24,12 +24,13 @@ with JIT compiles a statement on every call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ import asyncpg
 import pytest
 
 from pgcourier import db
+
+# Fills a freshly migrated database for one statistics state.
+Load = Callable[[asyncpg.Connection, str], Awaitable[None]]
 
 HISTORY = 1_000_000
 # Building both databases takes one to two minutes on a loaded 2-core machine (three 1M-row
@@ -150,7 +154,9 @@ async def _run(conn: asyncpg.Connection, script: str, *args: Any) -> None:
         await conn.execute(numbered, *(args[n - 1] for n in used))
 
 
-async def _build(server_dsn: str, name: str, state: str) -> None:
+async def _migrated(server_dsn: str, name: str, state: str, load: Load) -> None:
+    """Database ``name`` created afresh, migrated (without the migrations' ANALYZE statements
+    when ``state`` is ``missing``), then handed to ``load``."""
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {name}")
@@ -163,35 +169,20 @@ async def _build(server_dsn: str, name: str, state: str) -> None:
             if state == "missing":
                 mp.setattr(db, "MIGRATIONS", [_without_analyze(m) for m in db.MIGRATIONS])
             await db.migrate(conn)
-        for table in TABLES:
-            await conn.execute(f"ALTER TABLE courier.{table} SET (autovacuum_enabled = false)")
-        # Loaded as a bulk load would be: without the outbox's per-row triggers.
-        await conn.execute("SET session_replication_role = replica")
-        await _run(conn, ENDPOINTS)
-        if state == "stale":
-            # A snapshot of a quiet moment, analyzed, then gone.
-            await _run(conn, HISTORY_SQL, 300)
-            await _run(conn, HISTORY_ROWS)
-            await _run(conn, OPEN_WORK, 300, 20, 0, LEASE_HOLDER)
-            await conn.execute("ANALYZE")
-            # (DELETE, not TRUNCATE: TRUNCATE would reset the row counts the planner reads.)
-            for table in ("outbox", "queue", "dead_letters", "delivery_history", "attempts"):
-                await conn.execute(f"DELETE FROM courier.{table}")
-            await conn.execute("DELETE FROM courier.relays")
-        await _run(conn, HISTORY_SQL, HISTORY)
-        await _run(conn, HISTORY_ROWS)
-        await _run(conn, OPEN_WORK, 300, 2000, 50, LEASE_HOLDER)
+        await load(conn, state)
     finally:
         await conn.close()
 
 
-@pytest.fixture(scope="module")
-def big(server_dsn: str) -> Iterator[dict[str, str]]:
-    """The two databases (see the module docstring), built at once, dropped at the end."""
-    names = {state: f"pgcourier_plans_{state}_{os.getpid()}" for state in STATES}
+@contextlib.contextmanager
+def databases_by_state(
+    server_dsn: str, prefix: str, states: Sequence[str], load: Load
+) -> Iterator[dict[str, str]]:
+    """One database per statistics state, built at once (see _migrated), dropped at the end."""
+    names = {state: f"{prefix}_{state}_{os.getpid()}" for state in states}
 
     async def build_all() -> None:
-        await asyncio.gather(*(_build(server_dsn, n, s) for s, n in names.items()))
+        await asyncio.gather(*(_migrated(server_dsn, n, s, load) for s, n in names.items()))
 
     async def drop_all() -> None:
         admin = await asyncpg.connect(server_dsn)
@@ -201,11 +192,39 @@ def big(server_dsn: str) -> Iterator[dict[str, str]]:
         finally:
             await admin.close()
 
-    asyncio.run(build_all())
     try:
+        asyncio.run(build_all())
         yield {state: _with_database(server_dsn, name) for state, name in names.items()}
     finally:
         asyncio.run(drop_all())
+
+
+async def _load(conn: asyncpg.Connection, state: str) -> None:
+    for table in TABLES:
+        await conn.execute(f"ALTER TABLE courier.{table} SET (autovacuum_enabled = false)")
+    # Loaded as a bulk load would be: without the outbox's per-row triggers.
+    await conn.execute("SET session_replication_role = replica")
+    await _run(conn, ENDPOINTS)
+    if state == "stale":
+        # A snapshot of a quiet moment, analyzed, then gone.
+        await _run(conn, HISTORY_SQL, 300)
+        await _run(conn, HISTORY_ROWS)
+        await _run(conn, OPEN_WORK, 300, 20, 0, LEASE_HOLDER)
+        await conn.execute("ANALYZE")
+        # (DELETE, not TRUNCATE: TRUNCATE would reset the row counts the planner reads.)
+        for table in ("outbox", "queue", "dead_letters", "delivery_history", "attempts"):
+            await conn.execute(f"DELETE FROM courier.{table}")
+        await conn.execute("DELETE FROM courier.relays")
+    await _run(conn, HISTORY_SQL, HISTORY)
+    await _run(conn, HISTORY_ROWS)
+    await _run(conn, OPEN_WORK, 300, 2000, 50, LEASE_HOLDER)
+
+
+@pytest.fixture(scope="module")
+def big(server_dsn: str) -> Iterator[dict[str, str]]:
+    """The two databases (see the module docstring)."""
+    with databases_by_state(server_dsn, "pgcourier_plans", STATES, _load) as dsns:
+        yield dsns
 
 
 def body_statements(source: str, variables: list[str]) -> list[str]:

@@ -15,7 +15,6 @@ pages it touched are counted: a tenant's page must cost about its own rows.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -35,9 +34,8 @@ from tests.integration.test_plans import (
     _literal,
     _run,
     _walk,
-    _with_database,
-    _without_analyze,
     body_statements,
+    databases_by_state,
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -71,60 +69,30 @@ WHERE o.tenant = 'acme' OR o.seq % 2 = 0;
 """
 
 
-async def _build(server_dsn: str, name: str, state: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(_with_database(server_dsn, name))
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            if state == "missing":
-                mp.setattr(db, "MIGRATIONS", [_without_analyze(m) for m in db.MIGRATIONS])
-            await db.migrate(conn)
-        for table in TABLES:
-            await conn.execute(f"ALTER TABLE courier.{table} SET (autovacuum_enabled = false)")
-        await conn.execute("SET session_replication_role = replica")
-        await _run(conn, ENDPOINTS)
-        if state == "stale":
-            await _run(conn, EVENTS_SQL, 300, 20)
-            await conn.execute("SET session_replication_role = origin")
-            await _run(conn, DEAD_SQL)
-            await conn.execute("ANALYZE")
-            await conn.execute("DELETE FROM courier.dead_letters")
-            await conn.execute("DELETE FROM courier.outbox")
-            await conn.execute("SET session_replication_role = replica")
-        # The events as a bulk load would write them (without the outbox's triggers); the dead
-        # letters with their own.
-        await _run(conn, EVENTS_SQL, EVENTS, 200)
+async def _load(conn: asyncpg.Connection, state: str) -> None:
+    for table in TABLES:
+        await conn.execute(f"ALTER TABLE courier.{table} SET (autovacuum_enabled = false)")
+    await conn.execute("SET session_replication_role = replica")
+    await _run(conn, ENDPOINTS)
+    if state == "stale":
+        await _run(conn, EVENTS_SQL, 300, 20)
         await conn.execute("SET session_replication_role = origin")
         await _run(conn, DEAD_SQL)
-    finally:
-        await conn.close()
+        await conn.execute("ANALYZE")
+        await conn.execute("DELETE FROM courier.dead_letters")
+        await conn.execute("DELETE FROM courier.outbox")
+        await conn.execute("SET session_replication_role = replica")
+    # The events as a bulk load would write them (without the outbox's triggers); the dead
+    # letters with their own.
+    await _run(conn, EVENTS_SQL, EVENTS, 200)
+    await conn.execute("SET session_replication_role = origin")
+    await _run(conn, DEAD_SQL)
 
 
 @pytest.fixture(scope="module")
 def big(server_dsn: str) -> Iterator[dict[str, str]]:
-    names = {state: f"pgcourier_tenant_plans_{state}_{os.getpid()}" for state in STATES}
-
-    async def build_all() -> None:
-        await asyncio.gather(*(_build(server_dsn, n, s) for s, n in names.items()))
-
-    async def drop_all() -> None:
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            for name in names.values():
-                await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
-
-    asyncio.run(build_all())
-    try:
-        yield {state: _with_database(server_dsn, name) for state, name in names.items()}
-    finally:
-        asyncio.run(drop_all())
+    with databases_by_state(server_dsn, "pgcourier_tenant_plans", STATES, _load) as dsns:
+        yield dsns
 
 
 def _buffers(node: dict[str, Any]) -> int:
