@@ -78,12 +78,13 @@ class QueueVacuum:
         idle latency +1.4 ms beside a blocked key.
 
         After many finished deliveries: a claim counts each endpoint's leased rows (its
-        max_in_flight) by the queue's (endpoint_id, due_at) index over due_at > now(), where
-        every lease taken in the last lease period left a version, live or not: a bitmap scan,
-        which never marks dead entries, so they are visited again by every claim until a vacuum
-        removes them. On a drain of 50,000 events on 15 without autovacuum the count reached
-        47,000 entries and 5.7 ms a claim (about half the claim's time); a VACUUM of such a
-        queue takes ~30 ms.
+        max_in_flight) over due_at > now(), through an (endpoint_id, due_at) index where every
+        lease taken in the last lease period left a version, live or not (the queue's due order
+        until 0016, the leases' own index since; both hold every lease version). Planned as a
+        bitmap scan, which never marks dead entries, the count visits them again on every claim
+        until a vacuum removes them. On a drain of 50,000 events on 15 without autovacuum it
+        reached 47,000 entries and 5.7 ms a claim (about half the claim's time); a VACUUM of
+        such a queue takes ~30 ms.
 
         Autovacuum comes up to a minute later, or never. The outcomes are committed by now: a
         failure here is logged and changes nothing (the completer must not write the batch
