@@ -147,6 +147,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     )
     stop = asyncio.Event()
     keyring = settings.keyring
+    store: PgStore | None = None
     try:
         # A database fault here is waited out like everywhere else (the relay never exits for
         # one: issue 10); a key that opens nothing is a configuration error and ends the start.
@@ -171,15 +172,16 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
         )
         metrics = Metrics(per_endpoint=settings.metrics_endpoint_labels)
         unopened = UnopenedSecrets()  # the store notes them, /ready reports them
+        store = PgStore(
+            pool,
+            circuit_config(settings),
+            max_claims=settings.max_claims,
+            unsealer=Unsealer(keyring),
+            claim_pool=claim_pool,
+            unopened=unopened,
+        )
         relay = Relay(
-            store=PgStore(
-                pool,
-                circuit_config(settings),
-                max_claims=settings.max_claims,
-                unsealer=Unsealer(keyring),
-                claim_pool=claim_pool,
-                unopened=unopened,
-            ),
+            store=store,
             transport=transport,
             config=relay_config(settings),
             metrics=metrics,
@@ -219,6 +221,8 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
             if admin is not None:
                 await admin.cleanup()
     finally:
+        if store is not None:
+            await store.close()  # its queue vacuum, if one runs: before the pools close
         await session.close()
         await pools.close_pool(claim_pool, grace=Relay.SHUTDOWN_GRACE)
         if clients is not None:

@@ -112,6 +112,15 @@ class PgStore:
         self.unopened = unopened if unopened is not None else UnopenedSecrets()
         self._vacuum = QueueVacuum(pool)
 
+    async def vacuumed(self) -> None:
+        """Until the queue's vacuum that completions started (if any) has ended."""
+        await self._vacuum.wait()
+
+    async def close(self) -> None:
+        """Stop what the store runs in the background (its owner calls this before closing
+        the pools)."""
+        await self._vacuum.close()
+
     async def register(self, relay_id: UUID) -> None:
         with translate_errors():
             await self._pool.execute(
@@ -258,7 +267,7 @@ class PgStore:
         with translate_errors():
             if not held and not reports:  # the usual batch: all delivered, healthy endpoints
                 await self._pool.execute(QUERIES["complete_deliveries"], *args)
-                await self._vacuum.after_completion(len(batch), moved=0)
+                self._vacuum.after_completion(len(batch), moved=0)
                 return
             async with self._pool.acquire() as conn, conn.transaction():
                 applied = await conn.fetch(QUERIES["complete_deliveries"], *args)
@@ -276,7 +285,7 @@ class PgStore:
                     moved = int(status.rpartition(" ")[2])
                 if reports:
                     await self._apply_reports(conn, reports)
-        await self._vacuum.after_completion(len(batch), moved)
+        self._vacuum.after_completion(len(batch), moved)
 
     async def _apply_reports(
         self, conn: asyncpg.Connection, reports: dict[str, EndpointReport]

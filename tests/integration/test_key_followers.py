@@ -126,8 +126,8 @@ async def _hold(dsn: str, conn: asyncpg.Connection, followers: int) -> int:
         followers,
     )
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    store = PgStore(pool)
     try:
-        store = PgStore(pool)
         relay = uuid.uuid4()
         [head] = await store.claim(relay, limit=1, lease=30)
         await conn.execute("SELECT courier.fan_out($1)", followers + 1)
@@ -139,8 +139,10 @@ async def _hold(dsn: str, conn: asyncpg.Connection, followers: int) -> int:
             head.delivery_id,
         )
         assert held == followers  # all of them wait for the head's retry
+        await store.vacuumed()  # it runs beside the completions
         return await _vacuums(conn) - before
     finally:
+        await store.close()
         await pool.close()
 
 
