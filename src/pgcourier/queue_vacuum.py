@@ -47,6 +47,7 @@ class QueueVacuum:
         self._finished_since_check = 0  # deliveries completed since the last churn check
         # The vacuum after_completion started, while it runs (one at a time); close() ends it.
         self._running: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def if_due(self, dead_rows: int | None = None, interval: float | None = None) -> None:
         """``VACUUM courier.queue`` when it holds many dead rows and no vacuum ran lately.
@@ -94,9 +95,11 @@ class QueueVacuum:
         Autovacuum comes up to a minute later, or never. The check and the vacuum run in a task
         of their own, beside the completions: the outcomes are committed by now, and the next
         batch need not wait behind a vacuum (10-40 ms on 15 for 5,000 dead rows beside up to
-        500,000 waiting retries; the completer used to await it). One at a time: while one
-        runs, a check that comes due is dropped (the next one comes CHURN_CHECK_ROWS deliveries
-        later). A failure is logged and changes nothing.
+        500,000 waiting retries; the completer used to await it). One at a time (each holds one
+        of the pool's few connections, and a second VACUUM would skip the locked table anyway):
+        while one runs, no other starts. The churn count goes on, so the first batch after it
+        checks again; a hold's check is dropped, as one within HOLD_VACUUM_INTERVAL of the last
+        vacuum always was. A failure is logged and changes nothing.
         """
         self._finished_since_check += finished
         if moved >= HOLD_VACUUM_ROWS:
@@ -105,7 +108,7 @@ class QueueVacuum:
             dead_rows, interval = CHURN_CHECK_ROWS, CHURN_VACUUM_INTERVAL
         else:
             return
-        if self._running is not None and not self._running.done():
+        if self._closed or (self._running is not None and not self._running.done()):
             return
         self._finished_since_check = 0
         self._running = asyncio.create_task(
@@ -127,6 +130,7 @@ class QueueVacuum:
     async def close(self) -> None:
         """Stop the vacuum after_completion started, if one runs (the server cancels it: a
         vacuum cut short loses only its own work)."""
+        self._closed = True
         task, self._running = self._running, None
         if task is not None and not task.done():
             task.cancel()

@@ -193,33 +193,58 @@ async def test_a_busy_relay_vacuums_the_queue_between_housekeeping_rounds(
     await wait_until(vacuumed, timeout=20, interval=0.5)
 
 
-async def test_completions_do_not_wait_for_the_queue_vacuum_they_start(
-    conn, store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The vacuum that finished deliveries call for runs beside the completions, not inside
-    them: every outcome finished meanwhile used to wait behind it (10-40 ms a vacuum)."""
-    monkeypatch.setattr(queue_vacuum, "CHURN_CHECK_ROWS", 1)
+async def _queue_slow_to_vacuum(conn: asyncpg.Connection) -> None:
+    """Enough dead rows that a vacuum takes far longer than a completion's own statement."""
     await conn.execute("ALTER TABLE courier.queue SET (autovacuum_enabled = false)")
-    # Enough dead rows that the vacuum takes far longer than the completion's own statement.
     await conn.execute(
         "INSERT INTO courier.queue (event_id, endpoint_id)"
         " SELECT gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 200000)"
     )
     await conn.execute("DELETE FROM courier.queue")
     await conn.execute("SELECT pg_stat_force_next_flush()")  # the dead rows counted now
+
+
+async def _vacuums(conn: asyncpg.Connection) -> int:
+    count: int = await conn.fetchval(
+        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'courier.queue'::regclass"
+    )
+    return count
+
+
+async def _claimed(conn: asyncpg.Connection, store: PgStore, relay: uuid.UUID, n: int) -> list:
     await ops.create_endpoint(conn, url="http://127.0.0.1:1/x", event_types=["*"])
-    await ops.enqueue(conn, "a.b", {})
+    for _ in range(n):
+        await ops.enqueue(conn, "a.b", {})
+    jobs = await store.claim(relay, limit=n, lease=30)
+    assert len(jobs) == n
+    return jobs
+
+
+async def test_completions_do_not_wait_for_the_queue_vacuum_they_start(
+    conn, store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vacuum that finished deliveries call for runs beside the completions, not inside
+    them: every outcome finished meanwhile used to wait behind it (10-40 ms a vacuum)."""
+    monkeypatch.setattr(queue_vacuum, "CHURN_CHECK_ROWS", 1)
+    await _queue_slow_to_vacuum(conn)
     relay = uuid.uuid4()
-    [job] = await store.claim(relay, limit=1, lease=30)
-
-    async def last_vacuum() -> datetime | None:
-        vacuumed: datetime | None = await conn.fetchval(
-            "SELECT last_vacuum FROM pg_stat_user_tables WHERE relid = 'courier.queue'::regclass"
-        )
-        return vacuumed
-
+    [job] = await _claimed(conn, store, relay, 1)
     await store.complete(relay, [done(job)])
     assert await conn.fetchval("SELECT count(*) FROM courier.delivery_history") == 1
-    assert await last_vacuum() is None  # the completion is written; the vacuum goes on
+    assert await _vacuums(conn) == 0  # the completion is written; the vacuum goes on
     await store.vacuumed()
-    assert await last_vacuum() is not None
+    assert await _vacuums(conn) == 1
+
+
+async def test_a_closed_store_starts_no_vacuum(
+    conn, store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_vacuum, "HOLD_VACUUM_ROWS", 0)
+    monkeypatch.setattr(queue_vacuum, "HOLD_VACUUM_INTERVAL", 0.0)
+    relay = uuid.uuid4()
+    [job] = await _claimed(conn, store, relay, 1)
+    await store.close()
+    await store.complete(relay, [done(job)])
+    await store.vacuumed()
+    assert await conn.fetchval("SELECT count(*) FROM courier.delivery_history") == 1
+    assert await _vacuums(conn) == 0
