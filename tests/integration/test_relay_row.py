@@ -40,3 +40,32 @@ async def test_marking_itself_idle_puts_back_a_vanished_row(
         await receiver.wait_count(1, timeout=5)
         assert loop.time() - started < 5  # the poll would take 60 s
         assert rt.relay.wakeups["poll"] == polls
+
+
+async def test_a_producer_wakes_an_idle_relay_whose_row_another_transaction_holds(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Callable[..., Any]
+) -> None:
+    """The row of an idle relay is locked for a moment by its heartbeat, and by the producer
+    that flips it to busy until that producer commits. A producer that finds the relay idle
+    but its row locked flips nothing; if it does not notify, nobody may: the heartbeat never
+    does, and the flipping producer's NOTIFY can wake the relay before this producer's event
+    is visible, so that the event waits for the poll."""
+    await add_endpoint(conn, receiver.url("/hook"))
+    async with relay(poll_interval=60, lease=120) as rt:
+        await wait_until(lambda: rt.listener.connected)
+        await wait_until(lambda: conn.fetchval(IDLE_ROW))
+        polls = rt.relay.wakeups["poll"]
+        loop = asyncio.get_running_loop()
+        holder = await asyncpg.connect(dsn)
+        try:
+            async with holder.transaction():
+                # What the heartbeat's UPDATE, or a flipping producer, does to the row.
+                await holder.execute("SELECT 1 FROM courier.relays FOR UPDATE")
+                started = loop.time()
+                await ops.enqueue(conn, "order.paid", {})
+                await receiver.wait_count(1, timeout=5)
+                waited = loop.time() - started
+        finally:
+            await holder.close()
+        assert waited < 5  # the poll would take 60 s
+        assert rt.relay.wakeups["poll"] == polls
