@@ -14,12 +14,11 @@ UPDATE courier.relays SET seen_at = now() WHERE id = $1 RETURNING id;
 
 -- set_relay_idle --
 -- Mark relay $1 (on host $3, process $4) as waiting ($2 = true) or working ($2 = false).
--- Producers read this flag. An upsert: after a crash restart emptied the UNLOGGED table, a plain
--- UPDATE matched nothing, and the relay slept believing producers would notify it.
-INSERT INTO courier.relays AS r (id, hostname, pid, idle)
-VALUES ($1, $3, $4, $2)
-ON CONFLICT (id) DO UPDATE SET idle = excluded.idle, seen_at = now()
-WHERE r.idle IS DISTINCT FROM excluded.idle;
+-- Producers read this flag. Going idle waits up to $5 seconds for the commits of producers that
+-- may have read it busy (0018); false if that wait gave up. An upsert: after a crash restart
+-- emptied the UNLOGGED table, a plain UPDATE matched nothing, and the relay slept believing
+-- producers would notify it.
+SELECT courier.relay_idle($1, $2, $3, $4, $5);
 
 -- reap_relays --
 -- Forget relays not seen for $1 seconds (killed without a goodbye) so producers stop

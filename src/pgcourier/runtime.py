@@ -179,6 +179,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
             unsealer=Unsealer(keyring),
             claim_pool=claim_pool,
             unopened=unopened,
+            idle_settle=settings.idle_settle_timeout,
         )
         relay = Relay(
             store=store,

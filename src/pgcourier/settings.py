@@ -52,6 +52,15 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="How long a claimed delivery stays with one relay."
     )
     shutdown_timeout: Seconds = Field(default=15.0, ge=0, le=3600)
+    idle_settle_timeout: Seconds = Field(
+        default=0.05,
+        ge=0,
+        le=10,
+        description="How long a relay going idle waits for producers' commits in progress to "
+        "end, so that it sees their events (0: it does not wait, and such an event may wait "
+        "for the poll). Above the longest commit on the primary, a synchronous standby's "
+        "answer included.",
+    )
     completion_flush_interval: Seconds = Field(default=0.005, gt=0, le=10)
     relay_synchronous_commit: bool = Field(
         default=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -46,6 +47,12 @@ _NO_HEADERS: dict[str, str] = {}
 
 # PGCOURIER_MAX_CLAIMS' default: claims without a recorded attempt before a delivery is buried.
 DEFAULT_MAX_CLAIMS = 10
+# PGCOURIER_IDLE_SETTLE_TIMEOUT's default: seconds a relay marking itself idle waits for the
+# commits of producers that may have seen it busy (sql/migrations/0018).
+DEFAULT_IDLE_SETTLE = 0.05
+# After that wait gave up (a transaction holds the producers' lock for long), seconds the relay
+# marks itself idle without waiting: a wait holds back the producers that come meanwhile.
+IDLE_SETTLE_PAUSE = 10.0
 
 
 def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
@@ -98,6 +105,7 @@ class PgStore:
         unsealer: Unsealer | None = None,
         claim_pool: asyncpg.Pool | None = None,
         unopened: UnopenedSecrets | None = None,
+        idle_settle: float = DEFAULT_IDLE_SETTLE,
     ) -> None:
         """``claim_pool``, if given, serves the claim and the fan-out: the relay's runs with
         synchronous_commit off (see runtime.running), so a claim does not wait for a WAL flush.
@@ -111,6 +119,8 @@ class PgStore:
         # Endpoints whose secrets those keys do not open, lately (read by /ready too).
         self.unopened = unopened if unopened is not None else UnopenedSecrets()
         self._vacuum = QueueVacuum(pool)
+        self._idle_settle = idle_settle
+        self._settle_again_at = 0.0  # time.monotonic() from which going idle waits again
 
     async def vacuumed(self) -> None:
         """Until the queue's vacuum that completions started (if any) has ended."""
@@ -144,9 +154,27 @@ class PgStore:
             await self._vacuum.if_due()
 
     async def set_idle(self, relay_id: UUID, idle: bool) -> None:
+        """Write our idle flag; going idle, wait (bounded) for the commits of producers that
+        may have read it busy, so that the claim after this sees their events (0018)."""
+        now = time.monotonic()
+        settle = self._idle_settle if now >= self._settle_again_at else 0.0
         with translate_errors():
-            await self._pool.execute(
-                QUERIES["set_relay_idle"], relay_id, idle, socket.gethostname(), os.getpid()
+            settled = await self._pool.fetchval(
+                QUERIES["set_relay_idle"],
+                relay_id,
+                idle,
+                socket.gethostname(),
+                os.getpid(),
+                settle,
+            )
+        if not settled:
+            self._settle_again_at = now + IDLE_SETTLE_PAUSE
+            log.warning(
+                "a transaction held the producers' wake-up lock past the idle settle timeout "
+                "(a prepared transaction, or SET CONSTRAINTS IMMEDIATE on courier.outbox?); "
+                "events committed while the relay goes idle may wait for the poll",
+                idle_settle_timeout=self._idle_settle,
+                pause_seconds=IDLE_SETTLE_PAUSE,
             )
 
     async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]:

@@ -69,3 +69,104 @@ async def test_a_producer_wakes_an_idle_relay_whose_row_another_transaction_hold
             await holder.close()
         assert waited < 5  # the poll would take 60 s
         assert rt.relay.wakeups["poll"] == polls
+
+
+# A commit that takes 0.3 s after the wake-up check, as a slow disk or a synchronous standby
+# makes it: deferred constraint triggers fire in name order, so this one runs after outbox_wake.
+SLOW_COMMIT = """
+CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('test.slow_commit', true) = 'on' THEN
+        PERFORM pg_sleep(0.3);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER outbox_zz_slow_commit AFTER INSERT ON courier.outbox
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit();
+"""
+
+
+async def test_a_relay_going_idle_waits_for_the_commits_of_producers_that_saw_it_busy(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Callable[..., Any]
+) -> None:
+    """A producer reads the relay's flag when it commits, and its event becomes visible when the
+    commit ends (after the WAL flush, after a synchronous standby's answer). One that read
+    "busy" does not notify. A relay that marked itself idle and claimed once more before that
+    commit ended did not see the event, which then waited for the poll: two events committed
+    a moment apart at an idle relay lost the second to the poll about once in 25. Marking
+    itself idle now waits for the commits of producers that may have read "busy"."""
+    await add_endpoint(conn, receiver.url("/hook"))
+    await conn.execute(SLOW_COMMIT)
+    async with relay(poll_interval=60, lease=120, idle_settle_timeout=5) as rt:
+        await wait_until(lambda: rt.listener.connected)
+        await wait_until(lambda: conn.fetchval(IDLE_ROW))
+        polls = rt.relay.wakeups["poll"]
+        holder = await asyncpg.connect(dsn)
+        producer = await asyncpg.connect(dsn)
+        try:
+            # The relay is at work (its flag says busy) and about to mark itself idle: the
+            # holder keeps it there by locking its row.
+            await holder.execute("UPDATE courier.relays SET idle = false")
+            held = holder.transaction()
+            await held.start()
+            await holder.execute("SELECT 1 FROM courier.relays FOR UPDATE")
+            await conn.execute("SELECT pg_notify('courier_outbox', '')")
+            await wait_until(
+                lambda: conn.fetchval(
+                    "SELECT count(*) > 0 FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%relay%idle%'"
+                )
+            )
+
+            async def commit_slowly() -> None:
+                async with producer.transaction():
+                    await producer.execute("SET LOCAL test.slow_commit = 'on'")
+                    await ops.enqueue(producer, "order.paid", {})
+
+            committing = asyncio.create_task(commit_slowly())
+            # Its check is done (the relay looked busy) and it is still committing.
+            await wait_until(
+                lambda: conn.fetchval(
+                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                )
+            )
+            await held.commit()  # the relay marks itself idle, and claims once more
+            await committing
+            await receiver.wait_count(1, timeout=5)  # the poll would take 60 s
+        finally:
+            await holder.close()
+            await producer.close()
+        assert rt.relay.wakeups["poll"] == polls
+
+
+async def test_a_transaction_holding_the_producers_lock_holds_up_going_idle_once(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Callable[..., Any]
+) -> None:
+    """A transaction can hold the producers' lock for long: SET CONSTRAINTS ... IMMEDIATE fires
+    the wake-up trigger at the INSERT, and a prepared transaction keeps its locks. A relay going
+    idle then waits IDLE_SETTLE_TIMEOUT (and so do producers that come meanwhile), gives up,
+    marks itself idle all the same, and does not wait again for a while: producers keep waking
+    it, and it goes idle at once."""
+    await add_endpoint(conn, receiver.url("/hook"))
+    settle = 2.0
+    async with relay(poll_interval=60, lease=120, idle_settle_timeout=settle) as rt:
+        await wait_until(lambda: rt.listener.connected)
+        await wait_until(lambda: conn.fetchval(IDLE_ROW))
+        polls = rt.relay.wakeups["poll"]
+        loop = asyncio.get_running_loop()
+        holder = await asyncpg.connect(dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute(
+                    "SELECT pg_advisory_xact_lock_shared(courier.producers_lock())"
+                )
+                started = loop.time()
+                for n in range(1, 4):
+                    await ops.enqueue(conn, "order.paid", {"n": n})
+                    await receiver.wait_count(n, timeout=5)
+                    await wait_until(lambda: conn.fetchval(IDLE_ROW), timeout=5)
+                took = loop.time() - started
+        finally:
+            await holder.close()
+        assert settle <= took < 2 * settle  # waited once, not three times
+        assert rt.relay.wakeups["poll"] == polls
