@@ -11,7 +11,7 @@ import asyncpg
 
 from pgcourier import ops
 from pgcourier.retention import RetentionConfig, prune_pass
-from tests.integration.helpers import AUTH
+from tests.integration.helpers import AUTH, wait_until
 from tests.integration.test_retention import DAY
 
 DEAD_CONFIG = RetentionConfig(retention=30 * DAY, dead_retention=90 * DAY, batch=100, pause=0)
@@ -150,7 +150,16 @@ async def test_a_pass_never_waits_on_a_letter_an_operator_holds(dsn: str) -> Non
         await other.execute("SELECT 1 FROM courier.dead_letters WHERE id = $1 FOR UPDATE", hi)
 
         async def want_lo() -> None:
-            await asyncio.sleep(0.3)
+            # Once the pass holds it (a lock sets the row's xmax) or has deleted it: asked for
+            # before, the operator would have it first and the pass rightly skip both (a fixed
+            # 0.3 s wait did that on a slow machine). A pass that waited on hi never takes it.
+            await wait_until(
+                lambda: setup.fetchval(
+                    "SELECT coalesce(max(xmax::text::bigint), 1) <> 0"
+                    " FROM courier.dead_letters WHERE id = $1",
+                    lo,
+                )
+            )
             await other.execute("SELECT 1 FROM courier.dead_letters WHERE id = $1 FOR UPDATE", lo)
 
         config = RetentionConfig(retention=30 * DAY, dead_retention=90 * DAY, batch=10, pause=0)
