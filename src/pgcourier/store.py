@@ -170,9 +170,10 @@ class PgStore:
         if not settled:
             self._settle_again_at = now + IDLE_SETTLE_PAUSE
             log.warning(
-                "a transaction held the producers' wake-up lock past the idle settle timeout "
-                "(a prepared transaction, or SET CONSTRAINTS IMMEDIATE on courier.outbox?); "
-                "events committed while the relay goes idle may wait for the poll",
+                "going idle, waited past IDLE_SETTLE_TIMEOUT for producers' commits (a "
+                "transaction may hold their wake-up lock: a prepared one, or one that set the "
+                "outbox's triggers IMMEDIATE); not waiting for a while, so an event committed "
+                "as the relay goes idle may wait for the poll",
                 idle_settle_timeout=self._idle_settle,
                 pause_seconds=IDLE_SETTLE_PAUSE,
             )

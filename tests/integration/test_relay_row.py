@@ -8,26 +8,37 @@ the row back, and an idle relay must go on being woken by NOTIFY, not by its pol
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 
 from pgcourier import ops
+from pgcourier.runtime import Runtime
 from tests.integration.helpers import Receiver, add_endpoint, wait_until
 
 IDLE_ROW = "SELECT coalesce(bool_and(idle), false) FROM courier.relays"
+
+
+@contextlib.asynccontextmanager
+async def idle_relay(
+    relay: Callable[..., Any], conn: asyncpg.Connection, **settings: Any
+) -> AsyncIterator[Runtime]:
+    """A relay listening and flagged idle, that polls once a minute: within a test, only a
+    NOTIFY wakes it. (A long lease: the heartbeat, every 10 s, would register it again.)"""
+    async with relay(poll_interval=60, lease=120, **settings) as rt:
+        await wait_until(lambda: rt.listener.connected)
+        await wait_until(lambda: conn.fetchval(IDLE_ROW))
+        yield rt
 
 
 async def test_marking_itself_idle_puts_back_a_vanished_row(
     conn: asyncpg.Connection, receiver: Receiver, relay: Callable[..., Any]
 ) -> None:
     await add_endpoint(conn, receiver.url("/hook"))
-    # A long lease: the heartbeat (every 10 s) would register the relay again; this checks
-    # that going idle does it by itself.
-    async with relay(poll_interval=60, lease=120) as rt:
-        await wait_until(lambda: rt.listener.connected)
-        await wait_until(lambda: conn.fetchval(IDLE_ROW))
+    # The heartbeat would register the relay again; this checks that going idle does it.
+    async with idle_relay(relay, conn) as rt:
         await conn.execute("TRUNCATE courier.relays")  # what a crash restart does
         # Something wakes the relay (a replay, the listener reconnecting after the restart); it
         # finds nothing to do and marks itself idle again. An UPDATE matched no row there.
@@ -51,33 +62,27 @@ async def test_a_producer_wakes_an_idle_relay_whose_row_another_transaction_hold
     does, and the flipping producer's NOTIFY can wake the relay before this producer's event
     is visible, so that the event waits for the poll."""
     await add_endpoint(conn, receiver.url("/hook"))
-    async with relay(poll_interval=60, lease=120) as rt:
-        await wait_until(lambda: rt.listener.connected)
-        await wait_until(lambda: conn.fetchval(IDLE_ROW))
+    async with idle_relay(relay, conn) as rt:
         polls = rt.relay.wakeups["poll"]
-        loop = asyncio.get_running_loop()
         holder = await asyncpg.connect(dsn)
         try:
             async with holder.transaction():
                 # What the heartbeat's UPDATE, or a flipping producer, does to the row.
                 await holder.execute("SELECT 1 FROM courier.relays FOR UPDATE")
-                started = loop.time()
                 await ops.enqueue(conn, "order.paid", {})
-                await receiver.wait_count(1, timeout=5)
-                waited = loop.time() - started
+                await receiver.wait_count(1, timeout=5)  # the poll would take 60 s
         finally:
             await holder.close()
-        assert waited < 5  # the poll would take 60 s
         assert rt.relay.wakeups["poll"] == polls
 
 
-# A commit that takes 0.3 s after the wake-up check, as a slow disk or a synchronous standby
+# A commit that takes 2 s after the wake-up check, as a slow disk or a synchronous standby
 # makes it: deferred constraint triggers fire in name order, so this one runs after outbox_wake.
 SLOW_COMMIT = """
 CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('test.slow_commit', true) = 'on' THEN
-        PERFORM pg_sleep(0.3);
+        PERFORM pg_sleep(2);
     END IF;
     RETURN NULL;
 END $$;
@@ -97,9 +102,7 @@ async def test_a_relay_going_idle_waits_for_the_commits_of_producers_that_saw_it
     itself idle now waits for the commits of producers that may have read "busy"."""
     await add_endpoint(conn, receiver.url("/hook"))
     await conn.execute(SLOW_COMMIT)
-    async with relay(poll_interval=60, lease=120, idle_settle_timeout=5) as rt:
-        await wait_until(lambda: rt.listener.connected)
-        await wait_until(lambda: conn.fetchval(IDLE_ROW))
+    async with idle_relay(relay, conn, idle_settle_timeout=5) as rt:
         polls = rt.relay.wakeups["poll"]
         holder = await asyncpg.connect(dsn)
         producer = await asyncpg.connect(dsn)
@@ -144,14 +147,15 @@ async def test_a_transaction_holding_the_producers_lock_holds_up_going_idle_once
 ) -> None:
     """A transaction can hold the producers' lock for long: SET CONSTRAINTS ... IMMEDIATE fires
     the wake-up trigger at the INSERT, and a prepared transaction keeps its locks. A relay going
-    idle then waits IDLE_SETTLE_TIMEOUT (and so do producers that come meanwhile), gives up,
-    marks itself idle all the same, and does not wait again for a while: producers keep waking
-    it, and it goes idle at once."""
+    idle then waits IDLE_SETTLE_TIMEOUT, gives up, marks itself idle all the same, and does not
+    wait again for a while. Producers never wait for it: while it waits, they notify."""
     await add_endpoint(conn, receiver.url("/hook"))
     settle = 2.0
-    async with relay(poll_interval=60, lease=120, idle_settle_timeout=settle) as rt:
-        await wait_until(lambda: rt.listener.connected)
-        await wait_until(lambda: conn.fetchval(IDLE_ROW))
+    waiting = (
+        "SELECT count(*) > 0 FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND query LIKE '%relay_idle%'"
+    )
+    async with idle_relay(relay, conn, idle_settle_timeout=settle) as rt:
         polls = rt.relay.wakeups["poll"]
         loop = asyncio.get_running_loop()
         holder = await asyncpg.connect(dsn)
@@ -161,12 +165,46 @@ async def test_a_transaction_holding_the_producers_lock_holds_up_going_idle_once
                     "SELECT pg_advisory_xact_lock_shared(courier.producers_lock())"
                 )
                 started = loop.time()
-                for n in range(1, 4):
-                    await ops.enqueue(conn, "order.paid", {"n": n})
-                    await receiver.wait_count(n, timeout=5)
-                    await wait_until(lambda: conn.fetchval(IDLE_ROW), timeout=5)
+                await ops.enqueue(conn, "order.paid", {"n": 1})
+                await receiver.wait_count(1, timeout=5)
+                await wait_until(lambda: conn.fetchval(waiting), timeout=settle / 2)
+                committed = loop.time()
+                await ops.enqueue(conn, "order.paid", {"n": 2})
+                enqueue_took = loop.time() - committed
+                await receiver.wait_count(2, timeout=5)
+                await wait_until(lambda: conn.fetchval(IDLE_ROW), timeout=5)
+                await ops.enqueue(conn, "order.paid", {"n": 3})
+                await receiver.wait_count(3, timeout=5)
+                await wait_until(lambda: conn.fetchval(IDLE_ROW), timeout=5)
                 took = loop.time() - started
         finally:
             await holder.close()
-        assert settle <= took < 2 * settle  # waited once, not three times
+        assert enqueue_took < settle / 2  # the relay was waiting; the producer was not
+        assert settle <= took < 2 * settle  # the relay waited once, not again
+        assert rt.relay.wakeups["poll"] == polls
+
+
+async def test_a_repeatable_read_producer_commits_and_wakes_the_relay(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Callable[..., Any]
+) -> None:
+    """A producer under REPEATABLE READ (or SERIALIZABLE) reads the relays' flags in the
+    snapshot its transaction began with. Once the relay had been woken and gone idle again
+    since, flipping its flag (FOR UPDATE) failed the producer's COMMIT with a serialization
+    error, and the flag read could be a "busy" long over. Such producers notify, reading and
+    writing no flag."""
+    await add_endpoint(conn, receiver.url("/hook"))
+    async with idle_relay(relay, conn) as rt:
+        polls = rt.relay.wakeups["poll"]
+        producer = await asyncpg.connect(dsn)
+        try:
+            async with producer.transaction(isolation="repeatable_read"):
+                # The snapshot: the relay idle.
+                assert await producer.fetchval(IDLE_ROW)
+                await ops.enqueue(conn, "order.placed", {})  # wakes it; it goes idle again
+                await receiver.wait_count(1, timeout=5)
+                await wait_until(lambda: conn.fetchval(IDLE_ROW), timeout=5)
+                await ops.enqueue(producer, "order.paid", {})
+            await receiver.wait_count(2, timeout=5)  # the poll would take 60 s
+        finally:
+            await producer.close()
         assert rt.relay.wakeups["poll"] == polls
