@@ -51,7 +51,7 @@ DEFAULT_MAX_CLAIMS = 10
 # commits of producers that may have seen it busy (sql/migrations/0018).
 DEFAULT_IDLE_SETTLE = 0.05
 # After that wait gave up (a transaction holds the producers' lock for long), seconds the relay
-# marks itself idle without waiting: a wait holds back the producers that come meanwhile.
+# marks itself idle without waiting: each wait would hold its claim loop for the whole timeout.
 IDLE_SETTLE_PAUSE = 10.0
 
 
