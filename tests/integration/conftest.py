@@ -16,38 +16,7 @@ from pgcourier.admin.context import AdminContext
 from pgcourier.metrics import Metrics
 from pgcourier.runtime import Runtime, running
 from tests.integration.helpers import TOKEN, Receiver, relay_settings
-
-# Test files that neither measure time (latency, deadlines, leases, restarts, back-off) nor
-# fail when the machine is busy: CI runs these on two Postgres versions side by side. Every
-# other file, including any new one until it is listed here, is marked ``serial`` and runs
-# alone (.ci/run).
-CONCURRENT_SAFE = frozenset(
-    {
-        "test_admin.py",
-        "test_admin_security.py",
-        "test_api.py",
-        "test_api_fuzz.py",
-        "test_api_schemathesis.py",
-        "test_attempt_paging.py",
-        "test_claim_races.py",
-        "test_cli_safety.py",
-        "test_console.py",
-        "test_console_fuzz.py",
-        "test_data_safety.py",
-        "test_event_ids.py",
-        "test_fanout_rules.py",
-        "test_header_masking.py",
-        "test_least_privilege.py",
-        "test_migrations.py",
-        "test_plans.py",
-        "test_postgres_versions.py",
-        "test_secrets_never_logged.py",
-        "test_slack_safety.py",
-        "test_store.py",
-        "test_tenant_keys.py",
-        "test_tenant_plans.py",
-    }
-)
+from tests.scheduling import CONCURRENT_SAFE
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
