@@ -65,7 +65,10 @@ async def test_a_receiver_slower_than_the_lease_gets_one_attempt_from_two_relays
     async with bare_relays(dsn, 2, lease=lease, poll_interval=0.05) as relays:
         await receiver.wait_count(1, timeout=5)
         await wait_until(lambda: _delivered(conn), timeout=10)
-        assert sum(r.delivered for r in relays) == 1
+    # Counted once the relays have stopped: a relay counts a delivery after its write commits,
+    # so right after the row reads delivered its count may not have moved yet (seen on a busy
+    # machine).
+    assert sum(r.delivered for r in relays) == 1
     assert len(receiver.requests) == 1
     attempts = await all_attempts(conn, str(event_id))
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "delivered")]
