@@ -146,8 +146,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Units of work for the two workers: each file, except the serial files, one unit together
-    (tests/scheduling.py). The largest unit goes out first, so the serial one starts at once."""
+    """Units of work for the two workers: the serial files together as one, every other file
+    on its own (tests/scheduling.py). The largest goes out first, so the serial one starts at
+    once."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByFile(LoadScopeScheduling):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,12 +15,13 @@ from pgcourier.admin.context import AdminContext
 from pgcourier.metrics import Metrics
 from pgcourier.runtime import Runtime, running
 from tests.integration.helpers import TOKEN, Receiver, relay_settings
-from tests.scheduling import CONCURRENT_SAFE
+from tests.scheduling import unit_of_work
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The scheduler's rule, so that `-m serial` selects exactly what it keeps on one worker.
     for item in items:
-        if item.path.parent == Path(__file__).parent and item.path.name not in CONCURRENT_SAFE:
+        if unit_of_work(item.nodeid) == "serial":
             item.add_marker(pytest.mark.serial)
 
 
