@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -63,6 +64,7 @@ class Browser:
 
     def shot(self, page: Page, name: str) -> None:
         path = self.shots / f"console-{name}.png"
+        page.wait_for_load_state()  # never capture a document still being replaced
         page.screenshot(path=str(path), full_page=False)
         if os.environ.get("PGCOURIER_DOCS_SCREENSHOTS") == "1" and name in ("overview", "endpoint"):
             DOCS.mkdir(exist_ok=True)
@@ -172,6 +174,7 @@ async def test_a_failing_endpoint_shows_its_open_circuit_and_the_answer(
             expect(page.locator("pre.payload")).to_contain_text("<script>")  # as text
             browser.shot(page, "event")
             page.click("nav >> text=Events")
+            expect(page.locator("h1")).to_have_text("Events")
             browser.shot(page, "events")
 
         await browser.run(steps)
@@ -236,6 +239,10 @@ async def test_a_bulk_replay_by_filter(
             page.select_option("select[name=endpoint_id]", bad)
             page.fill("input[name=event_type]", "order.paid")
             page.click("button:has-text('Filter')")
+            # The filter is a GET form: wait for the page it loads, or the shot and the click
+            # below land on the unfiltered page that is going away (Chromium then refuses the
+            # capture: "Unable to capture screenshot").
+            expect(page).to_have_url(re.compile(r"[?&]event_type=order\.paid"))
             browser.shot(page, "dead-letters")
             page.click("button:has-text('Replay all matching')")
             expect(page.locator("h1")).to_have_text(f"Replay {dead} dead letters?")
