@@ -17,6 +17,7 @@ from importlib import resources
 import asyncpg
 
 from pgcourier.errors import (
+    ConfigurationError,
     Conflict,
     DatabaseUnavailable,
     InvalidInput,
@@ -186,6 +187,24 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 async def schema_version(conn: asyncpg.Connection) -> int:
     """The highest applied migration version, 0 for an empty database."""
     return max(await applied_versions(conn), default=0)
+
+
+async def require_schema(conn: asyncpg.Connection) -> int:
+    """The schema's version, or a ConfigurationError when it is older than this code.
+
+    For everything that runs without migrating (``AUTO_MIGRATE=false``): code of this version
+    calls functions and reads columns an older schema lacks, and would fail on them one
+    statement at a time (a relay would keep running, degraded). A newer schema passes: the
+    upgrade order is migrate first, then replace the processes, so older code meets a newer
+    schema for the length of every rolling deploy (the caller may warn).
+    """
+    version = await schema_version(conn)
+    if version < LATEST_VERSION:
+        raise ConfigurationError(
+            f"the courier schema is at version {version}, this pgcourier needs "
+            f"{LATEST_VERSION}: run `pgcourier migrate`"
+        )
+    return version
 
 
 # SQLSTATE classes that mean "the caller's input was refused": data exceptions (22), integrity

@@ -97,12 +97,59 @@ async def prepare_schema(dsn: str, settings: Settings) -> list[int]:
     return applied
 
 
-async def _check_secrets(pool: asyncpg.Pool, keyring: Keyring | None) -> None:
-    """Start-up: stored secrets open with the configured keys (or there are no keys and none
-    is encrypted, with one warning), else a ConfigurationError before anything runs."""
+async def _check_start(pool: asyncpg.Pool, keyring: Keyring | None) -> None:
+    """Start-up, else a ConfigurationError before anything runs: the stored secrets open with
+    the configured keys (or there are no keys and none is encrypted, with one warning). A schema
+    newer than this code gets a warning (an older one is waited for: :func:`_schema_ready`)."""
     with db.translate_errors():
         async with pool.acquire() as conn:
+            version = await db.schema_version(conn)
+            if version > db.LATEST_VERSION:
+                log.warning(
+                    "the courier schema is newer than this pgcourier: replace this process "
+                    "with the new version (migrate first, then replace, is the upgrade order)",
+                    schema_version=version,
+                    knows_up_to=db.LATEST_VERSION,
+                )
             await secure_at_start(conn, keyring)
+
+
+async def _schema_ready(
+    pool: asyncpg.Pool, stop: asyncio.Event, *, interval: float = 1.0, remind: float = 30.0
+) -> bool:
+    """Wait until the schema has this code's version (True), or for ``stop`` (False).
+
+    With AUTO_MIGRATE=false the schema is `pgcourier migrate`'s job, and a relay may start before
+    it ran (a new version deployed before its migration, or a fresh database). Run on an older
+    schema, this code would fail on every function and column the schema lacks, one statement
+    at a time, and keep running degraded (0018 missing: never marked idle, every event waits
+    for the poll). So it waits, says so in the log now and then and in /ready, and starts on its
+    own once migrated. A database fault is waited out like everywhere else.
+    """
+    loop = asyncio.get_running_loop()
+    told_at: float | None = None
+    while not stop.is_set():
+        try:
+            with db.translate_errors():
+                async with pool.acquire() as conn:
+                    version = await db.schema_version(conn)
+            if version >= db.LATEST_VERSION:
+                if told_at is not None:
+                    log.info("schema migrated: starting", schema_version=version)
+                return True
+            if told_at is None or loop.time() - told_at >= remind:
+                told_at = loop.time()
+                log.warning(
+                    "waiting for the schema: run `pgcourier migrate` (nothing is delivered "
+                    "until then)",
+                    schema_version=version,
+                    needs=db.LATEST_VERSION,
+                )
+        except DatabaseUnavailable as exc:
+            log.warning("could not read the schema's version; retrying", error=str(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+    return False
 
 
 @dataclass
@@ -153,7 +200,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
         # one: issue 10); a key that opens nothing is a configuration error and ends the start.
         while True:
             try:
-                await _check_secrets(pool, keyring)
+                await _check_start(pool, keyring)
                 break
             except DatabaseUnavailable as exc:
                 log.warning("could not check the stored secrets; retrying", error=str(exc))
@@ -199,13 +246,21 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                     supervised("listener", lambda: listener.run(stop), retry_interval=1.0),
                     name="pgcourier-listener",
                 )
-                group.create_task(relay.run(stop), name="pgcourier-relay")
-                if settings.retention > 0:
-                    pruner = Pruner(dsn, retention_config(settings), metrics)
-                    group.create_task(
-                        supervised("pruner", lambda: pruner.run(stop), retry_interval=5.0),
-                        name="pgcourier-pruner",
-                    )
+
+                async def work() -> None:
+                    # The relay and the pruner run this code's SQL: not before the schema has
+                    # this code's version (the listener and the admin server need no schema).
+                    if not await _schema_ready(pool, stop):
+                        return
+                    group.create_task(relay.run(stop), name="pgcourier-relay")
+                    if settings.retention > 0:
+                        pruner = Pruner(dsn, retention_config(settings), metrics)
+                        group.create_task(
+                            supervised("pruner", lambda: pruner.run(stop), retry_interval=5.0),
+                            name="pgcourier-pruner",
+                        )
+
+                group.create_task(work(), name="pgcourier-schema-gate")
                 try:
                     yield Runtime(
                         relay=relay,
@@ -300,7 +355,7 @@ async def serve_admin(settings: Settings, dsn: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        await _check_secrets(pool, settings.keyring)
+        await _check_start(pool, settings.keyring)
         admin, _port = await _start_admin(settings, admin_context(settings, pool, Metrics(), None))
         assert admin is not None
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,6 +18,7 @@ from uuid import UUID
 import aiohttp
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from pgcourier import ops, pools
 from pgcourier.embedded import EmbeddedPostgres
@@ -146,6 +147,51 @@ async def test_auto_migrate_false_leaves_the_schema_to_pgcourier_migrate(
             event_id = str(await ops.enqueue(conn, "order.paid", {}))
         await receiver.wait_count(1, timeout=20)
     assert receiver.ids() == {event_id: 1}
+
+
+async def test_a_relay_on_an_older_schema_waits_for_the_migration_then_delivers(
+    dsn: str, conn: asyncpg.Connection, receiver: Receiver, relay: Any
+) -> None:
+    # A new version started before `pgcourier migrate` (AUTO_MIGRATE=false): the schema lacks
+    # the newest migration (its record removed here; its objects stay, so this also shows the
+    # relay reads the version, not what happens to be there).
+    latest = await conn.fetchrow(
+        "DELETE FROM courier.migrations WHERE version = (SELECT max(version) FROM "
+        "courier.migrations) RETURNING *"
+    )
+    await add_endpoint(conn, receiver.url("/hook"))
+    event_id = str(await ops.enqueue(conn, "order.paid", {}))
+    with capture_logs() as logs:
+        async with relay(admin_token=TOKEN) as rt, aiohttp.ClientSession() as http:
+            ready_url = f"http://127.0.0.1:{rt.admin_port}/ready"
+
+            async def told() -> bool:
+                return any(e["event"].startswith("waiting for the schema") for e in logs)
+
+            await wait_until(told, timeout=10)
+            [waiting] = [e for e in logs if e["event"].startswith("waiting for the schema")]
+            assert (waiting["schema_version"], waiting["needs"]) == (
+                latest["version"] - 1,
+                latest["version"],
+            )
+            async with http.get(ready_url) as response:
+                assert response.status == 503
+                assert "run pgcourier migrate" in " ".join((await response.json())["reasons"])
+            await asyncio.sleep(1.5)  # a poll and more: nothing is claimed meanwhile
+            assert receiver.ids() == {}
+            assert await conn.fetchval("SELECT count(*) FROM courier.attempts") == 0
+
+            # Migrated (the record back, as migrate() writes it): the same relay starts.
+            await conn.execute(
+                "INSERT INTO courier.migrations SELECT * FROM "
+                "jsonb_populate_record(NULL::courier.migrations, $1::jsonb)",
+                json.dumps({k: str(v) for k, v in dict(latest).items()}),
+            )
+            await receiver.wait_count(1, timeout=20)
+            async with http.get(ready_url) as response:
+                assert response.status == 200
+    assert receiver.ids() == {event_id: 1}
+    assert any(e["event"] == "schema migrated: starting" for e in logs)
 
 
 # -- /ready while the database is down ------------------------------------------------------------

@@ -14,7 +14,6 @@ import structlog
 from pgcourier import db, pools
 from pgcourier.cli.output import output
 from pgcourier.embedded import EmbeddedPostgres
-from pgcourier.errors import ConfigurationError
 from pgcourier.sealing import Keyring
 from pgcourier.settings import Settings
 
@@ -50,12 +49,7 @@ async def _with_conn(
                 await db.migrate(conn)
         else:
             with db.translate_errors():
-                version = await db.schema_version(conn)
-            if version < db.LATEST_VERSION:
-                raise ConfigurationError(
-                    f"the courier schema is at version {version}, this pgcourier needs "
-                    f"{db.LATEST_VERSION}: run `pgcourier migrate`"
-                )
+                await db.require_schema(conn)
         return await action(conn)
 
 
