@@ -39,7 +39,7 @@ async def run_version(
         # Its 50,000 events take minutes to fan out and drain on a shared 2-core machine, past
         # what a smoke run should take (run it alone: --only tenants --quick).
         wanted.remove("tenants")
-    if any(m in wanted for m in ("drain", "fanout")) and "ceiling" not in wanted:
+    if any(m in wanted for m in ("drain", "fanout", "cost")) and "ceiling" not in wanted:
         wanted.insert(0, "ceiling")
     async with servers.server(version, args.dsn) as (dsn, pgq_dsn):
         async with pools.connection(dsn) as conn:

@@ -78,10 +78,23 @@ class Bench:
                 count += 1
 
         async with aiohttp.ClientSession(connector=connector) as session:
+            machine, rcv0, own0 = MachineMeter(), self.receiver.cpu_seconds(), time.process_time()
             t0 = time.monotonic()
             await asyncio.gather(*(worker(session) for _ in range(64)))
             elapsed = time.monotonic() - t0
-        self.results["ceiling"] = {"requests_per_s": count / elapsed, "requests": count}
+            machine.stop()
+            client, rcv = time.process_time() - own0, self.receiver.cpu_seconds() - rcv0
+        self.results["ceiling"] = {
+            "requests_per_s": count / elapsed,
+            "requests": count,
+            # What a request costs the machine at the ceiling: with the cost measure's machine
+            # CPU per delivery, the drain's ratio to the ceiling when CPU is what bounds both
+            # (see report.evaluate).
+            "client_cpu_s_per_1000": client / count * 1000,
+            "receiver_cpu_s_per_1000": rcv / count * 1000,
+            "machine_cpu_s_per_1000": machine.busy / count * 1000,
+            "machine_busy_cores": machine.busy / machine.seconds,
+        }
 
     # -- drain ---------------------------------------------------------------------------------
 

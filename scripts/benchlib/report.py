@@ -102,6 +102,7 @@ COMPARED = [
     ("receiver CPU s per 1,000", "cost", "receiver_cpu_s_per_1000"),
     ("machine CPU s per 1,000 (all)", "cost", "machine_cpu_s_per_1000"),
     ("machine busy, cores", "cost", "machine_busy_cores"),
+    ("drain/ceiling bound by CPU", "cost", "cpu_bound_ratio_to_ceiling"),
     ("peak RSS MB (drain)", "memory", "peak_rss_mb"),
 ]
 
@@ -111,6 +112,16 @@ def evaluate(results: Results) -> list[Row]:
     for name in ("drain", "fanout"):
         if ceiling and name in results:
             results[name]["ratio_to_ceiling"] = results[name]["deliveries_per_s"] / ceiling
+    # Where every core is busy (machine_busy_cores near the core count, in both measures),
+    # throughput is the cores over the machine's CPU per delivery: the ratio of a queue's drain
+    # to the ceiling cannot pass the ratio of their CPU per request, however the work is
+    # scheduled. The bound a queue's drain meets on this machine unless its CPU per delivery
+    # (its own, Postgres's, the receiver's) falls.
+    per_request = get(results, "ceiling", "machine_cpu_s_per_1000")
+    for name in ("cost", "pgqueuer cost"):
+        per_delivery = get(results, name, "machine_cpu_s_per_1000")
+        if per_request and per_delivery:
+            results[name]["cpu_bound_ratio_to_ceiling"] = per_request / per_delivery
     rows: list[Row] = []
     for t in TARGETS:
         value, goal = t.value(results), t.goal(results)
