@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -29,6 +31,34 @@ _LEVELS = {
 # The handler this module put on the root logger, so configuring again replaces it rather than
 # printing every library line twice.
 _handler: logging.Handler | None = None
+
+
+class IsoUtcStamper:
+    """``timestamp``: ISO 8601 in UTC with microseconds, ``2026-11-27T10:35:46.749203Z``.
+
+    structlog's ``TimeStamper(fmt="iso", utc=True)`` builds a datetime and formats it for
+    every line: 1.9 us of a line's ~9 here, on every delivery attempt (issue 11). The date and
+    time to the second change once a second; only the microseconds are formatted per line
+    (0.4 us). Always six digits (isoformat drops them when zero): fixed-width, sorts as text.
+    """
+
+    __slots__ = ("_cached", "_clock")
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        # (second, its text) in one attribute: replaced in one assignment, so a thread never
+        # reads one second's text with another's number.
+        self._cached: tuple[int, str] = (-1, "")
+
+    def __call__(self, logger: Any, method: str, event_dict: Any) -> Any:
+        now = self._clock()
+        second = int(now)
+        cached = self._cached
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._cached = cached
+        event_dict["timestamp"] = f"{cached[1]}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
 
 
 def _orjson_text(obj: object, **kwargs: object) -> str:
@@ -50,7 +80,7 @@ def configure_logging(
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        IsoUtcStamper(),
     ]
     # The relay writes one line per delivery attempt, so pgcourier's own lines take structlog's
     # direct path (no stdlib logging in between), rendered by orjson straight to bytes, with one

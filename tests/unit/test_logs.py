@@ -7,12 +7,16 @@ global to a process (pytest's own handlers and excepthook must not be in the way
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
+from pgcourier.logs import IsoUtcStamper
 
 PRELUDE = """
 import logging, sys, threading, warnings
@@ -177,3 +181,25 @@ def test_console_tracebacks_show_no_local_variables() -> None:
     )
     assert proc.stderr.count("ValueError: refused") == 2, proc.stderr
     assert "whsec_do_not_print" not in proc.stderr
+
+
+def test_the_timestamp_is_iso_utc_to_the_microsecond_across_second_boundaries() -> None:
+    now = [1_764_239_746.749203]
+    stamp = IsoUtcStamper(clock=lambda: now[0])
+    seen = []
+    for t in (1_764_239_746.749203, 1_764_239_746.999999, 1_764_239_747.0, 1_764_239_747.000042):
+        now[0] = t
+        text = stamp(None, "info", {})["timestamp"]
+        seen.append(text)
+        expected = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # The float's last digit may round either way: compare to the microsecond.
+        assert abs(datetime.fromisoformat(text).timestamp() - t) < 2e-6, (text, expected)
+        assert text[:20] == expected[:20]
+    assert seen[2] == "2025-11-27T10:35:47.000000Z"  # six digits even when zero
+    assert seen[1].startswith("2025-11-27T10:35:46.99999")
+
+
+def test_pgcourier_lines_carry_the_iso_utc_timestamp() -> None:
+    _, lines = run_logging('structlog.get_logger("pgcourier.relay").info("own info")')
+    [line] = lines
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"]), line
