@@ -9,21 +9,38 @@ VALUES ($1, $2, $3, false)
 ON CONFLICT (id) DO UPDATE SET seen_at = now(), idle = false;
 
 -- heartbeat_relay --
--- Refresh relay $1's liveness; returns nothing when the row is gone (then register again).
-UPDATE courier.relays SET seen_at = now() WHERE id = $1 RETURNING id;
+-- Refresh relay $1's liveness; false when the row is gone (then register again). A row that
+-- another transaction holds is skipped, not waited for: a producer flipping it to busy holds it
+-- to its own commit, which may be long (0019); this heartbeat is refreshed at the next one.
+-- A skipped row still counts as there (the plain read sees the committed row).
+WITH touched AS (
+    UPDATE courier.relays AS r SET seen_at = now()
+    FROM (SELECT id FROM courier.relays WHERE id = $1 FOR UPDATE SKIP LOCKED) AS free
+    WHERE r.id = free.id
+    RETURNING r.id
+)
+SELECT EXISTS (SELECT 1 FROM touched) OR EXISTS (SELECT 1 FROM courier.relays WHERE id = $1);
 
 -- set_relay_idle --
 -- Mark relay $1 (on host $3, process $4) as waiting ($2 = true) or working ($2 = false).
--- Producers read this flag. Going idle waits up to $5 seconds for the commits of producers that
--- may have read it busy (0018); false if that wait gave up. An upsert: after a crash restart
--- emptied the UNLOGGED table, a plain UPDATE matched nothing, and the relay slept believing
--- producers would notify it.
-SELECT courier.relay_idle($1, $2, $3, $4, $5);
+-- Producers read this flag. Waits up to $6 seconds for the row: 'held' when another transaction
+-- holds it longer and the flag already says so (a producer flipping it will notify, 0019).
+-- Going idle then waits up to $5 seconds for the commits of producers that may have read it
+-- busy (0018): 'settled', or 'unsettled' when that wait gave up. An upsert: after a crash
+-- restart emptied the UNLOGGED table, a plain UPDATE matched nothing, and the relay slept
+-- believing producers would notify it.
+SELECT courier.relay_idle($1, $2, $3, $4, $5, $6);
 
 -- reap_relays --
 -- Forget relays not seen for $1 seconds (killed without a goodbye) so producers stop
--- notifying on their behalf.
-DELETE FROM courier.relays WHERE seen_at < now() - make_interval(secs => $1);
+-- notifying on their behalf. Rows another transaction holds are skipped, not waited for: a
+-- producer flipping one to busy holds it to its own commit, which may be long (0019).
+DELETE FROM courier.relays
+WHERE id IN (
+    SELECT id FROM courier.relays
+    WHERE seen_at < now() - make_interval(secs => $1)
+    FOR UPDATE SKIP LOCKED
+);
 
 -- queue_vacuum_due --
 -- True when courier.queue holds over $1 dead row versions, no vacuum ran on it in the last $2

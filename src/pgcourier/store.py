@@ -53,6 +53,11 @@ DEFAULT_IDLE_SETTLE = 0.05
 # After that wait gave up (a transaction holds the producers' lock for long), seconds the relay
 # marks itself idle without waiting: each wait would hold its claim loop for the whole timeout.
 IDLE_SETTLE_PAUSE = 10.0
+# Seconds going idle waits for its own row in courier.relays before it looks at who holds it: a
+# producer flipping the flag holds it to its commit, which SET CONSTRAINTS ... IMMEDIATE makes
+# as long as that producer's transaction (sql/migrations/0019). Any holder still there after
+# this is either such a producer or is waited for as before.
+ROW_WAIT = 0.01
 
 
 def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
@@ -139,7 +144,7 @@ class PgStore:
 
     async def heartbeat(self, relay_id: UUID) -> bool:
         with translate_errors():
-            return await self._pool.fetchval(QUERIES["heartbeat_relay"], relay_id) is not None
+            return bool(await self._pool.fetchval(QUERIES["heartbeat_relay"], relay_id))
 
     async def deregister(self, relay_id: UUID) -> None:
         with translate_errors():
@@ -159,15 +164,20 @@ class PgStore:
         now = time.monotonic()
         settle = self._idle_settle if now >= self._settle_again_at else 0.0
         with translate_errors():
-            settled = await self._pool.fetchval(
+            outcome = await self._pool.fetchval(
                 QUERIES["set_relay_idle"],
                 relay_id,
                 idle,
                 socket.gethostname(),
                 os.getpid(),
                 settle,
+                ROW_WAIT,
             )
-        if not settled:
+        if outcome == "held":
+            # A producer's transaction holds our row with the flag already as wanted (0019):
+            # it notifies when it commits, and producers notify meanwhile. Nothing to wait for.
+            log.debug("going idle: the relay's row is held by a producer; counted idle")
+        elif outcome != "settled":
             self._settle_again_at = now + IDLE_SETTLE_PAUSE
             log.warning(
                 "going idle, waited past IDLE_SETTLE_TIMEOUT for producers' commits (a "

@@ -424,7 +424,7 @@ STATEMENTS: dict[str, Any] = {
     "gauges": _named("delivery_gauges"),
     "housekeeping sweep": _named("sweep_deleted_endpoints"),
     "vacuum check": _named("queue_vacuum_due", 10_000, 60.0),
-    "relay idle flag": _named("set_relay_idle", lambda f: f["relay"], True, "host", 1, 0.05),
+    "relay idle flag": _named("set_relay_idle", lambda f: f["relay"], True, "host", 1, 0.05, 0.01),
     "dead letters: list": _named("list_dead", None, None, None, None, None, None, 101, None),
     "dead letters: list filtered": _named(
         "list_dead",

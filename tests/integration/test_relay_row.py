@@ -208,3 +208,52 @@ async def test_a_repeatable_read_producer_commits_and_wakes_the_relay(
         finally:
             await producer.close()
         assert rt.relay.wakeups["poll"] == polls
+
+
+async def test_a_producer_that_fires_the_trigger_at_its_insert_holds_up_no_relay(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Callable[..., Any]
+) -> None:
+    """SET CONSTRAINTS ALL IMMEDIATE fires the wake-up trigger at the INSERT: a producer that
+    finds relays idle flips their rows and holds them to its own end, however long. The relay
+    marking itself idle waited for that end (its claim loop stopped: events committed
+    meanwhile waited too), and so did its heartbeat and other relays' reapers (their leases
+    ran out). Now none of them waits, and producers wake the relay meanwhile."""
+    await add_endpoint(conn, receiver.url("/hook"))
+    async with idle_relay(relay, conn) as rt:
+        polls = rt.relay.wakeups["poll"]
+        loop = asyncio.get_running_loop()
+        # A relay that died long ago, idle, for a reaper to remove.
+        await conn.execute(
+            "INSERT INTO courier.relays (id, hostname, pid, idle, seen_at)"
+            " VALUES (gen_random_uuid(), 'gone', 1, true, now() - interval '1 hour')"
+        )
+        producer = await asyncpg.connect(dsn)
+        took = []
+        try:
+            async with producer.transaction():
+                await producer.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                await ops.enqueue(producer, "order.placed", {"n": 0})
+                # It holds both rows now.
+                locked = await conn.fetchval(
+                    "SELECT count(*) FROM courier.relays"
+                    " WHERE id NOT IN (SELECT id FROM courier.relays FOR UPDATE SKIP LOCKED)"
+                )
+                assert locked == 2
+                for n in (1, 2, 3):
+                    started = loop.time()
+                    await ops.enqueue(conn, "order.paid", {"n": n})
+                    await receiver.wait_count(n, timeout=5)
+                    took.append(loop.time() - started)
+                    await asyncio.sleep(0.2)  # the relay goes idle (or tries) after each
+                store = rt.relay._store
+                assert await asyncio.wait_for(store.heartbeat(rt.relay.id), 2)
+                await asyncio.wait_for(store.reap(older_than=30), 2)
+                # The dead relay's row waits for the next pass (a producer is flipping it).
+                assert await conn.fetchval("SELECT count(*) FROM courier.relays") == 2
+            await receiver.wait_count(4, timeout=5)  # its own event, announced at its commit
+        finally:
+            await producer.close()
+        assert max(took) < 2, took  # the poll is 60 s away; the transaction was held open
+        assert rt.relay.wakeups["poll"] == polls
+        await store.reap(older_than=30)
+        assert await conn.fetchval("SELECT count(*) FROM courier.relays") == 1
