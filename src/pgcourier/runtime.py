@@ -23,10 +23,11 @@ from pgcourier.listener import Listener
 from pgcourier.metrics import Metrics
 from pgcourier.relay import Relay, RelayConfig
 from pgcourier.retention import Pruner, RetentionConfig
-from pgcourier.sealing import Keyring, Unsealer
-from pgcourier.secrets_at_rest import secure, secure_at_start
+from pgcourier.sealing import Unsealer
+from pgcourier.secrets_at_rest import secure
 from pgcourier.settings import Settings
 from pgcourier.slack import Router, SlackTransport
+from pgcourier.startup import check_start, until_checked
 from pgcourier.store import CircuitConfig, PgStore
 from pgcourier.tasks import supervised
 from pgcourier.unopened import UnopenedSecrets
@@ -97,61 +98,6 @@ async def prepare_schema(dsn: str, settings: Settings) -> list[int]:
     return applied
 
 
-async def _check_start(pool: asyncpg.Pool, keyring: Keyring | None) -> None:
-    """Start-up, else a ConfigurationError before anything runs: the stored secrets open with
-    the configured keys (or there are no keys and none is encrypted, with one warning). A schema
-    newer than this code gets a warning (an older one is waited for: :func:`_schema_ready`)."""
-    with db.translate_errors():
-        async with pool.acquire() as conn:
-            version = await db.schema_version(conn)
-            if version > db.LATEST_VERSION:
-                log.warning(
-                    "the courier schema is newer than this pgcourier: replace this process "
-                    "with the new version (migrate first, then replace, is the upgrade order)",
-                    schema_version=version,
-                    knows_up_to=db.LATEST_VERSION,
-                )
-            await secure_at_start(conn, keyring)
-
-
-async def _schema_ready(
-    pool: asyncpg.Pool, stop: asyncio.Event, *, interval: float = 1.0, remind: float = 30.0
-) -> bool:
-    """Wait until the schema has this code's version (True), or for ``stop`` (False).
-
-    With AUTO_MIGRATE=false the schema is `pgcourier migrate`'s job, and a relay may start before
-    it ran (a new version deployed before its migration, or a fresh database). Run on an older
-    schema, this code would fail on every function and column the schema lacks, one statement
-    at a time, and keep running degraded (0018 missing: never marked idle, every event waits
-    for the poll). So it waits, says so in the log now and then and in /ready, and starts on its
-    own once migrated. A database fault is waited out like everywhere else.
-    """
-    loop = asyncio.get_running_loop()
-    told_at: float | None = None
-    while not stop.is_set():
-        try:
-            with db.translate_errors():
-                async with pool.acquire() as conn:
-                    version = await db.schema_version(conn)
-            if version >= db.LATEST_VERSION:
-                if told_at is not None:
-                    log.info("schema migrated: starting", schema_version=version)
-                return True
-            if told_at is None or loop.time() - told_at >= remind:
-                told_at = loop.time()
-                log.warning(
-                    "waiting for the schema: run `pgcourier migrate` (nothing is delivered "
-                    "until then)",
-                    schema_version=version,
-                    needs=db.LATEST_VERSION,
-                )
-        except DatabaseUnavailable as exc:
-            log.warning("could not read the schema's version; retrying", error=str(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
-    return False
-
-
 @dataclass
 class Runtime:
     """A running relay and its listener, for callers (CLI, demo, tests) that need handles."""
@@ -198,9 +144,11 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
     try:
         # A database fault here is waited out like everywhere else (the relay never exits for
         # one: issue 10); a key that opens nothing is a configuration error and ends the start.
+        # A schema older than this code is waited for (pgcourier.startup): the listener and the
+        # admin server start (/ready says why it is not ready), the relay once it is migrated.
         while True:
             try:
-                await _check_start(pool, keyring)
+                behind = await check_start(pool, keyring)
                 break
             except DatabaseUnavailable as exc:
                 log.warning("could not check the stored secrets; retrying", error=str(exc))
@@ -250,7 +198,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                 async def work() -> None:
                     # The relay and the pruner run this code's SQL: not before the schema has
                     # this code's version (the listener and the admin server need no schema).
-                    if not await _schema_ready(pool, stop):
+                    if behind is not None and not await until_checked(pool, keyring, stop):
                         return
                     group.create_task(relay.run(stop), name="pgcourier-relay")
                     if settings.retention > 0:
@@ -260,7 +208,7 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                             name="pgcourier-pruner",
                         )
 
-                group.create_task(work(), name="pgcourier-schema-gate")
+                group.create_task(work(), name="pgcourier-start")
                 try:
                     yield Runtime(
                         relay=relay,
@@ -273,6 +221,10 @@ async def running(settings: Settings, dsn: str) -> AsyncIterator[Runtime]:
                     )
                 finally:
                     stop.set()
+        except* ConfigurationError as refused:
+            # Only the start-up check deferred to a migration raises one in the group (a key
+            # that opens nothing, found once migrated): the same one error as at start.
+            raise refused.exceptions[0] from None
         finally:
             if admin is not None:
                 await admin.cleanup()
@@ -355,7 +307,7 @@ async def serve_admin(settings: Settings, dsn: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        await _check_start(pool, settings.keyring)
+        await check_start(pool, settings.keyring)  # (an older schema: /ready says so)
         admin, _port = await _start_admin(settings, admin_context(settings, pool, Metrics(), None))
         assert admin is not None
         for sig in (signal.SIGTERM, signal.SIGINT):

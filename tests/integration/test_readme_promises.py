@@ -22,8 +22,9 @@ from structlog.testing import capture_logs
 
 from pgcourier import ops, pools
 from pgcourier.embedded import EmbeddedPostgres
-from pgcourier.errors import InvalidInput
+from pgcourier.errors import ConfigurationError, InvalidInput
 from pgcourier.runtime import running
+from pgcourier.sealing import Keyring, generate_key, is_sealed
 from pgcourier.settings import load_settings
 from tests.integration.helpers import Receiver, add_endpoint, wait_until
 from tests.integration.test_cli import pgcourier
@@ -159,10 +160,15 @@ async def test_a_relay_on_an_older_schema_waits_for_the_migration_then_delivers(
         "DELETE FROM courier.migrations WHERE version = (SELECT max(version) FROM "
         "courier.migrations) RETURNING *"
     )
-    await add_endpoint(conn, receiver.url("/hook"))
+    endpoint = await add_endpoint(conn, receiver.url("/hook"))  # its secret stored plain
+    stored = "SELECT secret FROM courier.endpoints WHERE id = $1"
     event_id = str(await ops.enqueue(conn, "order.paid", {}))
+    key = generate_key()
     with capture_logs() as logs:
-        async with relay(admin_token=TOKEN) as rt, aiohttp.ClientSession() as http:
+        async with (
+            relay(admin_token=TOKEN, secret_key=key) as rt,
+            aiohttp.ClientSession() as http,
+        ):
             ready_url = f"http://127.0.0.1:{rt.admin_port}/ready"
 
             async def told() -> bool:
@@ -180,6 +186,9 @@ async def test_a_relay_on_an_older_schema_waits_for_the_migration_then_delivers(
             await asyncio.sleep(1.5)  # a poll and more: nothing is claimed meanwhile
             assert receiver.ids() == {}
             assert await conn.fetchval("SELECT count(*) FROM courier.attempts") == 0
+            # Nor written: the key would encrypt the plain secret at start, in a schema whose
+            # constraints may predate encryption (0010).
+            assert not is_sealed(await conn.fetchval(stored, endpoint["id"]))
 
             # Migrated (the record back, as migrate() writes it): the same relay starts.
             await conn.execute(
@@ -192,6 +201,35 @@ async def test_a_relay_on_an_older_schema_waits_for_the_migration_then_delivers(
                 assert response.status == 200
     assert receiver.ids() == {event_id: 1}
     assert any(e["event"] == "schema migrated: starting" for e in logs)
+    assert is_sealed(await conn.fetchval(stored, endpoint["id"]))  # the start-up check, once
+
+
+async def test_a_key_that_opens_nothing_ends_a_relay_that_waited_for_the_schema(
+    dsn: str, conn: asyncpg.Connection, relay: Any
+) -> None:
+    # The start-up check runs once the schema is migrated, and refuses as it does at start:
+    # one ConfigurationError out of the relay, not an exception group.
+    await ops.create_endpoint(
+        conn, url="https://example.com/h", event_types=["*"], keyring=Keyring(generate_key())
+    )
+    latest = await conn.fetchrow(
+        "DELETE FROM courier.migrations WHERE version = (SELECT max(version) FROM "
+        "courier.migrations) RETURNING *"
+    )
+
+    async def migrate_soon() -> None:
+        await asyncio.sleep(0.5)
+        await conn.execute(
+            "INSERT INTO courier.migrations SELECT * FROM "
+            "jsonb_populate_record(NULL::courier.migrations, $1::jsonb)",
+            json.dumps({k: str(v) for k, v in dict(latest).items()}),
+        )
+
+    migrating = asyncio.create_task(migrate_soon())
+    with pytest.raises(ConfigurationError, match="does not open the stored secrets"):
+        async with relay(secret_key=generate_key()) as rt:
+            await asyncio.wait_for(rt.stop.wait(), 20)
+    await migrating
 
 
 # -- /ready while the database is down ------------------------------------------------------------
