@@ -11,17 +11,20 @@
 -- keepers stopped too).
 --
 -- Now:
--- * going idle waits up to p_row_wait seconds for the row. Past that, if the committed flag
---   already says idle, whoever holds the row is a producer flipping it (producers lock only
---   idle rows) or the relay's own heartbeat: either way the flag says what the relay wants, and
---   a producer that flips it notifies when it commits. The relay counts itself idle ('held');
---   producers that commit meanwhile find the row locked and notify (0017). The producers' lock
---   of 0018 is not awaited then: a producer that read "busy" did so before the committed
---   "idle", which the relay settled when it wrote it. Otherwise (the flag says busy, so the
---   holder is no producer: a heartbeat, a reaper, each a moment) it waits for the row as before.
+-- * going idle waits up to p_row_wait seconds for the row, never longer. Past that, if the
+--   committed flag already says idle ('held'), the flag says what the relay wants whoever holds
+--   the row: a producer flipping it notifies when it commits, and producers that commit
+--   meanwhile find the row locked and notify (0017). The relay counts itself idle. The
+--   producers' lock of 0018 is not awaited then: a producer that read "busy" did so before the
+--   committed "idle", which the relay settled when it wrote it. If the committed flag says busy
+--   ('busy'), the holder may still be a producer (one whose FOR UPDATE SKIP LOCKED locked the
+--   row just as another producer's flip to busy committed: the recheck drops the row, the lock
+--   stays to its end) and producers that read "busy" do not notify: the relay is not idle and
+--   tries again shortly (pgcourier.relay), claiming in between, as a poll at a short interval.
 -- * the heartbeat skips a locked row (it is refreshed at the next one) and still tells a row
 --   that is there from one that is gone (a crash restart empties the UNLOGGED table);
--- * the reaper skips locked rows: a row a producer is flipping belongs to a relay being woken.
+-- * the reaper skips locked rows (a row a producer is flipping belongs to a relay being woken)
+--   and never removes the caller's own.
 --
 -- The five-argument courier.relay_idle of 0018 stays for relays of the previous version during
 -- a rolling upgrade.
@@ -43,15 +46,14 @@ BEGIN
         ON CONFLICT (id) DO UPDATE SET idle = excluded.idle, seen_at = now()
         WHERE r.idle IS DISTINCT FROM excluded.idle;
     EXCEPTION WHEN lock_not_available THEN
+        -- (A table lock can time out too: autovacuum truncating the table, DDL. The read below
+        -- must not, so the session's own lock_timeout is back first.)
+        PERFORM set_config('lock_timeout', v_lock_timeout, true);
         IF (SELECT r.idle FROM courier.relays AS r WHERE r.id = p_relay) IS NOT DISTINCT FROM p_idle
         THEN
             RETURN 'held';
         END IF;
-        PERFORM set_config('lock_timeout', v_lock_timeout, true);
-        INSERT INTO courier.relays AS r (id, hostname, pid, idle)
-        VALUES (p_relay, p_hostname, p_pid, p_idle)
-        ON CONFLICT (id) DO UPDATE SET idle = excluded.idle, seen_at = now()
-        WHERE r.idle IS DISTINCT FROM excluded.idle;
+        RETURN 'busy';
     END;
     IF NOT p_idle OR coalesce(p_settle, 0) <= 0 THEN
         RETURN 'settled';

@@ -56,7 +56,7 @@ class Leases:
                     # Our row vanished (the UNLOGGED table is emptied by a crash restart).
                     await self._store.register(self._relay_id)
                     self._on_reregistered()
-                await self._store.reap(older_than=max(6 * interval, 30.0))
+                await self._store.reap(older_than=max(6 * interval, 30.0), keep=self._relay_id)
             except Exception as exc:
                 log_failure("lease renewal failed", exc)
 

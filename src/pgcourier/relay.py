@@ -262,12 +262,18 @@ class Relay:
         return taken > 0
 
     async def _mark_idle(self) -> bool:
-        """Flag ourselves idle so that producers notify us; False if the write failed."""
+        """Flag ourselves idle so that producers notify us; False if the write failed or was
+        not made (then look again shortly: producers that read us busy do not notify)."""
         seen = self._notifications
         try:
-            await self._store.set_idle(self.id, True)
+            written = await self._store.set_idle(self.id, True)
         except Exception as exc:
             log_failure("could not update relay state", exc)
+            return False
+        if not written:
+            # Another transaction holds our row, flagged busy (0019): claim again soon, as a
+            # poll at a short interval, until the row can be written.
+            self._alarm.arm(self.HELD_BACK_RECHECK)
             return False
         # A notification during the UPDATE may come from a producer that flipped the flag back
         # after it: then the flag is busy again and we must not believe it idle (we would sleep

@@ -32,8 +32,8 @@ class RelayStore(Protocol):
     async def register(self, relay_id: UUID) -> None: ...
     async def heartbeat(self, relay_id: UUID) -> bool: ...
     async def deregister(self, relay_id: UUID) -> None: ...
-    async def reap(self, older_than: float) -> None: ...
-    async def set_idle(self, relay_id: UUID, idle: bool) -> None: ...
+    async def reap(self, older_than: float, *, keep: UUID | None = None) -> None: ...
+    async def set_idle(self, relay_id: UUID, idle: bool) -> bool: ...
     async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]: ...
     async def fan_out(self, limit: int) -> int: ...
     async def next_due(self) -> datetime | None: ...
@@ -150,17 +150,20 @@ class PgStore:
         with translate_errors():
             await self._pool.execute(QUERIES["deregister_relay"], relay_id)
 
-    async def reap(self, older_than: float) -> None:
-        """Housekeeping: forget dead relays; discard what a fan-out racing an endpoint's
-        deletion created for it; vacuum the queue if nothing else does."""
+    async def reap(self, older_than: float, *, keep: UUID | None = None) -> None:
+        """Housekeeping: forget dead relays (never relay ``keep``, the caller); discard what a
+        fan-out racing an endpoint's deletion created for it; vacuum the queue if nothing else
+        does."""
         with translate_errors():
-            await self._pool.execute(QUERIES["reap_relays"], older_than)
+            await self._pool.execute(QUERIES["reap_relays"], older_than, keep)
             await self._pool.execute(QUERIES["sweep_deleted_endpoints"])
             await self._vacuum.if_due()
 
-    async def set_idle(self, relay_id: UUID, idle: bool) -> None:
+    async def set_idle(self, relay_id: UUID, idle: bool) -> bool:
         """Write our idle flag; going idle, wait (bounded) for the commits of producers that
-        may have read it busy, so that the claim after this sees their events (0018)."""
+        may have read it busy, so that the claim after this sees their events (0018). False
+        when another transaction holds our row with the flag the other way: nothing written,
+        try again shortly (0019)."""
         now = time.monotonic()
         settle = self._idle_settle if now >= self._settle_again_at else 0.0
         with translate_errors():
@@ -173,10 +176,12 @@ class PgStore:
                 settle,
                 ROW_WAIT,
             )
+        if outcome == "busy":
+            return False
         if outcome == "held":
-            # A producer's transaction holds our row with the flag already as wanted (0019):
-            # it notifies when it commits, and producers notify meanwhile. Nothing to wait for.
-            log.debug("going idle: the relay's row is held by a producer; counted idle")
+            # Another transaction holds our row with the flag already as wanted (0019): a
+            # producer flipping it notifies when it commits, producers notify meanwhile.
+            log.debug("relay row held by another transaction; its flag already as wanted")
         elif outcome != "settled":
             self._settle_again_at = now + IDLE_SETTLE_PAUSE
             log.warning(
@@ -187,6 +192,7 @@ class PgStore:
                 idle_settle_timeout=self._idle_settle,
                 pause_seconds=IDLE_SETTLE_PAUSE,
             )
+        return True
 
     async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]:
         """Fan fresh events out into deliveries, then lease what is due within each endpoint's

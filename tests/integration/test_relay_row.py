@@ -257,3 +257,51 @@ async def test_a_producer_that_fires_the_trigger_at_its_insert_holds_up_no_relay
         assert rt.relay.wakeups["poll"] == polls
         await store.reap(older_than=30)
         assert await conn.fetchval("SELECT count(*) FROM courier.relays") == 1
+
+
+async def test_a_relay_whose_busy_row_is_held_looks_again_shortly_instead_of_waiting(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, relay: Callable[..., Any]
+) -> None:
+    """A transaction can hold a relay's row while its committed flag says busy: a producer
+    whose FOR UPDATE SKIP LOCKED locked it just as another producer's flip to busy committed
+    (the recheck drops the row, the lock stays to its end). Producers that read "busy" do not
+    notify, and the relay cannot write "idle": it must neither wait for that transaction nor
+    sleep until the poll, but look again shortly, until it can mark itself idle."""
+    await add_endpoint(conn, receiver.url("/hook"))
+    async with idle_relay(relay, conn) as rt:
+        polls = rt.relay.wakeups["poll"]
+        loop = asyncio.get_running_loop()
+        await conn.execute("UPDATE courier.relays SET idle = false")  # a producer's flip
+        holder = await asyncpg.connect(dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute("SELECT 1 FROM courier.relays FOR UPDATE")
+                await conn.execute("SELECT pg_notify('courier_outbox', '')")  # its NOTIFY
+                await asyncio.sleep(0.3)  # the relay tries to go idle, and cannot
+                assert not await conn.fetchval(IDLE_ROW)
+                started = loop.time()
+                await ops.enqueue(conn, "order.paid", {"n": 1})  # reads busy: no NOTIFY
+                await receiver.wait_count(1, timeout=5)
+                took = loop.time() - started
+            # Released: the relay marks itself idle at its next look, and NOTIFY works again.
+            await wait_until(lambda: conn.fetchval(IDLE_ROW), timeout=5)
+            await ops.enqueue(conn, "order.paid", {"n": 2})
+            await receiver.wait_count(2, timeout=5)
+        finally:
+            await holder.close()
+        assert took < 1, took  # the poll is 60 s away
+        assert rt.relay.wakeups["poll"] == polls
+
+
+async def test_the_reaper_never_removes_its_own_relay(
+    conn: asyncpg.Connection, relay: Callable[..., Any]
+) -> None:
+    """A heartbeat skips a row another transaction holds, so a live relay's row can look stale
+    after a long hold; its own lease keeper reaps right after its heartbeat."""
+    async with idle_relay(relay, conn) as rt:  # idle: it writes its row no more
+        await conn.execute("UPDATE courier.relays SET seen_at = now() - interval '1 hour'")
+        store = rt.relay._store
+        await store.reap(older_than=30, keep=rt.relay.id)
+        assert await conn.fetchval("SELECT count(*) FROM courier.relays") == 1
+        await store.reap(older_than=30)  # another relay's reaper
+        assert await conn.fetchval("SELECT count(*) FROM courier.relays") == 0

@@ -58,11 +58,12 @@ class FakeStore:
     async def deregister(self, relay_id: uuid.UUID) -> None:
         self.registered = False
 
-    async def reap(self, older_than: float) -> None:
+    async def reap(self, older_than: float, *, keep: uuid.UUID | None = None) -> None:
         pass
 
-    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> None:
+    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> bool:
         self.idle_calls.append(idle)
+        return True
 
     async def claim(self, relay_id: uuid.UUID, limit: int, lease: float) -> list[Job]:
         taken, self.queue = self.queue[:limit], self.queue[limit:]
@@ -260,10 +261,11 @@ class NotifiedWhileMarkingIdle(FakeStore):
 
     relay: Relay
 
-    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> None:
+    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> bool:
         await super().set_idle(relay_id, idle)
         if len(self.idle_calls) == 1:
             self.relay.notify()
+        return True
 
 
 async def test_a_notify_during_marking_idle_is_not_overwritten() -> None:
@@ -500,9 +502,9 @@ class RawFaultStore(FakeStore):
         self._maybe_fail("heartbeat")
         return await super().heartbeat(relay_id)
 
-    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> None:
+    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> bool:
         self._maybe_fail("set_idle")
-        await super().set_idle(relay_id, idle)
+        return await super().set_idle(relay_id, idle)
 
     async def next_due(self) -> datetime | None:
         self._maybe_fail("next_due")
