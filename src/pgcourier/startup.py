@@ -69,15 +69,14 @@ async def until_checked(
         failure: Exception | None = None
         behind: int | None = None
         try:
-            checked = await unless_stopped(_checked(pool, keyring), stop)
+            behind = await unless_stopped(check_start(pool, keyring), stop)
         except ConfigurationError:
             raise
         except Exception as exc:
             failure = exc
         else:
-            if checked is None:
-                return False  # stopped
-            behind = checked[0]
+            if stop.is_set():
+                return False  # (unless_stopped's None; a check that passed as it came: moot)
             if behind is None:
                 if told_at is not None:
                     log.info("schema migrated: starting")
@@ -92,15 +91,10 @@ async def until_checked(
                     needs=db.LATEST_VERSION,
                 )
             else:
-                log_failure("could not read the schema's version; retrying", failure)
+                log_failure("could not check the schema and the stored secrets; retrying", failure)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
     return False
-
-
-async def _checked(pool: asyncpg.Pool, keyring: Keyring | None) -> tuple[int | None]:
-    # check_start's answer in a tuple: unless_stopped's None means "stopped", not "checked".
-    return (await check_start(pool, keyring),)
 
 
 async def unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T | None:
