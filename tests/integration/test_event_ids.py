@@ -51,9 +51,15 @@ async def test_our_own_uuidv7_is_a_version_7_uuid_of_now(conn: asyncpg.Connectio
     assert {i.version for i in ids} == {7}
     assert {i.variant for i in ids} == {uuid.RFC_4122}
     assert len(set(ids)) == len(ids)
-    assert ids == sorted(ids)
+    # Time-ordered to the microsecond (its 12 bits after the version); ids made within the
+    # same microsecond differ only in their random bits, in no particular order.
+    stamps = [i.int >> 64 for i in ids]
+    assert stamps == sorted(stamps)
     for row in rows[::100]:
-        assert abs(row["at"].timestamp() * 1000 - _millis(row["id"])) < 2
+        # Stamped before clock_timestamp() in the same row: by then, or a moment later when
+        # the backend lost its core in between (CI runs tests on two busy cores).
+        late = row["at"].timestamp() * 1000 - _millis(row["id"])
+        assert 0 <= late < 100
     # The 62 bits after the variant are random: not the same in any two ids.
     assert len({i.int & ((1 << 62) - 1) for i in ids}) == len(ids)
 
