@@ -124,18 +124,17 @@ WHERE id = ANY($1::bigint[]) AND lease_token = $2;
 -- next_due --
 -- When the next delivery becomes due at an endpoint that may take it (NULL if none): an endpoint
 -- paused by Retry-After or with an open circuit counts from when it opens again. One probe of
--- queue_endpoint_due per enabled endpoint.
-SELECT min(greatest(q.due_at, ep.paused_until,
-                    CASE WHEN ep.circuit_state <> 'closed' THEN ep.circuit_until END))
-FROM courier.endpoints AS ep
-CROSS JOIN LATERAL (
-    SELECT x.due_at
-    FROM courier.queue AS x
-    WHERE x.endpoint_id = ep.id
-    ORDER BY x.due_at
-    LIMIT 1
-) AS q
-WHERE ep.enabled;
+-- queue_endpoint_due per enabled endpoint. A function (0020) because going idle reads it too.
+SELECT courier.next_due();
+
+-- claim_going_idle --
+-- Mark relay $1 (host $2, process $3) idle, waiting up to $4 s for producers' commits in
+-- progress and $5 s for its row, then claim as claim_due ($6 limit, $7 lease, $8 fan-out, $9
+-- poison bound) and, if that took nothing, read next_due: one round trip (0020; the answers
+-- 'settled', 'unsettled', 'held', 'busy' are courier.relay_idle's, 0018 and 0019). The claimed
+-- rows, then one row with id NULL: idle_state, claimed (false: claim separately), next_due.
+-- (Short: pg_stat_activity shows the first 1,024 bytes of a statement, this comment included.)
+SELECT * FROM courier.claim_going_idle($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- hand_back_unopened --
 -- Hand deliveries $1 held by relay $2 back, due again in $3 seconds: this relay's keys do not

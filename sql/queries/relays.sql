@@ -21,16 +21,6 @@ WITH touched AS (
 )
 SELECT EXISTS (SELECT 1 FROM touched) OR EXISTS (SELECT 1 FROM courier.relays WHERE id = $1);
 
--- set_relay_idle --
--- Mark relay $1 (on host $3, process $4) as waiting ($2 = true) or working ($2 = false).
--- Producers read this flag. Waits up to $6 seconds for the row: when another transaction holds
--- it longer, 'held' if the flag already says so (a producer flipping it will notify), else
--- 'busy' (not written: try again shortly; 0019). Going idle then waits up to $5 seconds for
--- the commits of producers that may have read it busy (0018): 'settled', or 'unsettled' when
--- that wait gave up. An upsert: after a crash restart emptied the UNLOGGED table, a plain
--- UPDATE matched nothing, and the relay slept believing producers would notify it.
-SELECT courier.relay_idle($1, $2, $3, $4, $5, $6);
-
 -- reap_relays --
 -- Forget relays not seen for $1 seconds (killed without a goodbye) so producers stop
 -- notifying on their behalf; never relay $2, the caller (its heartbeat may have skipped its

@@ -35,6 +35,7 @@ import structlog
 from pgcourier import attempts, policy
 from pgcourier.completer import Completer
 from pgcourier.delivery import Transport
+from pgcourier.going_idle import IdleTurn
 from pgcourier.leases import Leases
 from pgcourier.metrics import Metrics
 from pgcourier.model import AttemptResult, Completion, Job
@@ -121,7 +122,7 @@ class Relay:
         self._slot_freed = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         # Whether our row in courier.relays says idle, as far as we know. A NOTIFY means some
-        # producer flipped it to busy; _notifications lets _mark_idle see one that lands while
+        # producer flipped it to busy; _notifications lets _go_idle see one that lands while
         # its own UPDATE is in flight.
         self._idle = False
         self._notifications = 0
@@ -222,20 +223,33 @@ class Relay:
                 await first(stop.wait(), asyncio.sleep(cfg.db_retry_interval))
                 continue
             if jobs:
-                # No need to mark ourselves busy: while we are flagged idle, the first producer
-                # to commit flips the flag for us (and notifies once).
-                if self._metrics:
-                    self._metrics.claim_batch_size.observe(len(jobs))
-                self._start(jobs)
+                self._take(jobs)
                 continue
             if await self._fan_out_backlog():
                 continue  # new deliveries: claim them before going idle
-            # Going idle: from now on producers notify us. Claim once more before sleeping to pick
-            # up anything committed by a producer that saw us busy.
-            if not self._idle and await self._mark_idle():
-                continue
+            if not self._idle:
+                # Going idle: from now on producers notify us. The same round trip claims once
+                # more, for anything committed by a producer that saw us busy, and reads the
+                # next due time for our timer (0020).
+                turn = await self._go_idle(free)
+                if turn.jobs:
+                    self._take(turn.jobs)
+                    continue
+                if turn.written and not turn.claimed:
+                    continue  # flagged idle, but the claim must be a statement of its own
+                if turn.written:
+                    self._arm_due(turn.next_due)
+                    await self._alarm.sleep(stop)
+                    continue
             await self._arm_next_due()
             await self._alarm.sleep(stop)
+
+    def _take(self, jobs: Sequence[Job]) -> None:
+        # No need to mark ourselves busy: while we are flagged idle, the first producer to
+        # commit flips the flag for us (and notifies once).
+        if self._metrics:
+            self._metrics.claim_batch_size.observe(len(jobs))
+        self._start(jobs)
 
     async def _fan_out_backlog(self) -> bool:
         """Fan out a batch of a backlog of events; True if it took any.
@@ -261,26 +275,27 @@ class Relay:
         self._fan_out_behind = taken >= self.FAN_OUT_BATCH
         return taken > 0
 
-    async def _mark_idle(self) -> bool:
-        """Flag ourselves idle so that producers notify us; False if the write failed or was
-        not made (then look again shortly: producers that read us busy do not notify)."""
+    async def _go_idle(self, free: int) -> IdleTurn:
+        """Flag ourselves idle so that producers notify us, and claim up to ``free`` (see
+        :meth:`RelayStore.go_idle`). Not ``written`` if the write failed or was not made: then
+        look again shortly (producers that read us busy do not notify)."""
         seen = self._notifications
         try:
-            written = await self._store.set_idle(self.id, True)
+            turn = await self._store.go_idle(self.id, free, self._config.lease)
         except Exception as exc:
             log_failure("could not update relay state", exc)
-            return False
-        if not written:
+            return IdleTurn(written=False)
+        if not turn.written:
             # Another transaction holds our row, flagged busy (0019): claim again soon, as a
             # poll at a short interval, until the row can be written.
             self._alarm.arm(self.HELD_BACK_RECHECK)
-            return False
-        # A notification during the UPDATE may come from a producer that flipped the flag back
-        # after it: then the flag is busy again and we must not believe it idle (we would sleep
-        # until the poll). Believing it busy when it is idle only costs one more no-op UPDATE.
-        if self._notifications == seen:
+        elif self._notifications == seen:
+            # A notification during the call may come from a producer that flipped the flag
+            # back after it: then the flag is busy again and we must not believe it idle (we
+            # would sleep until the poll). Believing it busy when it is idle only costs one
+            # more round trip.
             self._idle = True
-        return True
+        return turn
 
     async def _arm_next_due(self) -> None:
         try:
@@ -289,6 +304,9 @@ class Relay:
             # The poll interval is the fallback: sleeping without the timer only costs latency.
             log_failure("could not read the next due time", exc)
             return
+        self._arm_due(due)
+
+    def _arm_due(self, due: datetime | None) -> None:
         if due is not None:
             # Due already, yet the claim took nothing: the work is held back by an endpoint's
             # limit or an ordering key in flight. Completions wake us for our own; look again

@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from pgcourier.db import QUERIES, translate_errors
+from pgcourier.going_idle import DEFAULT_IDLE_SETTLE, ROW_WAIT, IdleTurn, SettleWait
 from pgcourier.model import Completion, Job
 from pgcourier.policy import Dead, Delivered, EndpointReport, Retry, endpoint_reports
 from pgcourier.queue_vacuum import QueueVacuum
@@ -33,7 +34,7 @@ class RelayStore(Protocol):
     async def heartbeat(self, relay_id: UUID) -> bool: ...
     async def deregister(self, relay_id: UUID) -> None: ...
     async def reap(self, older_than: float, *, keep: UUID | None = None) -> None: ...
-    async def set_idle(self, relay_id: UUID, idle: bool) -> bool: ...
+    async def go_idle(self, relay_id: UUID, limit: int, lease: float) -> IdleTurn: ...
     async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]: ...
     async def fan_out(self, limit: int) -> int: ...
     async def next_due(self) -> datetime | None: ...
@@ -47,17 +48,6 @@ _NO_HEADERS: dict[str, str] = {}
 
 # PGCOURIER_MAX_CLAIMS' default: claims without a recorded attempt before a delivery is buried.
 DEFAULT_MAX_CLAIMS = 10
-# PGCOURIER_IDLE_SETTLE_TIMEOUT's default: seconds a relay marking itself idle waits for the
-# commits of producers that may have seen it busy (sql/migrations/0018).
-DEFAULT_IDLE_SETTLE = 0.05
-# After that wait gave up (a transaction holds the producers' lock for long), seconds the relay
-# marks itself idle without waiting: each wait would hold its claim loop for the whole timeout.
-IDLE_SETTLE_PAUSE = 10.0
-# Seconds going idle waits for its own row in courier.relays before it looks at who holds it: a
-# producer flipping the flag holds it to its commit, which SET CONSTRAINTS ... IMMEDIATE makes
-# as long as that producer's transaction (sql/migrations/0019). Any holder still there after
-# this is either such a producer or is waited for as before.
-ROW_WAIT = 0.01
 
 
 def _job(row: asyncpg.Record, unsealer: Unsealer) -> Job:
@@ -124,8 +114,7 @@ class PgStore:
         # Endpoints whose secrets those keys do not open, lately (read by /ready too).
         self.unopened = unopened if unopened is not None else UnopenedSecrets()
         self._vacuum = QueueVacuum(pool)
-        self._idle_settle = idle_settle
-        self._settle_again_at = 0.0  # time.monotonic() from which going idle waits again
+        self._settle = SettleWait(idle_settle)
 
     async def vacuumed(self) -> None:
         """Until the queue's vacuum that completions started (if any) has ended."""
@@ -159,40 +148,32 @@ class PgStore:
             await self._pool.execute(QUERIES["sweep_deleted_endpoints"])
             await self._vacuum.if_due()
 
-    async def set_idle(self, relay_id: UUID, idle: bool) -> bool:
-        """Write our idle flag; going idle, wait (bounded) for the commits of producers that
-        may have read it busy, so that the claim after this sees their events (0018). False
-        when another transaction holds our row with the flag the other way: nothing written,
-        try again shortly (0019)."""
+    async def go_idle(self, relay_id: UUID, limit: int, lease: float) -> IdleTurn:
+        """Mark the relay idle, so that producers notify it, then, in the same statement,
+        :meth:`claim` and, if that took nothing, :meth:`next_due` (0020). Going idle waits
+        (bounded) for the commits of producers that may have read the flag busy, so that the
+        claim sees their events (0018); the claim runs only when they were waited for, else
+        ``claimed`` is False and the caller claims. Not ``written`` when another transaction
+        holds the row flagged busy: nothing written, try again shortly (0019)."""
         now = time.monotonic()
-        settle = self._idle_settle if now >= self._settle_again_at else 0.0
         with translate_errors():
-            outcome = await self._pool.fetchval(
-                QUERIES["set_relay_idle"],
+            rows = await self._claims.fetch(
+                QUERIES["claim_going_idle"],
                 relay_id,
-                idle,
                 socket.gethostname(),
                 os.getpid(),
-                settle,
+                self._settle.seconds(now),
                 ROW_WAIT,
+                limit,
+                lease,
+                max(limit, 100),
+                self._max_claims,
             )
-        if outcome == "busy":
-            return False
-        if outcome == "held":
-            # Another transaction holds our row with the flag already as wanted (0019): a
-            # producer flipping it notifies when it commits, producers notify meanwhile.
-            log.debug("relay row held by another transaction; its flag already as wanted")
-        elif outcome != "settled":
-            self._settle_again_at = now + IDLE_SETTLE_PAUSE
-            log.warning(
-                "going idle, waited past IDLE_SETTLE_TIMEOUT for producers' commits (a "
-                "transaction may hold their wake-up lock: a prepared one, or one that set the "
-                "outbox's triggers IMMEDIATE); not waiting for a while, so an event committed "
-                "as the relay goes idle may wait for the poll",
-                idle_settle_timeout=self._idle_settle,
-                pause_seconds=IDLE_SETTLE_PAUSE,
-            )
-        return True
+        *claimed, last = rows
+        if not self._settle.written(last["idle_state"], now):
+            return IdleTurn(written=False)
+        jobs = await self._jobs(relay_id, claimed) if claimed else []
+        return IdleTurn(True, bool(last["claimed"]), jobs, last["next_due"])
 
     async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]:
         """Fan fresh events out into deliveries, then lease what is due within each endpoint's
@@ -201,6 +182,11 @@ class PgStore:
             rows = await self._claims.fetch(
                 QUERIES["claim_due"], limit, lease, relay_id, max(limit, 100), self._max_claims
             )
+        return await self._jobs(relay_id, rows)
+
+    async def _jobs(self, relay_id: UUID, rows: Sequence[asyncpg.Record]) -> list[Job]:
+        """The jobs of claimed rows: poison the claim buried is logged, deliveries whose
+        secrets our keys do not open are handed back."""
         jobs = []
         unopened: dict[UUID, list[int]] = {}
         for row in rows:

@@ -374,6 +374,33 @@ async def _trigger(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
     return plans
 
 
+async def _function_statements(
+    conn: asyncpg.Connection, signature: str, variables: list[str], args: list[Any], count: int
+) -> list[Plan]:
+    """The plans of the statements of a PL/pgSQL function, its variables as parameters."""
+    statements = body_statements(await _function_source(conn, signature), variables)
+    assert len(statements) == count, statements
+    plans = []
+    for sql in statements:
+        used = max((int(n) for n in re.findall(r"\$(\d+)", sql)), default=0)
+        plans.append(await explain(conn, sql, args[:used]))
+    return plans
+
+
+async def _going_idle(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
+    """courier.claim_going_idle (0020): courier.relay_idle's statements (the flag's upsert, the
+    look at it when its row is held), then the claim and the next due time (checked above)."""
+    relay_idle = (
+        "courier.relay_idle(uuid, boolean, text, integer, double precision, double precision)"
+    )
+    names = ["p_relay", "p_idle", "p_hostname", "p_pid"]
+    plans = await _function_statements(conn, relay_idle, names, [f["relay"], True, "h", 1], 2)
+    # What the call itself runs: the claim's rows, as a function scan (nothing to plan).
+    call = db.QUERIES["claim_going_idle"]
+    args = [f["relay"], "h", 1, 0.05, 0.01, 128, 30.0, 128, 10]
+    return [*plans, await explain(conn, call, args)]
+
+
 def _named(name: str, *args: Any) -> Any:
     async def run(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
         values = [a(f) if callable(a) else a for a in args]
@@ -420,11 +447,11 @@ STATEMENTS: dict[str, Any] = {
     ),
     "renew": _named("renew_leases", lambda f: f["leased"], LEASE_HOLDER, 30.0),
     "release": _named("release_leases", lambda f: f["leased"], LEASE_HOLDER),
-    "next due": _named("next_due"),
+    "next due": lambda c, f: _function_statements(c, "courier.next_due()", [], [], 1),
     "gauges": _named("delivery_gauges"),
     "housekeeping sweep": _named("sweep_deleted_endpoints"),
     "vacuum check": _named("queue_vacuum_due", 10_000, 60.0),
-    "relay idle flag": _named("set_relay_idle", lambda f: f["relay"], True, "host", 1, 0.05, 0.01),
+    "going idle": _going_idle,
     "dead letters: list": _named("list_dead", None, None, None, None, None, None, 101, None),
     "dead letters: list filtered": _named(
         "list_dead",

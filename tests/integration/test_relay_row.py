@@ -153,7 +153,7 @@ async def test_a_transaction_holding_the_producers_lock_holds_up_going_idle_once
     settle = 2.0
     waiting = (
         "SELECT count(*) > 0 FROM pg_stat_activity"
-        " WHERE wait_event_type = 'Lock' AND query LIKE '%relay_idle%'"
+        " WHERE wait_event_type = 'Lock' AND query LIKE '%claim_going_idle%'"
     )
     async with idle_relay(relay, conn, idle_settle_timeout=settle) as rt:
         polls = rt.relay.wakeups["poll"]

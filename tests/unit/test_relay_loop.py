@@ -18,6 +18,7 @@ import pytest
 import structlog.testing
 
 from pgcourier.errors import DatabaseUnavailable, InvalidInput
+from pgcourier.going_idle import IdleTurn
 from pgcourier.model import AttemptResult, Completion, Job
 from pgcourier.policy import Delivered, Retry
 from pgcourier.relay import Relay, RelayConfig
@@ -45,6 +46,7 @@ class FakeStore:
         self.batches = 0
         self.released: list[int] = []
         self.idle_calls: list[bool] = []
+        self.calls: list[str] = []  # claim, go_idle and next_due, in order
         self.fail_completes = fail_completes
         self.registered = False
         self.abandoned = False
@@ -61,15 +63,23 @@ class FakeStore:
     async def reap(self, older_than: float, *, keep: uuid.UUID | None = None) -> None:
         pass
 
-    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> bool:
-        self.idle_calls.append(idle)
-        return True
+    async def go_idle(self, relay_id: uuid.UUID, limit: int, lease: float) -> IdleTurn:
+        # As courier.claim_going_idle: the flag, then a claim, then the next due time.
+        self.calls.append("go_idle")
+        self.idle_calls.append(True)
+        jobs = self._take(limit)
+        return IdleTurn(True, True, jobs, None)
 
     async def claim(self, relay_id: uuid.UUID, limit: int, lease: float) -> list[Job]:
+        self.calls.append("claim")
+        return self._take(limit)
+
+    def _take(self, limit: int) -> list[Job]:
         taken, self.queue = self.queue[:limit], self.queue[limit:]
         return taken
 
     async def next_due(self) -> datetime | None:
+        self.calls.append("next_due")
         return None
 
     async def complete(self, relay_id: uuid.UUID, batch: Sequence[Completion]) -> None:
@@ -256,16 +266,40 @@ async def test_stop_during_a_completion_write_does_not_release_those_leases() ->
     assert store.released == []
 
 
+async def test_going_idle_claims_and_reads_the_next_due_time_in_the_same_call() -> None:
+    # Per event at an idle relay: the claim that takes it, the one that finds nothing, and
+    # going idle, which claims once more and reads the next due time itself (0020). It was five
+    # round trips: those two claims, the flag, one more claim, the next due time.
+    store = FakeStore([make_job(0)])
+    config = dataclasses.replace(CONFIG, poll_interval=60.0)
+    relay = Relay(store=store, transport=FakeTransport(), config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while not (store.completed and store.idle_calls):
+                await asyncio.sleep(0.01)
+            assert store.calls == ["claim", "claim", "go_idle"]
+            store.queue.append(make_job(1))
+            relay.notify()  # as a producer does, having flipped the flag
+            while not (len(store.completed) == 2 and len(store.idle_calls) == 2):
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert store.calls == ["claim", "claim", "go_idle"] * 2
+
+
 class NotifiedWhileMarkingIdle(FakeStore):
     """A producer flips the relay back to busy (and notifies) while it is marking itself idle."""
 
     relay: Relay
 
-    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> bool:
-        await super().set_idle(relay_id, idle)
+    async def go_idle(self, relay_id: uuid.UUID, limit: int, lease: float) -> IdleTurn:
+        turn = await super().go_idle(relay_id, limit, lease)
         if len(self.idle_calls) == 1:
             self.relay.notify()
-        return True
+        return turn
 
 
 async def test_a_notify_during_marking_idle_is_not_overwritten() -> None:
@@ -502,9 +536,9 @@ class RawFaultStore(FakeStore):
         self._maybe_fail("heartbeat")
         return await super().heartbeat(relay_id)
 
-    async def set_idle(self, relay_id: uuid.UUID, idle: bool) -> bool:
-        self._maybe_fail("set_idle")
-        return await super().set_idle(relay_id, idle)
+    async def go_idle(self, relay_id: uuid.UUID, limit: int, lease: float) -> IdleTurn:
+        self._maybe_fail("go_idle")
+        return await super().go_idle(relay_id, limit, lease)
 
     async def next_due(self) -> datetime | None:
         self._maybe_fail("next_due")
