@@ -201,6 +201,7 @@ class Relay:
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         cfg = self._config
+        woke = False  # whether the relay slept since its last claim
         while not stop.is_set():
             free = self._prefetch - self._active
             if free < self._min_claim:
@@ -222,10 +223,15 @@ class Relay:
                 log_failure("claim failed; retrying", exc)
                 await first(stop.wait(), asyncio.sleep(cfg.db_retry_interval))
                 continue
+            after_sleep, woke = woke, False
             if jobs:
                 self._take(jobs)
-                continue
-            if await self._fan_out_backlog():
+                if not (after_sleep and len(jobs) < free and not self._idle):
+                    continue
+                # Woken, and the claim took less than it could: at a trickle (an event per
+                # wake-up) the next claim finds nothing. Going idle claims once more anyway,
+                # so go idle now and spare that round trip.
+            elif await self._fan_out_backlog():
                 continue  # new deliveries: claim them before going idle
             if not self._idle:
                 # Going idle: from now on producers notify us. The same round trip claims once
@@ -240,9 +246,11 @@ class Relay:
                 if turn.written:
                     self._arm_due(turn.next_due)
                     await self._alarm.sleep(stop)
+                    woke = True
                     continue
             await self._arm_next_due()
             await self._alarm.sleep(stop)
+            woke = True
 
     def _take(self, jobs: Sequence[Job]) -> None:
         # No need to mark ourselves busy: while we are flagged idle, the first producer to

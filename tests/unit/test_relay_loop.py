@@ -267,9 +267,10 @@ async def test_stop_during_a_completion_write_does_not_release_those_leases() ->
 
 
 async def test_going_idle_claims_and_reads_the_next_due_time_in_the_same_call() -> None:
-    # Per event at an idle relay: the claim that takes it, the one that finds nothing, and
-    # going idle, which claims once more and reads the next due time itself (0020). It was five
-    # round trips: those two claims, the flag, one more claim, the next due time.
+    # Per event at an idle relay: the claim that takes it, and going idle, which claims once
+    # more and reads the next due time itself (0020). It was five round trips: the claim, one
+    # that found nothing, the flag, one more claim, the next due time. (Not yet woken, the
+    # relay claims until a claim finds nothing, as under load.)
     store = FakeStore([make_job(0)])
     config = dataclasses.replace(CONFIG, poll_interval=60.0)
     relay = Relay(store=store, transport=FakeTransport(), config=config)
@@ -287,7 +288,30 @@ async def test_going_idle_claims_and_reads_the_next_due_time_in_the_same_call() 
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
-    assert store.calls == ["claim", "claim", "go_idle"] * 2
+    assert store.calls == ["claim", "claim", "go_idle", "claim", "go_idle"]
+
+
+async def test_woken_for_a_full_claim_the_relay_claims_again_before_going_idle() -> None:
+    # A claim that took all it could says nothing about what is left: claim again.
+    store = FakeStore()
+    config = dataclasses.replace(CONFIG, poll_interval=60.0)  # room for 8 jobs (max_in_flight 4)
+    relay = Relay(store=store, transport=FakeTransport(delay=0.05), config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while not store.idle_calls:
+                await asyncio.sleep(0.01)
+            store.calls.clear()
+            store.queue.extend(make_job(i) for i in range(8))
+            relay.notify()
+            while not (len(store.completed) == 8 and len(store.idle_calls) == 2):
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert store.calls[:2] == ["claim", "claim"]
+    assert store.calls[-1] == "go_idle"
 
 
 class NotifiedWhileMarkingIdle(FakeStore):
