@@ -9,23 +9,34 @@
 -- courier.claim_going_idle makes them one statement, so one transaction, in this order:
 -- 1. courier.relay_idle, unchanged: the flag, then the wait for the producers' commits in
 --    progress, under the producers' lock (0018), which is now held until the claim below has
---    ended. That only widens the window in which producers cannot have their shared lock and
---    so notify without reading the flags: nothing is missed, a few producers notify.
--- 2. The session's lock_timeout back (relay_idle sets one for its own waits, transaction-wide):
---    the claim must not time out where it would have waited.
--- 3. courier.claim, only when the producers whose commits were in progress were waited for
---    ('settled' with a wait) or the flag already said idle ('held'): a new statement, so it
---    sees their events. Its flag write is not committed yet, so a producer that commits during
---    this claim and reads the flags reads "busy" and does not notify: only the producers' lock,
---    which it cannot have, makes it notify. Without that lock held ('settled' without a wait:
---    IDLE_SETTLE_TIMEOUT=0 or paused; 'unsettled'; 'busy') nothing is claimed here: the relay
---    claims in a statement of its own after this one has committed, as before.
--- 4. When the claim took nothing: the next due time, as the named query next_due (now
+--    ended (and this commit: the relay's claim session commits without waiting for its WAL
+--    flush). Producers that commit meanwhile cannot have their shared lock, so they notify
+--    without reading the flags: nothing is missed, a few more notifications go out.
+-- 2. courier.claim, only when the producers whose commits were in progress were waited for
+--    ('settled' with a wait) or the flag already said idle ('held': the row is locked and its
+--    committed flag says idle, so producers notify, 0017): a new statement, so it sees their
+--    events. The flag write is not committed yet, so a producer that commits during this claim
+--    and reads the flags reads "busy": only the producers' lock (or the held row) makes it
+--    notify. Without either ('settled' without a wait: IDLE_SETTLE_TIMEOUT=0 or paused;
+--    'unsettled'; 'busy') nothing is claimed here: the relay claims in a statement of its own
+--    after this one has committed, as before 0020.
+--    That claim must not hold the producers' lock for long: other relays going idle queue
+--    behind it (past their IDLE_SETTLE_TIMEOUT they give up waiting for producers, for 10 s).
+--    A claim waits for a lock only in rare cases (an endpoint's row that an operator or a
+--    completion holds, when the claim spends rate tokens or sends a circuit's probe), and here
+--    it waits at most p_row_wait: past that it is undone (a subtransaction) and claimed says
+--    false, so the relay claims on its own, waiting as long as any claim does. (Its rows are
+--    not returned: courier.claim, PL/pgSQL, hands over its result only once it has ended.)
+--    (relay_idle's lock_timeouts and this one are local to this statement's transaction.)
+-- 3. When the claim took nothing: the next due time, as the named query next_due (now
 --    courier.next_due, which that query calls: one text for both).
+-- now() is this transaction's start, before the wait for producers (50 ms at most by
+-- default): a retry that comes due during that wait is not due for this claim, and comes back
+-- as a next due time already past, which the relay looks at again after 50 ms.
 --
 -- Every row returned is a claimed delivery (courier.claim's columns, idle_state and next_due
 -- NULL), then one last row with id NULL: idle_state (relay_idle's answer), claimed (whether
--- step 3 ran) and next_due (step 4, NULL when not read).
+-- step 2 ran and was kept) and next_due (step 3, NULL when not read).
 -- (PL/pgSQL, not SQL: before Postgres 18 a SQL function that cannot be inlined is planned
 -- again on every call; PL/pgSQL keeps its statements' plans for the session.)
 CREATE FUNCTION courier.next_due() RETURNS timestamptz
@@ -64,20 +75,24 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_lock_timeout text := current_setting('lock_timeout');
     v_state text;
     v_claim boolean;
 BEGIN
     v_state := courier.relay_idle(p_relay, true, p_hostname, p_pid, p_settle, p_row_wait);
-    PERFORM set_config('lock_timeout', v_lock_timeout, true);
     v_claim := v_state = 'held' OR (v_state = 'settled' AND coalesce(p_settle, 0) > 0);
     IF v_claim THEN
-        RETURN QUERY
-        SELECT c.*, NULL::text, NULL::boolean, NULL::timestamptz
-        FROM courier.claim(p_limit, p_lease, p_relay, p_fan_out, p_max_claims) AS c;
-        IF NOT FOUND THEN
-            next_due := courier.next_due();
-        END IF;
+        PERFORM set_config('lock_timeout', greatest(ceil(p_row_wait * 1000), 1)::bigint || 'ms',
+                           true);
+        BEGIN
+            RETURN QUERY
+            SELECT c.*, NULL::text, NULL::boolean, NULL::timestamptz
+            FROM courier.claim(p_limit, p_lease, p_relay, p_fan_out, p_max_claims) AS c;
+            IF NOT FOUND THEN
+                next_due := courier.next_due();
+            END IF;
+        EXCEPTION WHEN lock_not_available THEN
+            v_claim := false;
+        END;
     END IF;
     idle_state := v_state;
     claimed := v_claim;

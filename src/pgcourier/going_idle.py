@@ -44,6 +44,9 @@ class IdleTurn:
     jobs: list[Job] = field(default_factory=list)
     #: The next due time, read when the claim took nothing (None: nothing is due, or not read).
     next_due: datetime | None = None
+    #: Rows the claim returned: more than ``jobs`` when some were buried as poison or handed
+    #: back (secrets our keys do not open). Then the next due time was not read: claim again.
+    rows: int = 0
 
 
 class SettleWait:

@@ -237,12 +237,14 @@ class Relay:
                 # Going idle: from now on producers notify us. The same round trip claims once
                 # more, for anything committed by a producer that saw us busy, and reads the
                 # next due time for our timer (0020).
-                turn = await self._go_idle(free)
+                turn = await self._go_idle(self._prefetch - self._active)
                 if turn.jobs:
                     self._take(turn.jobs)
                     continue
-                if turn.written and not turn.claimed:
-                    continue  # flagged idle, but the claim must be a statement of its own
+                if turn.written and (not turn.claimed or turn.rows):
+                    # Flagged idle, but the claim must be a statement of its own, or it
+                    # returned only rows buried as poison or handed back: claim again.
+                    continue
                 if turn.written:
                     self._arm_due(turn.next_due)
                     await self._alarm.sleep(stop)
@@ -283,13 +285,13 @@ class Relay:
         self._fan_out_behind = taken >= self.FAN_OUT_BATCH
         return taken > 0
 
-    async def _go_idle(self, free: int) -> IdleTurn:
-        """Flag ourselves idle so that producers notify us, and claim up to ``free`` (see
+    async def _go_idle(self, room: int) -> IdleTurn:
+        """Flag ourselves idle so that producers notify us, and claim up to ``room`` (see
         :meth:`RelayStore.go_idle`). Not ``written`` if the write failed or was not made: then
         look again shortly (producers that read us busy do not notify)."""
         seen = self._notifications
         try:
-            turn = await self._store.go_idle(self.id, free, self._config.lease)
+            turn = await self._store.go_idle(self.id, room, self._config.lease)
         except Exception as exc:
             log_failure("could not update relay state", exc)
             return IdleTurn(written=False)

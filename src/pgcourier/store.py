@@ -152,9 +152,11 @@ class PgStore:
         """Mark the relay idle, so that producers notify it, then, in the same statement,
         :meth:`claim` and, if that took nothing, :meth:`next_due` (0020). Going idle waits
         (bounded) for the commits of producers that may have read the flag busy, so that the
-        claim sees their events (0018); the claim runs only when they were waited for, else
-        ``claimed`` is False and the caller claims. Not ``written`` when another transaction
-        holds the row flagged busy: nothing written, try again shortly (0019)."""
+        claim sees their events (0018). The claim runs there only after that wait, or when the
+        row is held and already says idle (producers notify then, 0019), and only if it waits
+        for no lock for long; else ``claimed`` is False and the caller claims. Not ``written``
+        when another transaction holds the row flagged busy: nothing written, try again
+        shortly (0019)."""
         now = time.monotonic()
         with translate_errors():
             rows = await self._claims.fetch(
@@ -173,7 +175,7 @@ class PgStore:
         if not self._settle.written(last["idle_state"], now):
             return IdleTurn(written=False)
         jobs = await self._jobs(relay_id, claimed) if claimed else []
-        return IdleTurn(True, bool(last["claimed"]), jobs, last["next_due"])
+        return IdleTurn(True, bool(last["claimed"]), jobs, last["next_due"], len(claimed))
 
     async def claim(self, relay_id: UUID, limit: int, lease: float) -> list[Job]:
         """Fan fresh events out into deliveries, then lease what is due within each endpoint's

@@ -3,7 +3,7 @@
 The relay's side of the idle protocol (the flag, the wait for producers' commits, the row held
 by another transaction) is in test_relay_row.py; these check what the one statement does
 beside it: claim only when the producers it may have missed were waited for, read the next due
-time when the claim took nothing, and leave the claim the session's own lock waits.
+time when the claim took nothing, and never hold the producers' lock through a lock wait.
 """
 
 from __future__ import annotations
@@ -112,24 +112,35 @@ async def test_going_idle_writes_and_claims_nothing_while_its_busy_row_is_held(
     assert await conn.fetchval(IDLE, relay) is False
 
 
-async def test_the_claim_in_going_idle_waits_for_locks_as_any_claim(conn, dsn: str, store) -> None:
-    """courier.relay_idle bounds its own waits with a lock_timeout for the whole transaction
-    (50 ms for the producers, 10 ms for the row): the claim after it in the same statement
-    must wait as a claim does, not fail after 50 ms. A rate-limited endpoint's claim writes its
-    tokens into the endpoint's row, which another transaction holds here for 300 ms."""
+async def test_going_idle_never_holds_the_producers_lock_through_a_lock_wait(
+    conn, dsn: str, store
+) -> None:
+    """The claim in going idle runs under the producers' lock, which other relays going idle
+    wait for: it waits for no other lock for long (relay_idle's row wait, 10 ms). Here another
+    transaction holds a rate-limited endpoint's row, which the claim writes (its tokens): going
+    idle gives the claim up, undone (no lease, no fan-out), and says so; the relay's own claim
+    then waits as any claim does."""
     endpoint = await _endpoint(conn, rate_limit=100.0)
     await ops.enqueue(conn, "order.paid", {"n": 1})
+    relay = uuid.uuid4()
     holder = await asyncpg.connect(dsn)
     try:
         async with holder.transaction():
             await holder.execute(
                 "SELECT 1 FROM courier.endpoints WHERE id = $1 FOR UPDATE", uuid.UUID(endpoint)
             )
-            going = asyncio.create_task(store.go_idle(uuid.uuid4(), limit=10, lease=60))
+            turn = await asyncio.wait_for(store.go_idle(relay, limit=10, lease=60), 1)
+            assert (turn.written, turn.claimed, turn.jobs) == (True, False, [])
+            assert await conn.fetchval("SELECT count(*) FROM courier.queue") == 0
+            assert await conn.fetchval(IDLE, relay) is True
+            async with conn.transaction():  # a producer's try of the lock, now: free
+                assert await conn.fetchval(
+                    "SELECT pg_try_advisory_xact_lock_shared(courier.producers_lock())"
+                )
+            claiming = asyncio.create_task(store.claim(relay, limit=10, lease=60))
             await asyncio.sleep(0.3)
-            assert not going.done()
-        turn = await asyncio.wait_for(going, 5)
+            assert not claiming.done()
+        jobs = await asyncio.wait_for(claiming, 5)
     finally:
         await holder.close()
-    assert (turn.written, turn.claimed) == (True, True)
-    assert [job.event_type for job in turn.jobs] == ["order.paid"]
+    assert [job.event_type for job in jobs] == ["order.paid"]

@@ -291,6 +291,92 @@ async def test_going_idle_claims_and_reads_the_next_due_time_in_the_same_call() 
     assert store.calls == ["claim", "claim", "go_idle", "claim", "go_idle"]
 
 
+class GoingIdleWithoutItsClaim(FakeStore):
+    """Going idle once answers as it does when the claim could not be made in it ('unsettled',
+    no settle wait, a lock wait: claimed False), not written ('busy'), or with a claim whose
+    rows were all buried or handed back; meanwhile an event came that only a claim sees."""
+
+    def __init__(self, turn: IdleTurn) -> None:
+        super().__init__()
+        self.turn = turn
+
+    async def go_idle(self, relay_id: uuid.UUID, limit: int, lease: float) -> IdleTurn:
+        if len(self.idle_calls) == 1:  # the relay's second going idle: after a first event
+            self.calls.append("go_idle")
+            self.idle_calls.append(True)
+            self.queue.append(make_job(99))
+            return self.turn
+        return await super().go_idle(relay_id, limit, lease)
+
+
+@pytest.mark.parametrize(
+    "turn",
+    [
+        IdleTurn(written=True, claimed=False),
+        IdleTurn(written=False),
+        IdleTurn(written=True, claimed=True, rows=1),
+    ],
+    ids=["not-claimed", "not-written", "rows-but-no-jobs"],
+)
+async def test_going_idle_that_claimed_nothing_it_could_is_followed_by_a_claim(
+    turn: IdleTurn,
+) -> None:
+    store = GoingIdleWithoutItsClaim(turn)
+    config = dataclasses.replace(CONFIG, poll_interval=60.0)  # a sleep would be for good
+    relay = Relay(store=store, transport=FakeTransport(), config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while not store.idle_calls:
+                await asyncio.sleep(0.01)
+            store.queue.append(make_job(0))
+            relay.notify()
+            while len(store.completed) < 2:  # job 99 too: claimed well before the poll
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert sorted(c.job.delivery_id for c in store.completed) == [0, 99]
+
+
+async def test_going_idle_claims_only_the_room_left_after_the_claim_before_it() -> None:
+    store = FakeStore()
+    limits: list[int] = []
+    claim = store.claim
+
+    async def recording(relay_id: uuid.UUID, limit: int, lease: float) -> list[Job]:
+        limits.append(limit)
+        return await claim(relay_id, limit, lease)
+
+    store.claim = recording  # type: ignore[method-assign]
+    going_idle = store.go_idle
+
+    async def recording_idle(relay_id: uuid.UUID, limit: int, lease: float) -> IdleTurn:
+        limits.append(limit)
+        return await going_idle(relay_id, limit, lease)
+
+    store.go_idle = recording_idle  # type: ignore[method-assign]
+    config = dataclasses.replace(CONFIG, poll_interval=60.0)  # room for 8 (max_in_flight 4)
+    relay = Relay(store=store, transport=FakeTransport(delay=0.2), config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while not store.idle_calls:
+                await asyncio.sleep(0.01)
+            limits.clear()
+            store.queue.extend(make_job(i) for i in range(3))
+            relay.notify()
+            while len(store.idle_calls) < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    # Woken, the claim took 3 of 8: going idle may take the 5 left, not 8 more.
+    assert limits[:2] == [8, 5]
+
+
 async def test_woken_for_a_full_claim_the_relay_claims_again_before_going_idle() -> None:
     # A claim that took all it could says nothing about what is left: claim again.
     store = FakeStore()
