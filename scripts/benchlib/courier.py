@@ -124,13 +124,24 @@ def pct(values: list[float], p: float) -> float:
     return values[k]
 
 
-async def produce_at_rate(dsn: str, rate: float, n: int, statement: Callable[[float], str]) -> None:
+async def produce_at_rate(
+    dsn: str,
+    rate: float,
+    n: int,
+    statement: Callable[[float], str],
+    pids: list[int] | None = None,
+) -> None:
     """Open-loop producers: event i is committed at start + i/rate (or at once when behind).
 
     ``statement(t)`` is the transaction to send; t, the wall-clock time taken just before it is
-    sent, goes into the payload."""
+    sent, goes into the payload. The producers' backends are added to ``pids``, if given (a
+    CpuMeter leaves them out)."""
     workers = max(1, min(8, int(rate) // 250))
-    conns = [await asyncpg.connect(dsn) for _ in range(workers)]
+    conns = []
+    for _ in range(workers):
+        conns.append(await asyncpg.connect(dsn))
+        if pids is not None:
+            pids.append(conns[-1].get_server_pid())
     start = time.monotonic() + 0.1
 
     async def worker(k: int, conn: asyncpg.Connection) -> None:

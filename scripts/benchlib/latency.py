@@ -11,7 +11,9 @@ from typing import Any
 from benchlib import courier, pgq
 from benchlib.courier import pct
 from benchlib.measures import Bench
-from benchlib.sizes import IDLE_RATE, phase_name
+from benchlib.procs import CpuMeter, MachineMeter, Watched
+from benchlib.servers import database_name
+from benchlib.sizes import COST_RATE, IDLE_RATE, phase_name
 from pgcourier import ops
 
 
@@ -32,14 +34,35 @@ async def phases(
     plan: tuple[tuple[int, float], ...],
     statement: Callable[[float], str],
     prefix: str,
+    process: Watched,
 ) -> None:
     for rate, seconds in plan:
         await asyncio.sleep(0.5)  # idle again after the previous phase
         await bench.receiver.reset("latency")
         n = int(rate * seconds)
-        await courier.produce_at_rate(dsn, rate, n, statement)
+        if rate != COST_RATE:
+            await courier.produce_at_rate(dsn, rate, n, statement)
+            await bench.receiver.wait_count(n, timeout=120)
+            bench.results[prefix + phase_name(rate)] = summary(await bench.receiver.latencies())
+            continue
+        # What a steady trickle costs (most deployments' load, unlike a drain): the queue's
+        # process and its Postgres backends, the producers' backends left out.
+        producers: list[int] = []
+        meter = CpuMeter(await bench.conn(dsn), database_name(dsn), producers)
+        await meter.start()
+        cpu0, machine = process.cpu_seconds(), MachineMeter()
+        await courier.produce_at_rate(dsn, rate, n, statement, producers)
         await bench.receiver.wait_count(n, timeout=120)
-        bench.results[prefix + phase_name(rate)] = summary(await bench.receiver.latencies())
+        machine.stop()
+        own = process.cpu_seconds() - cpu0
+        pg = await meter.stop()
+        await meter.conn.close()
+        result = summary(await bench.receiver.latencies())
+        result["cpu_s_per_1000"] = (own + pg["backends"]) / n * 1000
+        result["process_cpu_s_per_1000"] = own / n * 1000
+        result["backends_cpu_s_per_1000"] = pg["backends"] / n * 1000
+        result["machine_cpu_s_per_1000"] = machine.busy / n * 1000
+        bench.results[prefix + phase_name(rate)] = result
 
 
 async def latency(bench: Bench) -> None:
@@ -50,7 +73,7 @@ async def latency(bench: Bench) -> None:
         async with bench.relay() as relay:
             await courier.wait_relay_idle(conn)
             await phases(
-                bench, bench.dsn, bench.sizes.latency_phases, courier.latency_statement, ""
+                bench, bench.dsn, bench.sizes.latency_phases, courier.latency_statement, "", relay
             )
             relay.check_alive("the relay")
     finally:
@@ -66,6 +89,7 @@ async def latency(bench: Bench) -> None:
                 bench.sizes.pgq_latency_phases,
                 pgq.latency_statement,
                 "pgqueuer ",
+                consumer,
             )
             consumer.check_alive("PgQueuer's consumer")
     finally:

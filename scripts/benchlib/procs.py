@@ -183,7 +183,9 @@ class CpuMeter:
             await self._sample(baseline=False)
 
     async def start(self) -> None:
-        self.exclude = [*self.exclude, self.conn.get_server_pid()]
+        # The caller's list, extended in place: pids it adds during the window (producers'
+        # backends) are left out too, at stop() if a sample caught them before.
+        self.exclude.append(self.conn.get_server_pid())
         await self._sample(baseline=True)
         self._task = asyncio.create_task(self._poll())
 
@@ -193,7 +195,9 @@ class CpuMeter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._sample(baseline=False)
-        spent = {pid: self.last[pid] - self.first[pid] for pid in self.last}
+        spent = {
+            pid: self.last[pid] - self.first[pid] for pid in self.last if pid not in self.exclude
+        }
         clients = sum(v for pid, v in spent.items() if self.kinds[pid] == "client backend")
         return {"backends": clients, "background": sum(spent.values()) - clients}
 
