@@ -47,6 +47,7 @@ class FakeStore:
         self.released: list[int] = []
         self.idle_calls: list[bool] = []
         self.calls: list[str] = []  # claim, go_idle and next_due, in order
+        self.limits: list[int] = []  # what each claim and going idle asked for, in order
         self.fail_completes = fail_completes
         self.registered = False
         self.abandoned = False
@@ -66,12 +67,14 @@ class FakeStore:
     async def go_idle(self, relay_id: uuid.UUID, limit: int, lease: float) -> IdleTurn:
         # As courier.claim_going_idle: the flag, then a claim, then the next due time.
         self.calls.append("go_idle")
+        self.limits.append(limit)
         self.idle_calls.append(True)
         jobs = self._take(limit)
         return IdleTurn(True, True, jobs, None)
 
     async def claim(self, relay_id: uuid.UUID, limit: int, lease: float) -> list[Job]:
         self.calls.append("claim")
+        self.limits.append(limit)
         return self._take(limit)
 
     def _take(self, limit: int) -> list[Job]:
@@ -266,28 +269,42 @@ async def test_stop_during_a_completion_write_does_not_release_those_leases() ->
     assert store.released == []
 
 
+async def woken_once(
+    store: FakeStore, jobs: Sequence[Job], done: Callable[[], object], delay: float = 0.0
+) -> int:
+    """Run a relay until it first goes idle, then commit ``jobs`` and notify it, as a producer
+    does having flipped its flag; stop once ``done()``. The poll is a minute away, so a relay
+    that sleeps when it should not never gets there. Returns how many store calls came
+    before the wake-up."""
+    config = dataclasses.replace(CONFIG, poll_interval=60.0)  # room for 8 (max_in_flight 4)
+    relay = Relay(store=store, transport=FakeTransport(delay=delay), config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while not store.idle_calls:
+                await asyncio.sleep(0.01)
+            before = len(store.calls)
+            store.queue.extend(jobs)
+            relay.notify()
+            while not done():
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    return before
+
+
 async def test_going_idle_claims_and_reads_the_next_due_time_in_the_same_call() -> None:
     # Per event at an idle relay: the claim that takes it, and going idle, which claims once
     # more and reads the next due time itself (0020). It was five round trips: the claim, one
     # that found nothing, the flag, one more claim, the next due time. (Not yet woken, the
     # relay claims until a claim finds nothing, as under load.)
     store = FakeStore([make_job(0)])
-    config = dataclasses.replace(CONFIG, poll_interval=60.0)
-    relay = Relay(store=store, transport=FakeTransport(), config=config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        async with asyncio.timeout(5):
-            while not (store.completed and store.idle_calls):
-                await asyncio.sleep(0.01)
-            assert store.calls == ["claim", "claim", "go_idle"]
-            store.queue.append(make_job(1))
-            relay.notify()  # as a producer does, having flipped the flag
-            while not (len(store.completed) == 2 and len(store.idle_calls) == 2):
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
+    before = await woken_once(
+        store, [make_job(1)], lambda: len(store.completed) == 2 and len(store.idle_calls) == 2
+    )
+    assert store.calls[:before] == ["claim", "claim", "go_idle"]
     assert store.calls == ["claim", "claim", "go_idle", "claim", "go_idle"]
 
 
@@ -322,81 +339,30 @@ async def test_going_idle_that_claimed_nothing_it_could_is_followed_by_a_claim(
     turn: IdleTurn,
 ) -> None:
     store = GoingIdleWithoutItsClaim(turn)
-    config = dataclasses.replace(CONFIG, poll_interval=60.0)  # a sleep would be for good
-    relay = Relay(store=store, transport=FakeTransport(), config=config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        async with asyncio.timeout(5):
-            while not store.idle_calls:
-                await asyncio.sleep(0.01)
-            store.queue.append(make_job(0))
-            relay.notify()
-            while len(store.completed) < 2:  # job 99 too: claimed well before the poll
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
+    # Job 99 too, claimed well before the poll.
+    await woken_once(store, [make_job(0)], lambda: len(store.completed) >= 2)
     assert sorted(c.job.delivery_id for c in store.completed) == [0, 99]
 
 
 async def test_going_idle_claims_only_the_room_left_after_the_claim_before_it() -> None:
     store = FakeStore()
-    limits: list[int] = []
-    claim = store.claim
-
-    async def recording(relay_id: uuid.UUID, limit: int, lease: float) -> list[Job]:
-        limits.append(limit)
-        return await claim(relay_id, limit, lease)
-
-    store.claim = recording  # type: ignore[method-assign]
-    going_idle = store.go_idle
-
-    async def recording_idle(relay_id: uuid.UUID, limit: int, lease: float) -> IdleTurn:
-        limits.append(limit)
-        return await going_idle(relay_id, limit, lease)
-
-    store.go_idle = recording_idle  # type: ignore[method-assign]
-    config = dataclasses.replace(CONFIG, poll_interval=60.0)  # room for 8 (max_in_flight 4)
-    relay = Relay(store=store, transport=FakeTransport(delay=0.2), config=config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        async with asyncio.timeout(5):
-            while not store.idle_calls:
-                await asyncio.sleep(0.01)
-            limits.clear()
-            store.queue.extend(make_job(i) for i in range(3))
-            relay.notify()
-            while len(store.idle_calls) < 2:
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
+    jobs = [make_job(i) for i in range(3)]
+    before = await woken_once(store, jobs, lambda: len(store.idle_calls) >= 2, delay=0.2)
     # Woken, the claim took 3 of 8: going idle may take the 5 left, not 8 more.
-    assert limits[:2] == [8, 5]
+    assert store.limits[before : before + 2] == [8, 5]
 
 
 async def test_woken_for_a_full_claim_the_relay_claims_again_before_going_idle() -> None:
     # A claim that took all it could says nothing about what is left: claim again.
     store = FakeStore()
-    config = dataclasses.replace(CONFIG, poll_interval=60.0)  # room for 8 jobs (max_in_flight 4)
-    relay = Relay(store=store, transport=FakeTransport(delay=0.05), config=config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        async with asyncio.timeout(5):
-            while not store.idle_calls:
-                await asyncio.sleep(0.01)
-            store.calls.clear()
-            store.queue.extend(make_job(i) for i in range(8))
-            relay.notify()
-            while not (len(store.completed) == 8 and len(store.idle_calls) == 2):
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-    assert store.calls[:2] == ["claim", "claim"]
+    jobs = [make_job(i) for i in range(8)]
+    before = await woken_once(
+        store,
+        jobs,
+        lambda: len(store.completed) == 8 and len(store.idle_calls) == 2,
+        delay=0.05,
+    )
+    assert store.calls[before : before + 2] == ["claim", "claim"]
     assert store.calls[-1] == "go_idle"
 
 
