@@ -2,9 +2,10 @@
 
 Concurrency model (one relay process):
 
-* one claim loop leases work from Postgres and starts a delivery task per job;
-* a fixed pool of ``max_in_flight`` workers runs the HTTP attempts, fed by a queue that the
-  claim loop keeps up to twice that deep, so that sending never waits on a claim;
+* one claim loop (here) leases work from Postgres and hands each job to the workers;
+* a fixed pool of ``max_in_flight`` workers (:mod:`pgcourier.workers`) runs the HTTP attempts,
+  fed by a queue that the claim loop keeps up to twice that deep, so that sending never waits on
+  a claim;
 * one completer (:mod:`pgcourier.completer`) writes finished attempts in batches, one short
   transaction per batch: no transaction is ever open across HTTP;
 * one lease keeper (:mod:`pgcourier.leases`) renews the leases of everything this relay holds,
@@ -12,27 +13,24 @@ Concurrency model (one relay process):
 
 All of them live in one TaskGroup owned by :meth:`Relay.run`. None of them ends for a database
 fault, whatever the driver raises (:mod:`pgcourier.tasks`): the relay exits only when stopped.
-Stopping drains in-flight deliveries (up to ``shutdown_timeout``), writes their outcomes, hands
-back leases on whatever is left, and returns, within ``shutdown_timeout`` plus
-``2 * SHUTDOWN_GRACE`` whatever the database and the receivers do. Anything a killed relay held
-comes back on its own when its leases run out.
+Stopping (:mod:`pgcourier.stopping`) drains in-flight deliveries (up to ``shutdown_timeout``),
+writes their outcomes, hands back leases on whatever is left, and returns, within
+``shutdown_timeout`` plus ``2 * SHUTDOWN_GRACE`` whatever the database and the receivers do.
+Anything a killed relay held comes back on its own when its leases run out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 
-from pgcourier import attempts, policy
+from pgcourier import attempts, policy, stopping
 from pgcourier.completer import Completer
 from pgcourier.delivery import Transport
 from pgcourier.going_idle import IdleTurn
@@ -42,6 +40,7 @@ from pgcourier.model import AttemptResult, Completion, Job
 from pgcourier.store import RelayStore
 from pgcourier.tasks import first, log_failure, supervised
 from pgcourier.wakeup import Alarm
+from pgcourier.workers import DeliveryWorkers
 
 log = structlog.get_logger("pgcourier.relay")
 
@@ -89,37 +88,31 @@ class Relay:
     ) -> None:
         self.id = relay_id or uuid.uuid4()
         self._store = store
-        self._transport = transport
         self._config = config
         self._rng = rng or random.Random()
         self._metrics = metrics
         self._alarm = Alarm(poll_interval=config.poll_interval, metrics=metrics)
-        # Claimed jobs wait here for one of max_in_flight worker tasks (a fixed pool: creating a
-        # task per delivery cost more than the rest of the loop together).
-        self._queue: asyncio.Queue[Job] = asyncio.Queue()
-        self._workers: list[asyncio.Task[None]] = []
         self._leases = Leases(
             store=store, relay_id=self.id, lease=config.lease, on_reregistered=self._reregistered
         )
         # Jobs leased to this relay whose outcome is not written yet, by delivery id.
-        self._held = self._leases.held
+        held = self._leases.held
+        self._workers = DeliveryWorkers(
+            transport=transport,
+            held=held,
+            max_in_flight=config.max_in_flight,
+            attempted=self._attempted,
+        )
         self._completer = Completer(
             store=store,
             relay_id=self.id,
-            held=self._held,
+            held=held,
             decide=self._decide,
             on_recorded=self._recorded,
             on_flushed=self._flushed,
             flush_interval=config.completion_flush_interval,
             retry_interval=config.db_retry_interval,
         )
-        # Jobs claimed whose HTTP attempt has not finished (queued or in flight). The relay keeps
-        # up to `_prefetch` of them so that HTTP never waits for a claim round trip, and claims
-        # again once `_min_claim` slots are free so that claims stay batched.
-        self._active = 0
-        self._prefetch = 2 * config.max_in_flight
-        self._min_claim = max(1, config.max_in_flight // 4)
-        self._slot_freed = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         # Whether our row in courier.relays says idle, as far as we know. A NOTIFY means some
         # producer flipped it to busy; _notifications lets _go_idle see one that lands while
@@ -150,7 +143,9 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set, then drain and return."""
-        await self._retrying("register", lambda: self._store.register(self.id), stop)
+        await stopping.retrying(
+            "register", lambda: self._store.register(self.id), stop, self._config.db_retry_interval
+        )
         log.info("relay started", relay_id=str(self.id))
         try:
             async with asyncio.TaskGroup() as group:
@@ -169,10 +164,7 @@ class Relay:
                         name="pgcourier-lease-keeper",
                     ),
                 ]
-                self._workers = [
-                    asyncio.create_task(self._worker(), name=f"pgcourier-worker-{i}")
-                    for i in range(self._config.max_in_flight)
-                ]
+                self._workers.spawn()
                 try:
                     # The claim loop looks at ``stop`` between round trips; one to a database
                     # host that stopped answering would hold the stop for command_timeout (60 s),
@@ -185,34 +177,35 @@ class Relay:
                         stop.wait(),
                     )
                 finally:
-                    await self._drain()
+                    await stopping.drain(
+                        workers=self._workers,
+                        completer=self._completer,
+                        background=self._background,
+                        store=self._store,
+                        shutdown_timeout=self._config.shutdown_timeout,
+                        grace=self.SHUTDOWN_GRACE,
+                    )
         finally:
             self._alarm.cancel()
-            # Best effort, bounded: leases left behind expire, and a dead relay's row is reaped.
-            try:
-                async with asyncio.timeout(self.SHUTDOWN_GRACE):
-                    await self._leases.release_leftover()
-                    await self._store.deregister(self.id)
-            except TimeoutError:
-                log.warning("could not deregister in time; the row will be reaped")
-            except Exception as exc:
-                log_failure("could not deregister; the row will be reaped", exc)
+            await stopping.hand_back(
+                leases=self._leases, store=self._store, relay_id=self.id, grace=self.SHUTDOWN_GRACE
+            )
             log.info("relay stopped", relay_id=str(self.id))
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         cfg = self._config
         woke = False  # whether the relay slept since its last claim
         while not stop.is_set():
-            free = self._prefetch - self._active
-            if free < self._min_claim:
+            free = self._workers.room
+            if free < self._workers.min_claim:
                 # Enough work queued or in flight: wait until attempts finish and free room.
                 # Cleared before anything is awaited: room freed during the fan-out below sets
                 # it again, so that wake-up is not lost (it was: a relay with nothing in flight
                 # slept until stopped).
-                self._slot_freed.clear()
+                self._workers.slot_freed.clear()
                 if await self._fan_out_backlog():
                     continue
-                await first(stop.wait(), self._slot_freed.wait())
+                await first(stop.wait(), self._workers.slot_freed.wait())
                 continue
             # Clear before claiming: a NOTIFY that lands during the claim sets it again and the
             # next sleep returns at once, so no wake-up is lost between claim and sleep.
@@ -237,7 +230,7 @@ class Relay:
                 # Going idle: from now on producers notify us. The same round trip claims once
                 # more, for anything committed by a producer that saw us busy, and reads the
                 # next due time for our timer (0020).
-                turn = await self._go_idle(self._prefetch - self._active)
+                turn = await self._go_idle(self._workers.room)
                 if turn.jobs:
                     self._take(turn.jobs)
                     continue
@@ -259,7 +252,7 @@ class Relay:
         # commit flips the flag for us (and notifies once).
         if self._metrics:
             self._metrics.claim_batch_size.observe(len(jobs))
-        self._start(jobs)
+        self._workers.submit(jobs)
 
     async def _fan_out_backlog(self) -> bool:
         """Fan out a batch of a backlog of events; True if it took any.
@@ -327,55 +320,11 @@ class Relay:
         else:
             self._held_back = False
 
-    def _start(self, jobs: Sequence[Job]) -> None:
-        for job in jobs:
-            if job.delivery_id in self._held:
-                continue  # our own lease, re-claimed after it lapsed: it is already in flight
-            self._held[job.delivery_id] = job
-            self._active += 1
-            self._queue.put_nowait(job)
+    # -- after attempts --------------------------------------------------------------------
 
-    async def _worker(self) -> None:
-        while True:
-            job = await self._queue.get()
-            try:
-                await self._deliver(job)
-            except Exception as exc:
-                # A bug after the attempt (deciding, logging, metrics): its outcome is lost, so
-                # stop renewing its lease and let it be sent again when the lease runs out,
-                # rather than hold it forever. The worker itself carries on.
-                log_failure(
-                    "delivery failed; it will be sent again", exc, delivery_id=job.delivery_id
-                )
-                self._held.pop(job.delivery_id, None)
-            finally:
-                self._queue.task_done()
-
-    async def _deliver(self, job: Job) -> None:
-        try:
-            # (A job whose secret our keys do not open never gets here: the store hands it back.)
-            result = await self._transport.send(job)
-        except Exception as exc:
-            # Transports report failures as values; an exception here is a bug. Record it as
-            # a failed attempt so the delivery follows its retry schedule instead of sitting
-            # in _held, its lease renewed forever.
-            # A plain traceback, never a renderer's "locals" view: frames hold secrets and tokens.
-            log.error(
-                "transport raised",
-                delivery_id=job.delivery_id,
-                traceback="".join(traceback.format_exception(exc)),
-            )
-            result = AttemptResult(
-                started_at=datetime.now(UTC),
-                duration=0.0,
-                error=f"internal error: {type(exc).__name__}: {exc}",
-            )
-        finally:
-            # The slot frees when the attempt ends, not when its outcome is written: claiming
-            # more must not wait for the completion round trip.
-            self._active -= 1
-            if self._prefetch - self._active >= self._min_claim:
-                self._slot_freed.set()
+    def _attempted(self, job: Job, result: AttemptResult) -> None:
+        """A worker finished an attempt: decide its outcome, log and count it, and queue it for
+        the completer. (An exception here reaches the worker, which gives the job up.)"""
         outcome = self._decide(job, result)
         attempts.log_attempt(job, result, outcome)
         if self._metrics:
@@ -407,54 +356,3 @@ class Relay:
         # at the next poll).
         self._idle = False
         self._alarm.ring("reregistered")
-
-    # -- stopping ----------------------------------------------------------------------------
-
-    async def _drain(self) -> None:
-        """Stop: let in-flight deliveries finish and write their outcomes, within the shutdown
-        timeout (plus a grace for the last write) whatever the database or receivers do."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.shutdown_timeout
-        self._completer.deadline = deadline
-        # Jobs still queued were never sent: hand them back at once rather than start them now.
-        while not self._queue.empty():
-            self._queue.get_nowait()
-            self._queue.task_done()
-            self._active -= 1
-        in_flight = self._active
-        if in_flight:
-            log.info("draining in-flight deliveries", n=in_flight)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), self._config.shutdown_timeout)
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        # The completer writes what is pending and returns; it stops retrying at the deadline.
-        # A write still running after the grace is abandoned: it is one transaction, so it is
-        # recorded whole or not at all, and handing back leases afterwards only touches those
-        # still ours.
-        self._completer.closing.set()
-        left = deadline - loop.time() + self.SHUTDOWN_GRACE
-        _, late = await asyncio.wait(self._background, timeout=max(left, 0.0))
-        for task in late:
-            log.error("abandoning a task at shutdown", task=task.get_name())
-            task.cancel()
-        if late:
-            # They wait on a database that stopped answering, and a cancelled query still waits
-            # for its connection's release: without this the stop would take command_timeout.
-            self._store.abandon()
-        if self._completer.pending:
-            log.error(
-                "giving up on completions at shutdown; these deliveries will be sent again",
-                n=len(self._completer.pending),
-            )
-            self._completer.pending.clear()
-
-    async def _retrying(self, what: str, call: Any, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await call()
-                return
-            except Exception as exc:
-                log_failure(f"{what} failed; retrying", exc)
-                await first(stop.wait(), asyncio.sleep(self._config.db_retry_interval))
