@@ -375,15 +375,21 @@ async def _trigger(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
 
 
 async def _function_statements(
-    conn: asyncpg.Connection, signature: str, variables: list[str], args: list[Any], count: int
+    conn: asyncpg.Connection,
+    signature: str,
+    variables: list[str],
+    args: list[Any],
+    count: int,
+    types: list[str] | None = None,
 ) -> list[Plan]:
-    """The plans of the statements of a PL/pgSQL function, its variables as parameters."""
+    """The plans of the statements of a PL/pgSQL function, its variables as parameters (of
+    ``types``, where the statements alone do not tell)."""
     statements = body_statements(await _function_source(conn, signature), variables)
     assert len(statements) == count, statements
     plans = []
     for sql in statements:
         used = max((int(n) for n in re.findall(r"\$(\d+)", sql)), default=0)
-        plans.append(await explain(conn, sql, args[:used]))
+        plans.append(await explain(conn, sql, args[:used], types[:used] if types else None))
     return plans
 
 
@@ -434,10 +440,34 @@ def _completion(f: dict[str, Any]) -> list[Any]:
     ]
 
 
+# courier.complete_deliveries (0021): its parameters, their names and types.
+COMPLETION = (
+    ("p_ids", "bigint[]"),
+    ("p_status", "text[]"),
+    ("p_delay", "float8[]"),
+    ("p_code", "int[]"),
+    ("p_error", "text[]"),
+    ("p_started", "timestamptz[]"),
+    ("p_relay", "uuid"),
+    ("p_event", "uuid[]"),
+    ("p_endpoint", "uuid[]"),
+    ("p_attempt", "int[]"),
+    ("p_duration", "float8[]"),
+    ("p_body", "text[]"),
+    ("p_attempt_error", "text[]"),
+)
+
+
+async def _complete(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
+    names, types = [n for n, _ in COMPLETION], [t for _, t in COMPLETION]
+    signature = f"courier.complete_deliveries({', '.join(types)})"
+    return await _function_statements(conn, signature, names, _completion(f), 1, types)
+
+
 STATEMENTS: dict[str, Any] = {
     "claim": _claim,
     "producer trigger": _trigger,
-    "complete": lambda c, f: _named("complete_deliveries", *_completion(f))(c, f),
+    "complete": _complete,
     "hold key followers": _named(
         "hold_key_followers",
         lambda f: [r["endpoint_id"] for r in f["keyed"]],
