@@ -34,6 +34,15 @@ class FreezingProxy:
             writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Owned from the start: a connection accepted while frozen (a pool reconnecting) waits
+        # here, and only the proxy's end closes it and ends this wait (the server's close does
+        # neither; left to the garbage collector, its socket's ResourceWarning failed whichever
+        # test ran next in the process).
+        self._writers.append(writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._tasks.add(handler)
+            handler.add_done_callback(self._tasks.discard)
         await self._flowing.wait()
         parts = urlsplit(self._dsn)
         query = dict(parse_qsl(parts.query))
@@ -43,7 +52,7 @@ class FreezingProxy:
             up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
         else:
             up_reader, up_writer = await asyncio.open_connection(host, port)
-        self._writers += [writer, up_writer]
+        self._writers.append(up_writer)
         for task in (
             asyncio.create_task(self._pipe(reader, up_writer)),
             asyncio.create_task(self._pipe(up_reader, writer)),
