@@ -1,5 +1,5 @@
-"""A claim's work is bounded by the work in flight, not by the retries waiting at an endpoint,
-whatever the queue's statistics say (issue 11, under issue 10's rule).
+"""A claim's work is bounded by the work in flight, not by the retries waiting at an endpoint nor
+by a flood due at one, whatever the queue's statistics say (issue 11, under issue 10's rule).
 
 An endpoint that was down for a while comes back with a backlog of deliveries waiting for their
 retry (due later), a few leased, a few due. Every claim counts the endpoint's leased rows (its
@@ -8,8 +8,11 @@ could be planned through ``queue_endpoint_due`` (its ``due_at > now()`` matched 
 too), which holds every waiting retry: with the queue's statistics missing, every claim read
 all of them (10 ms a claim for 100,000 retries, on 15, 16 and 18 alike).
 
-Four databases, one per state of the queue's statistics: ``missing`` (migrated without its
-ANALYZE statements, never analyzed), ``stale`` (analyzed by the migration while empty),
+The same for a flood (``due_backlog``): 20,000 deliveries due at once at an endpoint whose
+``max_in_flight`` lets each claim take a few (0022).
+
+Four databases per backlog, one per state of the queue's statistics: ``missing`` (migrated
+without its ANALYZE statements, never analyzed), ``stale`` (analyzed by the migration while empty),
 ``vacuumed`` (analyzed while empty, then vacuumed with the backlog in it, as the relay's own
 vacuum does: the planner knows the table's size but nothing of its columns), ``analyzed``
 (fresh). Not here: statistics taken while every queued row was leased and the backlog come
