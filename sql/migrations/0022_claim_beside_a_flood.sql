@@ -6,15 +6,18 @@
 -- it (an ANALYZE, or the relay's own vacuum of the queue): step 2 found the endpoints with due
 -- work by a hash of every due row by endpoint (the EXISTS turned into a join), and the lease
 -- joined the picked rows to the queue by a hash join over all of it. Beside 40,000 due rows
--- each claim took 20 ms for 10 rows, so the flood drained at a few hundred a second, and every
--- other endpoint's deliveries waited behind those claims (the benchmark's tenant flood: +20 ms
--- p50 for a quiet tenant once the statistics had caught up). tests/integration/
--- test_claim_backlog.py now holds every claim statement to the rows it looks at beside such a
--- flood, with the statistics missing, stale, vacuumed or fresh, in both plan_cache_modes.
+-- each claim took 17-26 ms for 6-10 rows, so the flood drained at a few hundred a second,
+-- and every other endpoint's deliveries waited behind those claims (the benchmark's tenant
+-- flood: +20 ms p50 for a quiet tenant once the statistics had caught up).
+-- tests/integration/test_claim_backlog.py now holds every claim statement to the rows it
+-- looks at beside such a flood, with the statistics missing, stale, vacuumed or fresh, in both
+-- plan_cache_modes.
 --
 -- Step 2 finds the endpoints with queued work by a loose scan of queue_endpoint_due instead
 -- (one index descent per endpoint that holds deliveries); the lease and the poison burial
--- address the picked rows by id (primary-key probes). Nothing else changes.
+-- address the picked rows by id (primary-key probes), so the claim now returns its rows
+-- earliest due first explicitly (that order came from the join's plan until now). Same
+-- signature and result: a relay of 0021 runs unchanged on this schema.
 
 CREATE OR REPLACE FUNCTION courier.claim(
     p_limit integer, p_lease double precision, p_relay uuid, p_fan_out integer,
