@@ -105,12 +105,12 @@ BEGIN
         ) AS held
         WHERE ep.id = ANY (locked)
     ), picked AS (
-        -- (0009) claims rides along, read from the locked row: the lease and the burial below
-        -- split picked rows by it, and no other statement has to look for poison.
-        SELECT x.id, x.claims, x.due_at
+        -- (0022) due_at rides along for the order of the result. (The lease and the burial
+        -- below split the picked rows by their claims, read from the rows picked holds locked.)
+        SELECT x.id, x.due_at
         FROM room AS r
         CROSS JOIN LATERAL (
-            SELECT q.id, q.claims, q.due_at
+            SELECT q.id, q.due_at
             FROM courier.queue AS q
             WHERE q.endpoint_id = r.endpoint_id AND q.due_at <= now()
               AND (q.ordering_key IS NULL OR NOT EXISTS (
@@ -137,7 +137,7 @@ BEGIN
             claims = q.claims + 1
         -- (0022) The picked rows by their ids, one primary-key probe each: a join to picked
         -- may be planned as a hash join over the whole queue (its size is a guess), 7 ms beside
-        -- 40,000 queued rows. q.claims is picked.claims: picked holds the row locked.
+        -- 40,000 queued rows. (q.claims is what picked read: picked holds the row locked.)
         WHERE q.id = ANY (ARRAY(SELECT p.id FROM picked AS p)) AND q.claims < p_max_claims
         RETURNING q.id, q.event_id, q.endpoint_id, q.attempts, q.schedule_base, q.ordering_key
     ), poisoned AS (

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -36,6 +36,7 @@ import pytest
 
 from tests.integration.test_plans import (
     MODES,
+    Load,
     _function_source,
     _literal,
     _walk,
@@ -84,7 +85,7 @@ FROM courier.outbox AS o, courier.endpoints AS ep;
 """
 
 
-def _loader(sql: str) -> Callable[[asyncpg.Connection, str], Awaitable[None]]:
+def _loader(sql: str) -> Load:
     async def load(conn: asyncpg.Connection, state: str) -> None:
         await conn.execute("ALTER TABLE courier.queue SET (autovacuum_enabled = false)")
         await conn.execute("SET session_replication_role = replica")  # a bulk load's way
