@@ -9,7 +9,9 @@ too), which holds every waiting retry: with the queue's statistics missing, ever
 all of them (10 ms a claim for 100,000 retries, on 15, 16 and 18 alike).
 
 The same for a flood (``due_backlog``): 20,000 deliveries due at once at an endpoint whose
-``max_in_flight`` lets each claim take a few (0022).
+``max_in_flight`` lets each claim take a few (0022); and beside that flood, the statements the
+relay runs for every batch besides the claim (the completion, leases renewed, released or handed
+back, an ordering key's followers held, the next due time).
 
 Four databases per backlog, one per state of the queue's statistics: ``missing`` (migrated
 without its ANALYZE statements, never analyzed), ``stale`` (analyzed by the migration while empty),
@@ -19,8 +21,8 @@ vacuum does: the planner knows the table's size but nothing of its columns), ``a
 since, which tell the planner the endpoint's rows are all leases; it then reads the table
 sequentially, rightly by what it was told (whether it does depends on what a concurrent
 snapshot let the vacuum mark all-visible: it did on a busy CI server, not alone).
-Autovacuum is off for the queue so that the statistics stay as built. The claim's statements
-are read from ``courier.claim``'s source and run (``EXPLAIN ANALYZE``, rolled back) with custom
+Autovacuum is off for the queue so that the statistics stay as built. The statements
+are read from the functions' source and run (``EXPLAIN ANALYZE``, rolled back) with custom
 and with generic plans, and every plan node is held to the rows it looked at.
 """
 
@@ -34,9 +36,14 @@ from typing import Any
 import asyncpg
 import pytest
 
+from pgcourier import db
 from tests.integration.test_plans import (
+    COMPLETION,
+    LEASE_HOLDER,
     MODES,
+    NOW,
     Load,
+    _completion,
     _function_source,
     _literal,
     _walk,
@@ -70,17 +77,22 @@ FROM courier.outbox AS o, courier.endpoints AS ep;
 
 
 # One endpoint: a flood of BACKLOG deliveries all due now (one producer's batch, or a tenant's
-# burst), 4 of them leased. Its max_in_flight (10, the default) lets each claim take 6.
+# burst), 4 of them leased (by one relay, LEASE_HOLDER). Its max_in_flight (10, the default)
+# lets each claim take 6. The leased ones and the flood's last KEYED carry ordering key 'k': the
+# followers a retry of the key's head would hold (the claim, earliest due first, never reaches
+# them).
+KEYED = 200
 LOAD_DUE = """
 INSERT INTO courier.endpoints (url, event_types, secret)
 VALUES ('https://r.example/flood', ARRAY['*'], 'whsec_' || repeat('A', 32));
 INSERT INTO courier.outbox (event_type, payload, fanned_out_at)
 SELECT 'order.paid', jsonb_build_object('n', g), now() FROM generate_series(1, {total}) AS g;
-INSERT INTO courier.queue (event_id, endpoint_id, due_at, lease_token)
+INSERT INTO courier.queue (event_id, endpoint_id, due_at, lease_token, ordering_key)
 SELECT o.id, ep.id,
        CASE WHEN o.seq <= 4 THEN now() + interval '1 minute'
             ELSE now() - interval '1 second' + o.seq * interval '1 us' END,
-       CASE WHEN o.seq <= 4 THEN gen_random_uuid() END
+       CASE WHEN o.seq <= 4 THEN '{holder}'::uuid END,
+       CASE WHEN o.seq <= 4 OR o.seq > {total} - {keyed} THEN 'k' END
 FROM courier.outbox AS o, courier.endpoints AS ep;
 """
 
@@ -89,7 +101,9 @@ def _loader(sql: str) -> Load:
     async def load(conn: asyncpg.Connection, state: str) -> None:
         await conn.execute("ALTER TABLE courier.queue SET (autovacuum_enabled = false)")
         await conn.execute("SET session_replication_role = replica")  # a bulk load's way
-        await conn.execute(sql.format(total=BACKLOG + 204, backlog=BACKLOG))
+        await conn.execute(
+            sql.format(total=BACKLOG + 204, backlog=BACKLOG, holder=LEASE_HOLDER, keyed=KEYED)
+        )
         if state == "vacuumed":
             await conn.execute("VACUUM courier.queue")
         if state == "analyzed":
@@ -124,10 +138,13 @@ def _looked_at(node: dict[str, Any]) -> int:
 
 
 async def _run_plan(
-    conn: asyncpg.Connection, sql: str, args: list[Any], types: list[str]
+    conn: asyncpg.Connection, sql: str, args: list[Any], types: list[str] | None = None
 ) -> dict[str, Any]:
-    call = f"({', '.join(_literal(a) for a in args)})"
-    await conn.execute(f"PREPARE hot({', '.join(types)}) AS {sql}")
+    """Run ``sql`` prepared with ``args`` under EXPLAIN ANALYZE, rolled back; its plan's root.
+    Without ``types`` the server infers the parameters' types from the statement."""
+    call = f"({', '.join(_literal(a) for a in args)})" if args else ""
+    declared = f"({', '.join(types)})" if types else ""
+    await conn.execute(f"PREPARE hot{declared} AS {sql}")
     try:
         async with conn.transaction():
             [plan] = json.loads(
@@ -189,5 +206,79 @@ async def _claim_within_bounds(dsn: str, state: str, mode: str) -> None:
         # The lease statement ran: of the endpoint's 10 in flight (the default), 4 are held, so
         # 6 of its due deliveries are leased (the count is right, not only cheap).
         assert leased == 6
+    finally:
+        await conn.close()
+
+
+def _modified(root: dict[str, Any]) -> int:
+    """Queue rows the statement's UPDATEs and DELETEs took (their inputs' rows)."""
+    return sum(
+        int(node["Plans"][0]["Actual Rows"] * node["Plans"][0]["Actual Loops"])
+        for node in _walk(root)
+        if node["Node Type"] == "ModifyTable" and node.get("Relation Name") == "queue"
+    )
+
+
+Batch = tuple[list[str], list[Any], list[str] | None, int]
+
+
+async def _per_batch(conn: asyncpg.Connection) -> dict[str, Batch]:
+    """Each statement below as the relay runs it (a function's body with its variables as
+    parameters), its arguments, their types where the statement does not tell them, and how
+    many queue rows it must change."""
+    leased = await conn.fetchval(
+        "SELECT array_agg(id ORDER BY id) FROM courier.queue WHERE lease_token = $1", LEASE_HOLDER
+    )
+    endpoint = await conn.fetchval("SELECT id FROM courier.endpoints")
+    names, types = [n for n, _ in COMPLETION], [t for _, t in COMPLETION]
+    signature = f"courier.complete_deliveries({', '.join(types)})"
+    complete = body_statements(await _function_source(conn, signature), names)
+    next_due = body_statements(await _function_source(conn, "courier.next_due()"), [])
+    assert len(complete) == len(next_due) == 1, (complete, next_due)
+    later = NOW.replace(year=NOW.year + 1)
+    q = db.QUERIES
+    return {
+        "complete": (complete, _completion({"leased": leased}), types, len(leased)),
+        "renew": ([q["renew_leases"]], [leased, LEASE_HOLDER, 30.0], None, len(leased)),
+        "release": ([q["release_leases"]], [leased, LEASE_HOLDER], None, len(leased)),
+        "hand back": ([q["hand_back_unopened"]], [leased, LEASE_HOLDER, 60.0], None, len(leased)),
+        "hold key followers": (
+            [q["hold_key_followers"]],
+            [[endpoint], ["k"], [leased[0]], [later]],
+            None,
+            KEYED,  # the leased ones behind the head are not moved (leased)
+        ),
+        "next due": (next_due, [], None, 0),
+    }
+
+
+PER_BATCH = ("complete", "renew", "release", "hand back", "hold key followers", "next due")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("statement", PER_BATCH)
+async def test_per_batch_statements_do_not_walk_a_flood(
+    due_backlog: dict[str, str], state: str, mode: str, statement: str
+) -> None:
+    """What the relay runs for every batch beside the claim, at the flooded endpoint: record
+    its leased deliveries' attempts, renew, release or hand back their leases, hold an ordering
+    key's followers behind a retry, read the next due time. Each finds its rows by id, by lease
+    or by one probe per endpoint, so its cost must not grow with the flood (issue 11: a flood's
+    cost is paid by every other tenant's latency). Checked by hand when 0022 mended the claim;
+    held here so that a later change cannot quietly plan one of them over the whole queue."""
+    conn = await asyncpg.connect(due_backlog[state])
+    try:
+        await conn.execute(f"SET plan_cache_mode = {mode}")
+        statements, args, types, changes = (await _per_batch(conn))[statement]
+        for sql in statements:
+            root = await _run_plan(conn, sql, args, types)
+            worst = max(_walk(root), key=_looked_at)
+            assert _looked_at(worst) <= MAX_ROWS, (
+                f"{worst['Node Type']} on {worst.get('Index Name') or worst.get('Relation Name')}"
+                f" looked at {_looked_at(worst)} rows ({state}, {mode}):\n{sql}"
+            )
+            # It did its work (a statement that found nothing would look at nothing, too).
+            assert _modified(root) == changes, (statement, state, mode)
     finally:
         await conn.close()
