@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -159,6 +160,19 @@ async def _run_plan(
     return root
 
 
+async def _bounded_run(
+    conn: asyncpg.Connection, sql: str, args: list[Any], types: list[str] | None, case: str
+) -> dict[str, Any]:
+    """Run ``sql`` as :func:`_run_plan` does, every plan node held to MAX_ROWS looked at."""
+    root = await _run_plan(conn, sql, args, types)
+    worst = max(_walk(root), key=_looked_at)
+    assert _looked_at(worst) <= MAX_ROWS, (
+        f"{worst['Node Type']} on {worst.get('Index Name') or worst.get('Relation Name')}"
+        f" looked at {_looked_at(worst)} rows ({case}):\n{sql}"
+    )
+    return root
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("state", STATES)
 async def test_a_claim_does_not_walk_an_endpoints_retry_backlog(
@@ -196,12 +210,7 @@ async def _claim_within_bounds(dsn: str, state: str, mode: str) -> None:
         types = ["integer", "double precision", "uuid", "integer", "integer", "uuid[]"]
         leased = 0
         for sql in statements:
-            root = await _run_plan(conn, sql, args, types)
-            worst = max(_walk(root), key=_looked_at)
-            assert _looked_at(worst) <= MAX_ROWS, (
-                f"{worst['Node Type']} on {worst.get('Index Name') or worst.get('Relation Name')}"
-                f" looked at {_looked_at(worst)} rows ({state}, {mode}):\n{sql}"
-            )
+            root = await _bounded_run(conn, sql, args, types, f"{state}, {mode}")
             leased = int(root["Actual Rows"])
         # The lease statement ran: of the endpoint's 10 in flight (the default), 4 are held, so
         # 6 of its due deliveries are leased (the count is right, not only cheap).
@@ -235,7 +244,7 @@ async def _per_batch(conn: asyncpg.Connection) -> dict[str, Batch]:
     complete = body_statements(await _function_source(conn, signature), names)
     next_due = body_statements(await _function_source(conn, "courier.next_due()"), [])
     assert len(complete) == len(next_due) == 1, (complete, next_due)
-    later = NOW.replace(year=NOW.year + 1)
+    later = NOW + timedelta(hours=1)
     q = db.QUERIES
     return {
         "complete": (complete, _completion({"leased": leased}), types, len(leased)),
@@ -272,12 +281,7 @@ async def test_per_batch_statements_do_not_walk_a_flood(
         await conn.execute(f"SET plan_cache_mode = {mode}")
         statements, args, types, changes = (await _per_batch(conn))[statement]
         for sql in statements:
-            root = await _run_plan(conn, sql, args, types)
-            worst = max(_walk(root), key=_looked_at)
-            assert _looked_at(worst) <= MAX_ROWS, (
-                f"{worst['Node Type']} on {worst.get('Index Name') or worst.get('Relation Name')}"
-                f" looked at {_looked_at(worst)} rows ({state}, {mode}):\n{sql}"
-            )
+            root = await _bounded_run(conn, sql, args, types, f"{state}, {mode}")
             # It did its work (a statement that found nothing would look at nothing, too).
             assert _modified(root) == changes, (statement, state, mode)
     finally:
