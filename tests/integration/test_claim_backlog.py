@@ -203,20 +203,51 @@ async def _claim_within_bounds(dsn: str, state: str, mode: str) -> None:
             conn, "courier.claim(integer, double precision, uuid, integer, integer)"
         )
         variables = ["p_limit", "p_lease", "p_relay", "p_fan_out", "p_max_claims", "locked"]
+        variables += ["lease", "poison", "spend"]
         statements = body_statements(source, variables)
-        assert len(statements) == 2, statements  # lock the endpoints; lease
+        # Lock the endpoints; pick; lease; bury poison; spend tokens (0023).
+        assert len(statements) == 5, statements
+        lock, pick, lease, bury, spend = statements
         endpoint = await conn.fetchval("SELECT id FROM courier.endpoints")
         args = [128, 30.0, uuid.uuid4(), 128, 10, [endpoint]]
         types = ["integer", "double precision", "uuid", "integer", "integer", "uuid[]"]
-        leased = 0
-        for sql in statements:
-            root = await _bounded_run(conn, sql, args, types, f"{state}, {mode}")
-            leased = int(root["Actual Rows"])
-        # The lease statement ran: of the endpoint's 10 in flight (the default), 4 are held, so
-        # 6 of its due deliveries are leased (the count is right, not only cheap).
-        assert leased == 6
+        types += ["bigint[]", "bigint[]", "uuid[]"]
+        case = f"{state}, {mode}"
+        for sql in (lock, pick):
+            await _bounded_run(conn, sql, [*args, None, None, None], types, case)
+        # The pick's ids, as the lease gets them: of the endpoint's 10 in flight (the default),
+        # 4 are held, so 6 of its due deliveries are picked (the count is right, not only cheap).
+        picked = await _fetch_rolled_back(conn, pick, [*args, None, None, None], types)
+        ids = picked[0]  # the ids to lease, earliest due first
+        assert ids is not None, picked
+        assert len(ids) == 6, picked
+        # The later steps given those ids, each by primary key whatever the flood: the lease
+        # returns them; the burial takes them as if they were all poison; the spending (the
+        # endpoint has no rate limit nor open circuit: nothing to write) reads its endpoint.
+        for sql, changes in ((lease, 6), (bury, 6), (spend, 0)):
+            root = await _bounded_run(conn, sql, [*args, ids, ids, [endpoint] * 6], types, case)
+            assert _modified(root) == changes, (sql, case)
+            if sql is lease:
+                assert int(root["Actual Rows"]) == 6
     finally:
         await conn.close()
+
+
+async def _fetch_rolled_back(
+    conn: asyncpg.Connection, sql: str, args: list[Any], types: list[str]
+) -> asyncpg.Record:
+    """The one row ``sql`` returns with ``args``, its changes (and row locks) rolled back."""
+    await conn.execute(f"PREPARE picked({', '.join(types)}) AS {sql}")
+    try:
+        async with conn.transaction():
+            row = await conn.fetchrow(f"EXECUTE picked({', '.join(_literal(a) for a in args)})")
+            raise _Rollback
+    except _Rollback:
+        pass
+    finally:
+        await conn.execute("DEALLOCATE picked")
+    assert row is not None
+    return row
 
 
 def _modified(root: dict[str, Any]) -> int:

@@ -244,7 +244,8 @@ def body_statements(source: str, variables: list[str]) -> list[str]:
             rest = rest[condition.end() :]
         rest = re.sub(r"(?i)^RETURN QUERY\s+", "", rest)
         if re.match(r"(?i)(SELECT|WITH|INSERT|UPDATE|DELETE)\b", rest):
-            found.append(re.sub(r"(?i)\s+INTO\s+(?!courier\.)\w+\b", "", rest))
+            # (SELECT ... INTO a, b: the variables go; INSERT INTO courier.t stays.)
+            found.append(re.sub(r"(?i)\s+INTO\s+(?!courier\.)\w+(\s*,\s*\w+)*\b", "", rest))
     out = []
     for sql in found:
         for n, name in enumerate(variables, start=1):
@@ -340,14 +341,18 @@ async def _claim(conn: asyncpg.Connection, f: dict[str, Any]) -> list[Plan]:
         conn, "courier.claim(integer, double precision, uuid, integer, integer)"
     )
     variables = ["p_limit", "p_lease", "p_relay", "p_fan_out", "p_max_claims", "fresh", "locked"]
+    variables += ["lease", "poison", "spend"]
     statements = body_statements(source, variables)
     # Step 1 is courier.fan_out (0007): its statements are the claim's too.
     statements += body_statements(
         await _function_source(conn, "courier.fan_out(integer)"), variables
     )
-    assert len(statements) == 5, statements  # lock; lease; fan-out: take, mark, insert
+    # Lock; pick; lease; bury poison; spend tokens (0023); fan-out: take, mark, insert.
+    assert len(statements) == 8, statements
     types = ["integer", "double precision", "uuid", "integer", "integer", "uuid[]", "uuid[]"]
+    types += ["bigint[]", "bigint[]", "uuid[]"]
     args = [128, 30.0, uuid.uuid4(), 128, 10, f["fresh"], f["enabled"]]
+    args += [f["leased"], f["leased"], f["enabled"]]
     return [await explain(conn, s, args, types) for s in statements]
 
 
