@@ -15,7 +15,11 @@
 -- circuit probe the leases spend; then lease the ids by primary key and return them (the
 -- order of the pick); then, only when there is any, bury the poison and spend the tokens. The
 -- rows picked stay locked by this transaction between the statements, so what the pick read
--- of them (their claims) still holds when they are leased or buried. Same signature, same
+-- of them (their claims) still holds when they are leased or buried. The endpoints' rows are
+-- not locked: step 6 checks again which of them spend (an endpoint whose circuit opened or
+-- closed since the pick is spent for as it is now, as the single statement's UPDATE did), and
+-- the lease reads the endpoints and the events in its own, later snapshot (a URL or secret
+-- changed in between is sent with its new value: harmless). Same signature, same
 -- rows in the same order (the leased earliest due first, then the buried): a relay of 0022
 -- runs unchanged on this schema. tests/integration/test_plans.py and test_claim_backlog.py
 -- hold each statement's plan.
@@ -137,7 +141,7 @@ BEGIN
 
     -- 4. Lease. (0022) The picked rows by their ids, one primary-key probe each: a join to the
     -- picked rows may be planned as a hash join over the whole queue (its size is a guess), 7 ms
-    -- beside 40,000 queued rows.
+    -- beside 40,000 queued rows. (q.claims is what the pick read: the pick holds the row locked.)
     IF lease IS NOT NULL THEN
         RETURN QUERY
         WITH leased AS (
@@ -223,6 +227,7 @@ BEGIN
                                  ELSE now() + make_interval(secs => p_lease) END
         FROM (SELECT s.e AS endpoint_id, count(*) AS n FROM unnest(spend) AS s(e) GROUP BY s.e)
             AS pe
+        -- (Checked again on the row as it is now: not redundant with the pick's spends.)
         WHERE ep.id = pe.endpoint_id
           AND (ep.rate_limit IS NOT NULL OR ep.circuit_state <> 'closed');
     END IF;

@@ -5,7 +5,7 @@
 -- claim_due --
 -- Fan out up to $4 fresh events, then lease up to $1 due deliveries to relay $3 for $2 seconds
 -- within every endpoint's policies: one round trip (see courier.claim in migrations 0003 for the
--- rules and why it is a function, and 0006 for the shape of its statements). Deliveries claimed
+-- rules and why it is a function, 0022 and 0023 for its statements as they are). Deliveries claimed
 -- $5 times without an attempt recorded are dead-lettered instead, and come back with
 -- poisoned = true (0010).
 SELECT * FROM courier.claim($1, $2, $3, $4, $5);

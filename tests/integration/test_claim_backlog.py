@@ -222,13 +222,19 @@ async def _claim_within_bounds(dsn: str, state: str, mode: str) -> None:
         assert ids is not None, picked
         assert len(ids) == 6, picked
         # The later steps given those ids, each by primary key whatever the flood: the lease
-        # returns them; the burial takes them as if they were all poison; the spending (the
-        # endpoint has no rate limit nor open circuit: nothing to write) reads its endpoint.
-        for sql, changes in ((lease, 6), (bury, 6), (spend, 0)):
-            root = await _bounded_run(conn, sql, [*args, ids, ids, [endpoint] * 6], types, case)
-            assert _modified(root) == changes, (sql, case)
-            if sql is lease:
-                assert int(root["Actual Rows"]) == 6
+        # returns them; the burial takes them as if they were all poison.
+        root = await _bounded_run(conn, lease, [*args, ids, None, None], types, case)
+        assert _modified(root) == 6, case
+        assert int(root["Actual Rows"]) == 6, case
+        root = await _bounded_run(conn, bury, [*args, None, ids, None], types, case)
+        assert _modified(root) == 6, case
+        # The spending, with a rate limit set for it: the endpoint's one row written.
+        await conn.execute("UPDATE courier.endpoints SET rate_limit = 100")
+        try:
+            root = await _bounded_run(conn, spend, [*args, None, None, [endpoint] * 6], types, case)
+        finally:
+            await conn.execute("UPDATE courier.endpoints SET rate_limit = NULL")
+        assert _modified(root, "endpoints") == 1, case
     finally:
         await conn.close()
 
@@ -250,12 +256,12 @@ async def _fetch_rolled_back(
     return row
 
 
-def _modified(root: dict[str, Any]) -> int:
-    """Queue rows the statement's UPDATEs and DELETEs took (their inputs' rows)."""
+def _modified(root: dict[str, Any], table: str = "queue") -> int:
+    """Rows of ``table`` the statement's UPDATEs and DELETEs took (their inputs' rows)."""
     return sum(
         int(node["Plans"][0]["Actual Rows"] * node["Plans"][0]["Actual Loops"])
         for node in _walk(root)
-        if node["Node Type"] == "ModifyTable" and node.get("Relation Name") == "queue"
+        if node["Node Type"] == "ModifyTable" and node.get("Relation Name") == table
     )
 
 

@@ -74,6 +74,45 @@ async def test_the_claim_buries_what_was_claimed_too_often_without_an_attempt(
     assert "crashing" in errors[0]["event"]
 
 
+async def test_one_claim_leases_earliest_due_first_then_buries_and_spends_tokens_for_leases(
+    conn: asyncpg.Connection, receiver: Receiver
+) -> None:
+    """Leased and poison deliveries in one claim (0023 leases, buries and spends in statements
+    of their own): the leased come back earliest due first, then the buried; the endpoint's
+    rate tokens pay for the leased ones only."""
+    endpoint = await add_endpoint(conn, receiver.url("/hook"))
+    await conn.execute(
+        "UPDATE courier.endpoints SET rate_limit = 100 WHERE id = $1", endpoint["id"]
+    )
+    first, poison, last = [await ops.enqueue(conn, "order.paid", {"i": i}) for i in range(3)]
+    assert await conn.fetchval("SELECT courier.fan_out(10)") == 3
+    # Due in the order last, first (not the ids' order); the poison one claimed 3 times.
+    await conn.execute(
+        "UPDATE courier.queue SET due_at = now() - CASE event_id WHEN $1 THEN interval '1 s'"
+        " WHEN $2 THEN interval '2 s' ELSE interval '3 s' END,"
+        " claims = CASE event_id WHEN $2 THEN 3 ELSE 0 END",
+        first,
+        poison,
+    )
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "SELECT event_id, poisoned FROM courier.claim(10, 30, $1, 0, 3)", uuid.uuid4()
+        )
+        # Full bucket (100) less the two leases, at this transaction's now().
+        tokens = await conn.fetchval(
+            "SELECT rate_tokens FROM courier.endpoints WHERE id = $1", endpoint["id"]
+        )
+    assert [(r["event_id"], r["poisoned"]) for r in rows] == [
+        (last, False),
+        (first, False),
+        (poison, True),
+    ]
+    assert tokens == 98
+    assert await conn.fetchval("SELECT array_agg(event_id) FROM courier.dead_letters") == [poison]
+    leased = await conn.fetch("SELECT event_id, claims FROM courier.queue ORDER BY id")
+    assert [(r["event_id"], r["claims"]) for r in leased] == [(first, 1), (last, 1)]
+
+
 async def test_a_recorded_attempt_or_a_lease_handed_back_resets_the_count(
     conn: asyncpg.Connection, store: PgStore, receiver: Receiver
 ) -> None:
