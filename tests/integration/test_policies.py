@@ -334,23 +334,35 @@ async def test_rate_limit_spaces_requests(
 ) -> None:
     rate, n = 5, 20
     await endpoint(conn, rx.url("/metered"), rate_limit=rate)
+    # The limiter spends its tokens when a claim leases a delivery, on the claim's clock
+    # (now()): record that moment for every lease. Request start times carry the relay's own
+    # jitter on top (a slow machine once held a first claim's five requests 300-680 ms before
+    # they left, so they went out together with the next claim's two).
+    await conn.execute(
+        """
+        CREATE TABLE leased_at (at timestamptz NOT NULL);
+        CREATE FUNCTION log_lease() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO leased_at VALUES (now());
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER log_lease AFTER INSERT OR UPDATE ON courier.queue FOR EACH ROW
+            WHEN (NEW.lease_token IS NOT NULL) EXECUTE FUNCTION log_lease();
+        """
+    )
     for i in range(n):
         await ops.enqueue(conn, "a.b", {"i": i})
     await relays(2)
     await wait_until(lambda: _count(conn, "delivered", n), timeout=15)
     assert len(rx.on("/metered")) == n
-    # When each request left its relay (the attempts' started_at, one clock: both relays run
-    # here), not when it reached the receiver: a slow machine once held the first five 680 ms
-    # on their way (a fresh client's first connections) and they arrived with the next two.
     times = sorted(
-        await conn.fetchval(
-            "SELECT array_agg(extract(epoch FROM started_at)::float8) FROM courier.attempts"
-        )
+        await conn.fetchval("SELECT array_agg(extract(epoch FROM at)::float8) FROM leased_at")
     )
+    assert len(times) == n  # one lease each: none expired, none was taken twice
     # A full bucket of 5 at once, then 5 per second, shared by both relays: any run of k
-    # consecutive requests spans at least (k - 5) / 5 seconds. One request of slack absorbs
-    # the jitter between a claim and its request's start (200 ms at this rate); a refill 20%
-    # too fast is 2.5 requests over by the twentieth and fails.
+    # consecutive leases spans at least (k - 5) / 5 seconds. One lease of slack absorbs the
+    # claims' clocks (a claim's now() is its start; two relays' claims queue on the endpoint's
+    # row); a refill 20% too fast is 2.5 leases over by the twentieth and fails.
     for i, j in itertools.combinations(range(n), 2):
         allowed = rate + rate * (times[j] - times[i]) + 1
         assert j - i + 1 <= allowed, (i, j, times[j] - times[i])
