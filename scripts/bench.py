@@ -14,7 +14,8 @@ PgQueuer (a dev dependency of the benchmark only) runs as its own consumer proce
 POSTs the same body bytes to the same receiver, from its own database on the same server.
 Measurements, each for both queues where both apply:
 
-ceiling    plain aiohttp client, 64 in flight, signed bodies: requests/s (the reference)
+ceiling    plain aiohttp client, 64 in flight, signed bodies: requests/s (the reference; the
+           mean of a run before the drains and one after the fan-out)
 drain      N events committed before the queue starts, one endpoint: deliveries/s
 fanout     N events to 10 endpoints (pgcourier): deliveries/s
 latency    producers commit one event per transaction at a steady rate: commit -> receipt, at
