@@ -336,8 +336,8 @@ async def test_rate_limit_spaces_requests(
     await endpoint(conn, rx.url("/metered"), rate_limit=rate)
     # The limiter spends its tokens when a claim leases a delivery, on the claim's clock
     # (now()): record that moment for every lease. Request start times carry the relay's own
-    # jitter on top (a slow machine once held a first claim's five requests 300-680 ms before
-    # they left, so they went out together with the next claim's two).
+    # jitter on top (on a slow machine a first claim's five requests left 0.1-0.4 s after it,
+    # together with the next claim's two; their arrival times, 680 ms after it).
     await conn.execute(
         """
         CREATE TABLE leased_at (at timestamptz NOT NULL);
