@@ -29,8 +29,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if args.process_index is not None:
         # A child of `run --processes N`: every line it logs says which one (asyncio.run's task
         # starts from a copy of this context, so the binding reaches every task).
-        # (The children share the parent's stderr: configure_logging writes each line with one
-        # write(), which reaches a pipe whole below PIPE_BUF, 4 KiB.)
+        # (The children share the parent's stderr: configure_logging writes whole lines, never
+        # more than PIPE_BUF, 4 KiB, at once, so a pipe receives them unbroken.)
         structlog.contextvars.bind_contextvars(process=args.process_index)
     with database(settings) as dsn:
         if settings.auto_migrate:
