@@ -47,12 +47,12 @@ class LineBatcher:
     writer and a pipe's reader 12.2 us of CPU; a turn's worth at a time, 8.2 us (issue 11).
     Inside a running event loop a line joins a buffer that one callback writes at the loop's
     next turn, cut at line boundaries so that no write passes PIPE_BUF (a line longer than that
-    goes alone, as it did). Outside a loop (the CLI around its loops, other threads) a line is written at
-    once, behind whatever waits. The standard library's handler writes what waits before its
-    own line, so pgcourier's and libraries' lines keep their order; and what waits is written
-    at exit. The price: a ``kill -9`` loses the lines of the turn it interrupts, lines whose
-    attempts were not recorded either (the completion comes after the line), so they are made
-    and logged again.
+    goes alone, as it did). Outside a loop (the CLI around its loops, other threads) a line is
+    written at once, behind whatever waits. The standard library's handler writes what waits
+    before its own line, so pgcourier's and libraries' lines keep their order; and what waits is
+    written at exit. The price: a ``kill -9`` loses the lines of the loop turn it interrupts (a
+    few milliseconds' under load); the attempts they report are in the attempts table if they
+    were recorded, and made again if not.
     """
 
     __slots__ = ("_buf", "_file", "_lock", "_scheduled")
@@ -230,12 +230,13 @@ def configure_logging(
     sys.unraisablehook = _log_unraisable
 
 
-def _flush_at_exit() -> None:
+def flush_logs() -> None:
+    """Write the lines waiting for a loop turn now (a command's last turn may not come)."""
     if _batcher is not None:
         _batcher.flush()
 
 
-atexit.register(_flush_at_exit)  # what the last loop turn left, and lines of a crash
+atexit.register(flush_logs)  # what the last loop turn left
 
 
 _crash_log = logging.getLogger("pgcourier.crash")

@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from pgcourier import logs
-from pgcourier.logs import configure_logging
+from pgcourier.logs import configure_logging, flush_logs
 
 from .test_logs import run_logging
 
@@ -159,3 +159,11 @@ def test_the_last_turns_lines_are_written_at_exit() -> None:
         """
     )
     assert [line["event"] for line in lines] == ["last words"]
+
+
+def test_flush_logs_writes_what_waits_at_once(out: Recorder) -> None:
+    # The CLI calls it when a command returns, before it prints anything of its own.
+    _log_in_a_loops_last_turn("the command's last line")
+    assert out.writes == []
+    flush_logs()
+    assert [line["event"] for line in out.lines()] == ["the command's last line"]

@@ -17,7 +17,7 @@ from pgcourier.cli.inputs import read_secret_files
 from pgcourier.cli.output import _print_json, error_line, printable, render_text
 from pgcourier.cli.parser import build_parser
 from pgcourier.errors import ConfigurationError, PgCourierError
-from pgcourier.logs import configure_logging
+from pgcourier.logs import configure_logging, flush_logs
 from pgcourier.settings import load_settings
 
 __all__ = [
@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format, cache=True)
     try:
-        code: int = args.func(args, settings)
+        try:
+            code: int = args.func(args, settings)
+        finally:
+            flush_logs()  # the lines of the command's last loop turn, before anything printed
         return code
     except PgCourierError as exc:
         print(error_line(exc), file=sys.stderr)
