@@ -61,7 +61,7 @@ def log_attempt(job: Job, result: AttemptResult, outcome: policy.Outcome) -> Non
 def observe(metrics: Metrics, job: Job, result: AttemptResult, outcome: policy.Outcome) -> None:
     """Count the attempt in the relay's metrics."""
     name = type(outcome).__name__.lower()
-    metrics.deliveries.labels(name).inc()
+    metrics.deliveries_by_outcome[name].inc()
     if metrics.endpoint_deliveries is not None:
         metrics.endpoint_deliveries.labels(str(job.endpoint_id), name).inc()
     if result.status is not None:

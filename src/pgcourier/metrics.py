@@ -96,8 +96,10 @@ class Metrics:
             registry=r,
         )
         # Label values known up front, so they show as 0 before the first occurrence.
-        for outcome in ("delivered", "retry", "dead"):
-            self.deliveries.labels(outcome)
+        # The children resolved once: labels() costs 1.5 us a call, an attempt's inc() 0.5.
+        self.deliveries_by_outcome = {
+            outcome: self.deliveries.labels(outcome) for outcome in ("delivered", "retry", "dead")
+        }
         for source in ("notify", "poll", "retry_timer", "completion"):
             self.wakeups.labels(source)
         for table in ("outbox", "delivery_history", "attempts", "dead_letters"):
