@@ -50,8 +50,9 @@ class LineBatcher:
     goes alone, as it did). Outside a loop (the CLI around its loops, other threads) a line is
     written at once, behind whatever waits. The standard library's handler writes what waits
     before its own line, so pgcourier's and libraries' lines keep their order; and what waits is
-    written at exit. The price: a ``kill -9`` loses the lines of the loop turn it interrupts (a
-    few milliseconds' under load); the attempts they report are in the attempts table if they
+    written at exit. The price: a process ended without exiting (``kill -9``, a second SIGTERM
+    during the shutdown, which ends it at once) loses the lines of the loop turn it interrupts
+    (a few milliseconds' under load); the attempts they report are in the attempts table if they
     were recorded, and made again if not.
     """
 
@@ -60,7 +61,10 @@ class LineBatcher:
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
         self._buf = bytearray()
-        self._lock = threading.Lock()
+        # Reentrant: a garbage collection can run inside any allocation made under the lock, and
+        # a finalizer there may log ("Task was destroyed but it is pending!", an unclosed
+        # session): its line comes back to this thread, which must not wait on itself forever.
+        self._lock = threading.RLock()
         # The loop whose turn will write the buffer; another loop (a new asyncio.run, another
         # thread's) schedules its own.
         self._scheduled: asyncio.AbstractEventLoop | None = None
@@ -70,16 +74,20 @@ class LineBatcher:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
+        # Whole before it joins the buffer: an interrupt between two appends would leave half a
+        # line for the next one to run into.
+        line = message + b"\n"
         with self._lock:
-            if len(self._buf) + len(message) >= PIPE_BUF:
+            if len(self._buf) + len(line) > PIPE_BUF:
                 self._write_locked()
-            self._buf += message
-            self._buf += b"\n"
+            self._buf += line
             if loop is None:
                 self._write_locked()
-            elif self._scheduled is not loop:
-                self._scheduled = loop
-                loop.call_soon(self.flush)
+                return
+            if self._scheduled is loop:
+                return
+            self._scheduled = loop
+        loop.call_soon(self.flush)  # outside the lock: it allocates, and may collect garbage
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
@@ -96,11 +104,12 @@ class LineBatcher:
 
     def _write_locked(self) -> None:
         if self._buf:
-            try:
-                self._file.write(bytes(self._buf))
-                self._file.flush()
-            finally:
-                self._buf.clear()
+            # Taken out before the write: a line logged during it (reentrantly, see __init__)
+            # joins an empty buffer, and nothing is written twice.
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._file.write(data)
+            self._file.flush()
 
 
 class _FlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -112,7 +121,12 @@ class _FlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._batcher is not None:
-            self._batcher.flush()
+            try:
+                self._batcher.flush()
+            except Exception:
+                # A logging call never raises into the library that made it (stderr closed, a
+                # broken pipe): the standard library's way, as its own write below does.
+                self.handleError(record)
         super().emit(record)
 
 

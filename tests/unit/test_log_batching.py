@@ -5,8 +5,11 @@ write past PIPE_BUF (`run --processes N` share one pipe), none left behind at ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 import structlog
 
 from pgcourier import logs
-from pgcourier.logs import configure_logging, flush_logs
+from pgcourier.logs import LineBatcher, configure_logging, flush_logs
 
 from .test_logs import run_logging
 
@@ -43,19 +46,31 @@ class Recorder:
         return [json.loads(line) for line in b"".join(self.writes).splitlines()]
 
 
-@pytest.fixture
-def out() -> Iterator[Recorder]:
-    recorder = Recorder()
+@contextlib.contextmanager
+def configured(stream: Recorder) -> Iterator[Recorder]:
+    """configure_logging onto ``stream``, everything it sets put back afterwards."""
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
-    configure_logging("info", "json", stream=recorder)  # type: ignore[arg-type]
-    yield recorder
-    structlog.reset_defaults()
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    logs._batcher = None
+    hooks = sys.excepthook, threading.excepthook, sys.unraisablehook
+    configure_logging("info", "json", stream=stream)  # type: ignore[arg-type]
+    try:
+        yield stream
+    finally:
+        structlog.reset_defaults()
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
+        logging.captureWarnings(False)
+        logs._batcher = None
+        logs._handler = None
+
+
+@pytest.fixture
+def out() -> Iterator[Recorder]:
+    with configured(Recorder()) as recorder:
+        yield recorder
 
 
 def test_one_turns_lines_leave_in_few_whole_writes_under_pipe_buf(out: Recorder) -> None:
@@ -167,3 +182,71 @@ def test_flush_logs_writes_what_waits_at_once(out: Recorder) -> None:
     assert out.writes == []
     flush_logs()
     assert [line["event"] for line in out.lines()] == ["the command's last line"]
+
+
+async def _batched(batcher: LineBatcher, *messages: bytes) -> None:
+    for message in messages:
+        batcher.msg(message)
+    await asyncio.sleep(0)
+
+
+def test_a_write_holds_pipe_buf_to_the_byte_and_no_more() -> None:
+    # Two lines of 2,048 bytes with their newlines: exactly 4,096, one write.
+    exact = Recorder()
+    asyncio.run(_batched(LineBatcher(exact), b"a" * 2047, b"b" * 2047))
+    assert [len(w) for w in exact.writes] == [4096]
+    # One byte more and the second line waits for a write of its own.
+    over = Recorder()
+    asyncio.run(_batched(LineBatcher(over), b"a" * 2047, b"b" * 2048))
+    assert [len(w) for w in over.writes] == [2048, 2049]
+
+
+class Reentering(Recorder):
+    """A write during which this thread logs again, as a finalizer run by a garbage collection
+    inside the write would ("Task was destroyed but it is pending!")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batcher: LineBatcher | None = None
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        batcher, self.batcher = self.batcher, None
+        if batcher is not None:
+            batcher.flush()  # what the libraries' handler does before its own line
+            batcher.msg(b'{"event":"from a finalizer"}')
+        return written
+
+
+def test_a_line_logged_while_a_write_is_under_way_neither_hangs_nor_repeats() -> None:
+    out = Reentering()
+    batcher = LineBatcher(out)
+    out.batcher = batcher
+    # In a thread, so that a batcher waiting on its own lock fails this test instead of hanging.
+    worker = threading.Thread(target=batcher.msg, args=(b'{"event":"first"}',), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "the thread waits on a lock it holds"
+    assert [line["event"] for line in out.lines()] == ["first", "from a finalizer"]
+
+
+class Broken(Recorder):
+    def write(self, data: Any) -> int:
+        if isinstance(data, bytes):
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(data)
+
+
+def test_a_failing_write_never_raises_into_a_librarys_logging_call(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broken = Broken()
+    with configured(broken):
+
+        async def main() -> None:
+            structlog.get_logger("pgcourier").info("waits for the turn")
+            logging.getLogger("asyncpg.pool").warning("a library's line")  # must not raise
+
+        asyncio.run(main())
+    assert [line["event"] for line in broken.lines()] == ["a library's line"]
+    assert "BrokenPipeError" in capsys.readouterr().err  # the standard library's report of it
